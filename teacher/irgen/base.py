@@ -1,0 +1,44 @@
+"""The interface every RGB->IR generator implements (thermal query decoder, decomposition net, SD, FLUX).
+
+`fusion teacher train-irgen` and `fusion teacher synth-ir` (teacher/irgen/cli.py) look a generator up in
+teacher.registry (kind "irgen") and talk to it only through this class, so adding a generator is one module and
+one registry line.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class IRGenerator:
+    """An RGB->IR generator. Subclasses set `name` and implement the methods below."""
+
+    name: str = ""
+    #: False for text-to-IR generators that sample without an RGB frame (`sd-text`).
+    needs_rgb: bool = True
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser, verb: str) -> None:
+        """Generator-specific options for `train-irgen` or `synth-ir` (verb); the common ones are added already."""
+
+    @classmethod
+    def train(cls, args: argparse.Namespace) -> int:
+        """Train from the parsed `train-irgen` arguments; writes weights loadable by `from_pretrained(args.out)`."""
+        raise NotImplementedError(f"{cls.__name__} cannot be trained")
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str = "cpu", args: argparse.Namespace | None = None
+                        ) -> "IRGenerator":
+        """Load trained weights from a local folder; FusionError saying what the folder must hold when it doesn't."""
+        raise NotImplementedError
+
+    def generate(self, rgb: np.ndarray | None, seed: int = 0, prompt: str | None = None) -> np.ndarray:
+        """RGB float32 (H, W, 3) in [0, 1] -> IR float32 (H, W) in [0, 1] of the same size."""
+        raise NotImplementedError
+
+    def settings(self) -> dict[str, Any]:
+        """What to record in a synth-ir manifest (weights hash, sampler settings...)."""
+        return {"generator": self.name}
