@@ -29,15 +29,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                child.set_defaults(func=_unavailable(name, module_name))
-                continue
-            raise
+            # The sub-verb's module is absent from this installation, or needs an extra that is not installed:
+            # the other sub-verbs keep working and this one explains itself when used.
+            child.set_defaults(func=_unavailable(name, module_name, exc))
+            continue
         getattr(module, "configure_" + name.replace("-", "_"), getattr(module, "configure", None))(child)
 
 
-def _unavailable(name: str, module_name: str):
+def _unavailable(name: str, module_name: str, exc: ModuleNotFoundError):
     def run(_args):
+        missing = exc.name or ""
+        if missing and not module_name.startswith(missing):
+            from runtime.errors import require
+            require(missing, purpose=f"`fusion teacher {name}`")
         raise FusionError(f"`fusion teacher {name}` is not available in this installation ({module_name} is missing)")
     return run
 
