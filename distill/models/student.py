@@ -1,0 +1,190 @@
+"""The student: a dual-branch MobileNetV3 encoder (IR and VIS), cross-modal fusion at every scale, a U-Net decoder.
+
+    ir  (N, 1, H, W) ─ IR encoder ──┐ 1/2, 1/4, 1/8, 1/16 features
+                                    ├─ CrossModalFusion per scale (cross-attention at the deepest) ─ U-Net decoder
+    vis (N, C, H, W) ─ VIS encoder ─┘                                                      (back to 1/2 resolution)
+                                                              head: per-pixel coefficients (a_ir, a_vis, b) at 1/2
+    fused = clip(a_ir * ir + a_vis * vis + b, 0, 1)    coefficients upsampled x2 (bilinear) to full resolution
+
+The last step is a local affine model of the sources (as in HDRNet's guided upsampling): the network decides, at
+every pixel, how much of each source's intensity and detail to keep and what offset to add, while the full-
+resolution detail itself comes straight from the sources. It lets the network run at 1/2 resolution and below, and
+the full-resolution work is a bilinear upsampling of three channels and a few multiply-adds: the speed budget (640x480
+in about 10 ms on two CPU cores) has no room for full-resolution convolutions, and the output cannot show
+checkerboard patterns from learned upsampling.
+
+Any H, W: the input is padded (edge replication) to the network's multiple and the output cropped back; padding
+amounts are computed from the input shape, so ONNX exports keep dynamic H and W.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill.models.blocks import ConvBNAct, InvertedResidual
+from distill.models.fusion import CrossModalFusion
+
+
+@dataclass
+class BlockSpec:
+    """One MobileNetV3 bneck: kernel, expanded width, output width, squeeze-excitation, stride, activation."""
+
+    kernel: int = 3
+    expanded: int = 16
+    out: int = 16
+    se: bool = False
+    stride: int = 1
+    act: str = "hswish"
+
+
+@dataclass
+class StudentConfig:
+    """Everything that defines a student's architecture; saved as config.json beside the weights."""
+
+    variant: str = "nano"
+    vis_channels: int = 1          # 1: luminance in and out (default); 3: RGB in, RGB out
+    stem_channels: int = 8         # stride-2 stem, one per branch
+    stages: List[List[BlockSpec]] = field(default_factory=list)  # each stage starts with a stride-2 block
+    decoder_channels: List[int] = field(default_factory=list)    # one per decoder step, deepest first
+    head_channels: int = 8         # width of the coefficient head at 1/2 resolution
+    attention_heads: int = 2
+    kv_pool: int = 2               # keys/values of the cross-attention are pooled by this factor
+    pad_mode: str = "replicate"    # how inputs are padded to the multiple ("replicate", "reflect" or "constant")
+
+    @property
+    def out_channels(self) -> int:
+        return self.vis_channels
+
+    @property
+    def multiple(self) -> int:
+        return 2 ** (len(self.stages) + 1) * max(1, self.kv_pool)
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StudentConfig":
+        data = dict(data)
+        stages = [[BlockSpec(**b) if isinstance(b, dict) else b for b in stage] for stage in data.pop("stages", [])]
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown student config key(s): {', '.join(unknown)}")
+        return cls(stages=stages, **data)
+
+
+class Encoder(nn.Module):
+    """Stride-2 stem then stages of bnecks. (N, C_in, H, W) -> [features at 1/2, 1/4, ... of H, W]."""
+
+    def __init__(self, in_channels: int, stem_channels: int, stages: List[List[BlockSpec]]):
+        super().__init__()
+        self.stem = ConvBNAct(in_channels, stem_channels, 3, stride=2, act="hswish")
+        self.stages = nn.ModuleList()
+        channels = stem_channels
+        self.channels = [stem_channels]
+        for stage in stages:
+            blocks = []
+            for spec in stage:
+                blocks.append(InvertedResidual(channels, spec.expanded, spec.out, spec.kernel, spec.stride, spec.se,
+                                               spec.act))
+                channels = spec.out
+            self.stages.append(nn.Sequential(*blocks))
+            self.channels.append(channels)
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        features = [self.stem(x)]
+        for stage in self.stages:
+            features.append(stage(features[-1]))
+        return features
+
+
+class DecoderBlock(nn.Module):
+    """Upsample x2 (bilinear), concatenate the skip, 1x1 merge, depthwise 3x3 refinement with a residual.
+
+    x (N, C_in, h, w), skip (N, C_skip, 2h, 2w) -> (N, C_out, 2h, 2w).
+    """
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int):
+        super().__init__()
+        self.merge = ConvBNAct(in_channels + skip_channels, out_channels, 1, act="hswish")
+        self.refine = nn.Sequential(ConvBNAct(out_channels, out_channels, 3, groups=out_channels, act="hswish"),
+                                    ConvBNAct(out_channels, out_channels, 1, act="none"))
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        x = self.merge(torch.cat([x, skip], dim=1))
+        return x + self.refine(x)
+
+
+class DualBranchFusionNet(nn.Module):
+    """The student network. forward(ir (N, 1, H, W), vis (N, C, H, W)) -> fused (N, C, H, W), all float in [0, 1]."""
+
+    def __init__(self, config: StudentConfig):
+        super().__init__()
+        if not config.stages:
+            raise ValueError("a student needs at least one encoder stage")
+        if len(config.decoder_channels) != len(config.stages):
+            raise ValueError(f"decoder_channels needs one entry per stage ({len(config.stages)}), "
+                             f"got {len(config.decoder_channels)}")
+        if config.vis_channels not in (1, 3):
+            raise ValueError(f"vis_channels must be 1 (luminance) or 3 (RGB), got {config.vis_channels}")
+        self.config = config
+        self.encoder_ir = Encoder(1, config.stem_channels, config.stages)
+        self.encoder_vis = Encoder(config.vis_channels, config.stem_channels, config.stages)
+        channels = self.encoder_ir.channels
+        deepest = len(channels) - 1
+        self.fusions = nn.ModuleList(
+            # 3x3 gate at 1/2 resolution: a 7x7 conv to one channel is slow there in ONNX Runtime's blocked layout
+            CrossModalFusion(c, cross_attention=(i == deepest), heads=config.attention_heads, kv_pool=config.kv_pool,
+                             gate_kernel=3 if i == 0 else 7)
+            for i, c in enumerate(channels))
+        self.decoder = nn.ModuleList()
+        x_channels = channels[-1]
+        for skip_channels, out_channels in zip(reversed(channels[:-1]), config.decoder_channels):
+            self.decoder.append(DecoderBlock(x_channels, skip_channels, out_channels))
+            x_channels = out_channels
+        # coefficients per output channel: gain on IR, gain on VIS, offset
+        self.head = nn.Sequential(
+            ConvBNAct(x_channels, config.head_channels, 3, act="hswish"),
+            nn.Conv2d(config.head_channels, 3 * config.out_channels, 1))
+        # Start as the plain average of the sources (a_ir = a_vis = 0.5, b = 0): training refines a sensible fusion.
+        nn.init.zeros_(self.head[-1].weight)
+        with torch.no_grad():
+            self.head[-1].bias.copy_(torch.tensor([0.5, 0.5, 0.0]).repeat_interleave(config.out_channels))
+
+    @property
+    def multiple(self) -> int:
+        return self.config.multiple
+
+    def _check_inputs(self, ir: torch.Tensor, vis: torch.Tensor) -> None:
+        if ir.dim() != 4 or ir.shape[1] != 1:
+            raise ValueError(f"ir must be (N, 1, H, W), got {tuple(ir.shape)}")
+        if vis.dim() != 4 or vis.shape[1] != self.config.vis_channels:
+            raise ValueError(f"vis must be (N, {self.config.vis_channels}, H, W) for this student, "
+                             f"got {tuple(vis.shape)}")
+        if ir.shape[0] != vis.shape[0] or ir.shape[-2:] != vis.shape[-2:]:
+            raise ValueError(f"ir {tuple(ir.shape)} and vis {tuple(vis.shape)} differ in batch or size")
+
+    def forward(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_tracing():
+            self._check_inputs(ir, vis)
+        height, width = ir.shape[-2], ir.shape[-1]
+        pad_h = (self.multiple - height % self.multiple) % self.multiple
+        pad_w = (self.multiple - width % self.multiple) % self.multiple
+        ir_p = F.pad(ir, (0, pad_w, 0, pad_h), mode=self.config.pad_mode)
+        vis_p = F.pad(vis, (0, pad_w, 0, pad_h), mode=self.config.pad_mode)
+
+        fused = [fuse(a, b) for fuse, a, b in zip(self.fusions, self.encoder_ir(ir_p), self.encoder_vis(vis_p))]
+        x = fused[-1]
+        for block, skip in zip(self.decoder, reversed(fused[:-1])):
+            x = block(x, skip)
+        coefficients = F.interpolate(self.head(x), scale_factor=2.0, mode="bilinear", align_corners=False)
+        c = self.config.out_channels
+        gain_ir, gain_vis, offset = coefficients[:, :c], coefficients[:, c:2 * c], coefficients[:, 2 * c:]
+        fused_image = gain_ir * ir_p + gain_vis * vis_p + offset
+        return fused_image[:, :, :height, :width].clamp(0.0, 1.0)

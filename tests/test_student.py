@@ -1,0 +1,171 @@
+"""The student registry and network: shapes at any size, the 3-channel mode, save/load with shape checks, ONNX export
+with dynamic H/W (ONNX Runtime parity), the speed budget in params/GMACs, and a run on real RoadScene pairs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from distill.models import (create_student, default_model_dir, list_students, load_student, save_student,
+                            student_config)
+from runtime.errors import FusionError
+
+torch.set_num_threads(2)
+
+
+def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial weights (the fresh model outputs the plain average by design), deterministic."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+def test_registry_lists_variants_and_rejects_unknown():
+    names = list_students()
+    assert {"nano", "small"} <= set(names)
+    with pytest.raises(FusionError, match="unknown student 'huge'"):
+        create_student("huge")
+    with pytest.raises(FusionError, match="unknown student option"):
+        create_student("nano", widht=3)
+
+
+@pytest.mark.parametrize("size", [(37, 53), (64, 64), (33, 100)])
+def test_any_size_in_and_out(size):
+    model = _randomize(create_student("tiny-test"))
+    ir, vis = torch.rand(2, 1, *size), torch.rand(2, 1, *size)
+    with torch.no_grad():
+        out = model(ir, vis)
+    assert out.shape == (2, 1, *size)
+    assert out.dtype == torch.float32
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert float(out.std()) > 0.0
+
+
+def test_fresh_model_is_the_average_of_the_sources():
+    model = create_student("nano").eval()
+    ir, vis = torch.rand(1, 1, 45, 70), torch.rand(1, 1, 45, 70)
+    with torch.no_grad():
+        out = model(ir, vis)
+    assert torch.allclose(out, (ir + vis) / 2, atol=1e-6)
+
+
+def test_three_channel_mode():
+    model = _randomize(create_student("tiny-test", vis_channels=3))
+    with torch.no_grad():
+        out = model(torch.rand(1, 1, 40, 48), torch.rand(1, 3, 40, 48))
+    assert out.shape == (1, 3, 40, 48)
+    with pytest.raises(ValueError, match="vis must be"):
+        model(torch.rand(1, 1, 40, 48), torch.rand(1, 1, 40, 48))
+
+
+def test_batch_items_are_independent():
+    # BatchNorm in eval mode and per-sample attention: one image's output must not depend on its batch neighbours.
+    model = _randomize(create_student("tiny-test"))
+    ir, vis = torch.rand(3, 1, 32, 40), torch.rand(3, 1, 32, 40)
+    with torch.no_grad():
+        batched = model(ir, vis)
+        single = model(ir[1:2], vis[1:2])
+    assert torch.allclose(batched[1:2], single, atol=1e-5)
+
+
+def test_save_load_roundtrip(tmp_path):
+    model = _randomize(create_student("tiny-test"), seed=3)
+    save_student(model, tmp_path / "w", metadata={"note": "test"})
+    config = json.loads((tmp_path / "w" / "config.json").read_text())
+    assert config["variant"] == "tiny-test" and config["architecture"] == "DualBranchFusionNet"
+    loaded = load_student(tmp_path / "w")
+    ir, vis = torch.rand(1, 1, 50, 60), torch.rand(1, 1, 50, 60)
+    with torch.no_grad():
+        assert torch.equal(model(ir, vis), loaded(ir, vis))
+    assert not loaded.training
+    # a file inside the folder works too
+    load_student(tmp_path / "w" / "model.safetensors")
+
+
+def test_load_reports_shape_mismatch(tmp_path):
+    save_student(create_student("tiny-test"), tmp_path / "a")
+    save_student(create_student("tiny-test", stem_channels=6), tmp_path / "b")
+    (tmp_path / "b" / "config.json").write_text((tmp_path / "a" / "config.json").read_text())
+    with pytest.raises(FusionError, match=r"do not fit the 'tiny-test' student.*another shape"):
+        load_student(tmp_path / "b")
+
+
+def test_load_reports_missing_files(tmp_path):
+    with pytest.raises(FusionError, match="not found"):
+        load_student(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FusionError, match="has no config.json"):
+        load_student(tmp_path / "empty")
+    save_student(create_student("tiny-test"), tmp_path / "corrupt")
+    (tmp_path / "corrupt" / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(FusionError, match="corrupt"):
+        load_student(tmp_path / "corrupt")
+
+
+def test_onnx_export_dynamic_size_matches_torch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model = _randomize(create_student("tiny-test"), seed=1)
+    path = tmp_path / "student.onnx"
+    dynamic = {"ir": {0: "n", 2: "h", 3: "w"}, "vis": {0: "n", 2: "h", 3: "w"}, "fused": {0: "n", 2: "h", 3: "w"}}
+    torch.onnx.export(model, (torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 96)), str(path), input_names=["ir", "vis"],
+                      output_names=["fused"], opset_version=17, dynamic_axes=dynamic, dynamo=False)
+    import onnx
+    graph = onnx.load(str(path))
+    ops = {node.op_type for node in graph.graph.node}
+    # nothing TensorRT cannot take: no adaptive pooling to sizes other than 1, no loops, no custom ops
+    assert not ops & {"Loop", "If", "MaxRoiPool", "ATen"}, ops
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for size in [(64, 96), (37, 53), (120, 80)]:
+        ir, vis = torch.rand(1, 1, *size), torch.rand(1, 1, *size)
+        with torch.no_grad():
+            expected = model(ir, vis).numpy()
+        got = session.run(["fused"], {"ir": ir.numpy(), "vis": vis.numpy()})[0]
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["nano", "small"])
+def test_variants_fit_the_speed_budget_in_params_and_macs(variant):
+    thop = pytest.importorskip("thop")
+    model = create_student(variant).eval()
+    params = sum(p.numel() for p in model.parameters())
+    macs, _ = thop.profile(model, inputs=(torch.rand(1, 1, 480, 640), torch.rand(1, 1, 480, 640)), verbose=False)
+    assert params <= 1_000_000
+    assert macs <= 1.5e9
+    assert student_config(variant).multiple == 32
+
+
+def test_runs_on_real_pairs(roadscene, test_names):
+    from runtime.color import split_luminance
+    from runtime.imageio import discover_pairs, read_pair
+    model = _randomize(create_student("tiny-test"))
+    for pair in discover_pairs(roadscene, names=test_names[:2]):
+        ir, vis = read_pair(pair)
+        vis_y, _ = split_luminance(vis)
+        with torch.no_grad():
+            out = model(torch.from_numpy(ir)[None, None], torch.from_numpy(np.ascontiguousarray(vis_y))[None, None])
+        assert out.shape[-2:] == ir.shape
+        assert torch.isfinite(out).all()
+
+
+def test_default_model_loads_when_shipped(roadscene, test_names):
+    if not (default_model_dir() / "model.safetensors").is_file():
+        with pytest.raises(FusionError, match="make weights"):
+            load_student("default")
+        return
+    from runtime.color import split_luminance
+    from runtime.imageio import discover_pairs, read_pair
+    model = load_student("default")
+    pair = discover_pairs(roadscene, names=test_names[:1])[0]
+    ir, vis = read_pair(pair)
+    vis_y, _ = split_luminance(vis)
+    ir_t, vis_t = torch.from_numpy(ir)[None, None], torch.from_numpy(np.ascontiguousarray(vis_y))[None, None]
+    with torch.no_grad():
+        out = model(ir_t, vis_t)
+    assert out.shape[-2:] == ir.shape
+    # a trained model is not the plain average it starts as
+    assert float((out - (ir_t + vis_t) / 2).abs().mean()) > 1e-3
