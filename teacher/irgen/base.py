@@ -3,6 +3,16 @@
 `fusion teacher train-irgen` and `fusion teacher synth-ir` (teacher/irgen/cli.py) look a generator up in
 teacher.registry (kind "irgen") and talk to it only through this class, so adding a generator is one module and
 one registry line.
+
+Contract for implementers:
+- Keep the module light at import (no torch/diffusers at the top): `fusion teacher ...` imports every generator
+  module to collect its options, so heavy imports go inside methods.
+- `train(args)` receives the parsed `train-irgen` options: generator, data, names, config, overrides (the `--set`
+  list), out, resume, device ("cpu"/"cuda", already resolved), seed, base, plus the generator's own options.
+- `from_pretrained(folder, device, args)` receives the parsed `synth-ir` options (weights, rgb, out, names, shard,
+  device, seed, base, prompt, count, visualize, ...), or None when called from Python.
+- Options added by `add_arguments` share one namespace with other generators: the same flag from two generators must
+  mean the same thing (a later identical definition replaces the earlier one).
 """
 from __future__ import annotations
 
@@ -38,6 +48,11 @@ class IRGenerator:
     def generate(self, rgb: np.ndarray | None, seed: int = 0, prompt: str | None = None) -> np.ndarray:
         """RGB float32 (H, W, 3) in [0, 1] -> IR float32 (H, W) in [0, 1] of the same size."""
         raise NotImplementedError
+
+    def visualize(self, rgb: np.ndarray, ir: np.ndarray) -> np.ndarray | None:
+        """An RGB uint8 (h, w, 3) panel showing the generator's internals for one image (attention maps,
+        decomposition...), written by `synth-ir --visualize`; None when the generator has nothing to show."""
+        return None
 
     def settings(self) -> dict[str, Any]:
         """What to record in a synth-ir manifest (weights hash, sampler settings...)."""
