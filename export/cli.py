@@ -1,0 +1,175 @@
+"""`fusion export`: a student to ONNX, ONNX INT8 or a TensorRT engine, each checked against its reference.
+
+    fusion export --weights default --format onnx --dynamic                     # runtime/models/default/model.onnx
+    fusion export --weights runs/x/best --format onnx --imgsz 480x640 --out m.onnx
+    fusion export --weights default --format onnx-int8 --calib-count 64        # QDQ INT8 + report on test.txt
+    fusion export --weights default --format engine --precision fp16 --dynamic # TensorRT (on the GPU machine)
+
+Every output gets a JSON beside it (`<output>.json`) with the resolved settings and the check results.
+Heavy imports (torch, onnx, tensorrt) happen inside the handlers so `fusion --help` stays light.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from runtime.errors import FusionError
+
+FORMATS = ("onnx", "onnx-int8", "engine")
+PRECISIONS = ("fp32", "fp16", "int8")
+CALIB_METHODS = ("auto", "minmax", "entropy", "percentile")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.description = ("Export a student to ONNX (fp32, checked against PyTorch in ONNX Runtime), ONNX INT8 (static "
+                          "QDQ, calibrated on the training split, reported on the test split) or a TensorRT engine "
+                          "(fp16/int8, checked against fp32). Every output gets <output>.json beside it.")
+    parser.add_argument("--weights", default="default",
+                        help="student folder (config.json + model.safetensors) or 'default' (runtime/models/default)")
+    parser.add_argument("--format", choices=FORMATS, default="onnx", help="what to build")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="engine precision (default fp16); onnx is fp32 and onnx-int8 is int8")
+    parser.add_argument("--imgsz", default="480x640", help="input size HxW (static shape, and the optimisation "
+                        "profile's opt shape with --dynamic)")
+    parser.add_argument("--dynamic", action="store_true", help="free batch, height and width (ONNX), an "
+                        "optimisation profile from --min-imgsz to --max-imgsz (TensorRT)")
+    parser.add_argument("--batch", type=int, default=1, help="batch size of a static export (and the profile's max "
+                        "batch with --dynamic)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or newer)")
+    parser.add_argument("--out", default=None, help="output file (default: beside the weights: model.onnx, "
+                        "model.int8.onnx, model.<precision>.engine)")
+    parser.add_argument("--no-simplify", dest="simplify", action="store_false", help="skip onnxslim")
+
+    checks = parser.add_argument_group("checks on real pairs")
+    checks.add_argument("--data", default=None, help="dataset folder with ir/ and vi/ used by every check "
+                        "(default: $FUSION_DATA or ../shared/data/roadscene)")
+    checks.add_argument("--check-names", default=None, help="pairs for the parity checks (default: DATA/train.txt)")
+    checks.add_argument("--check-count", type=int, default=8, help="how many of them (spread over the list)")
+    checks.add_argument("--tolerance", type=float, default=1e-4, help="max |ONNX - PyTorch| allowed in fp32")
+
+    int8 = parser.add_argument_group("INT8 (onnx-int8, and engine --precision int8)")
+    int8.add_argument("--calib", default=None, help="calibration dataset folder (default: --data)")
+    int8.add_argument("--calib-names", default=None, help="calibration pairs (default: CALIB/train.txt; never "
+                      "calibrate on the test split)")
+    int8.add_argument("--calib-count", type=int, default=64, help="how many calibration pairs (spread over the list)")
+    int8.add_argument("--calib-method", choices=CALIB_METHODS, default="auto",
+                      help="activation range estimation; auto tries minmax, then percentile and entropy, and keeps "
+                           "the first that reaches --psnr-goal (else the best)")
+    int8.add_argument("--test-names", default=None, help="pairs the INT8 report uses (default: DATA/test.txt)")
+    int8.add_argument("--test-count", type=int, default=None, help="how many test pairs (default: all)")
+    int8.add_argument("--psnr-goal", type=float, default=40.0, help="INT8 vs fp32 output PSNR goal, dB")
+    int8.add_argument("--qdq-target", choices=("cpu", "tensorrt"), default="cpu",
+                      help="cpu: uint8 asymmetric activations (fast in ONNX Runtime); tensorrt: int8 symmetric "
+                           "activations, what TensorRT's explicit quantisation expects")
+    int8.add_argument("--bench-runs", type=int, default=30, help="timed runs per model for the CPU speed ratio")
+
+    trt = parser.add_argument_group("TensorRT (engine)")
+    trt.add_argument("--workspace", type=int, default=1024, help="builder workspace, MiB")
+    trt.add_argument("--dla", type=int, default=None, metavar="CORE", help="build for this DLA core (Xavier/Orin), "
+                     "with GPU fallback for unsupported layers")
+    trt.add_argument("--min-imgsz", default="256x256", help="smallest HxW of the dynamic optimisation profile")
+    trt.add_argument("--max-imgsz", default="1088x1920", help="largest HxW of the dynamic optimisation profile")
+    trt.add_argument("--int8-mode", choices=("calibrate", "qdq"), default="calibrate",
+                     help="calibrate: implicit INT8 with an entropy calibrator over real pairs (writes a "
+                          "calibration cache); qdq: build from a QDQ ONNX quantised for TensorRT")
+    trt.add_argument("--onnx", default=None, help="build the engine from this ONNX instead of exporting one")
+    trt.add_argument("--fp16-psnr", type=float, default=40.0, help="fp16 engine vs fp32 ONNX PSNR below which the "
+                     "build fails, dB")
+    parser.set_defaults(func=run_export)
+
+
+# ---------------------------------------------------------------------------------------------------------- helpers
+def _load(weights: str):
+    from distill.models import load_student, resolve_weights
+    folder = resolve_weights(weights)
+    return load_student(folder), folder
+
+
+def _default_out(folder: Path, fmt: str, precision: str) -> Path:
+    if fmt == "onnx":
+        return folder / "model.onnx"
+    if fmt == "onnx-int8":
+        return folder / "model.int8.onnx"
+    return folder / f"model.{precision}.engine"
+
+
+def settings_path(out: Path) -> Path:
+    return out.with_name(out.name + ".json")
+
+
+def _write_report(out: Path, report: dict) -> Path:
+    from runtime.imageio import write_json
+    return write_json(settings_path(out), _jsonable(report))
+
+
+def _jsonable(obj):
+    import math
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)  # JSON has no inf: "inf" reads back unambiguously
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _set_threads() -> None:
+    import torch
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def _echo(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------------- handlers
+def run_export(args: argparse.Namespace) -> int:
+    from export.pairs import parse_imgsz
+    precision = args.precision
+    if args.format == "onnx" and precision not in (None, "fp32"):
+        raise FusionError(f"--format onnx is fp32; for {precision} use --format onnx-int8 (int8) or --format engine")
+    if args.format == "onnx-int8" and precision not in (None, "int8"):
+        raise FusionError("--format onnx-int8 is int8; drop --precision or use --format engine")
+    if args.batch < 1:
+        raise FusionError(f"--batch must be at least 1, got {args.batch}")
+    if args.check_count < 1:
+        raise FusionError("--check-count must be at least 1: every export is checked on real pairs")
+    args.imgsz_hw = parse_imgsz(args.imgsz)
+    if args.format == "onnx":
+        return export_onnx_command(args)
+    if args.format == "onnx-int8":
+        from export.quantize import quantize_command
+        return quantize_command(args)
+    from export.tensorrt_build import engine_command
+    return engine_command(args)
+
+
+def export_onnx_command(args: argparse.Namespace) -> int:
+    _set_threads()
+    from export.onnx_export import export_onnx, summarize_parity, weights_metadata
+    from export.pairs import load_inputs
+    model, folder = _load(args.weights)
+    out = Path(args.out) if args.out else _default_out(folder, "onnx", "fp32")
+    channels = model.config.vis_channels
+    pairs = load_inputs(args.data, args.check_names, args.check_count, None if args.dynamic else args.imgsz_hw,
+                        channels)
+    _echo(f"exporting {model.config.variant} from {folder} to {out} "
+          f"({'dynamic N,H,W' if args.dynamic else 'static %dx%d' % args.imgsz_hw}, opset {args.opset})")
+    report = export_onnx(model, out, imgsz=args.imgsz_hw, dynamic=args.dynamic, opset=args.opset,
+                         metadata=weights_metadata(folder), check_pairs=pairs, simplify=args.simplify,
+                         tolerance=args.tolerance, batch=args.batch)
+    report["command"] = " ".join(["fusion", "export"] + sys.argv[2:]) if sys.argv[1:2] == ["export"] else None
+    report["weights"] = str(folder)
+    _write_report(out, report)
+    _echo(f"parity: {summarize_parity(report['parity'])}")
+    print(out)
+    return 0
+
+
+def print_json(obj) -> None:
+    print(json.dumps(_jsonable(obj), indent=2))

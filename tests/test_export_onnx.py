@@ -1,0 +1,144 @@
+"""ONNX export: names, shapes, metadata, simplification and the ONNX Runtime parity check, on real RoadScene pairs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from distill.models import create_student, save_student  # noqa: E402
+from export.onnx_export import ParityError, check_parity, export_onnx, read_onnx_metadata, weights_metadata  # noqa: E402
+from export.pairs import load_inputs, parse_imgsz, resize_cover_crop, spread  # noqa: E402
+from runtime.cli import main as fusion_main  # noqa: E402
+
+torch.set_num_threads(1)
+SIZE = (64, 96)
+
+
+def random_student(variant: str = "tiny-test", seed: int = 0, **overrides):
+    """A student whose output depends on its weights: create_student starts as the plain average of the sources
+    (zero head weights), which would make every parity check trivially pass."""
+    torch.manual_seed(seed)
+    model = create_student(variant, **overrides)
+    with torch.no_grad():
+        for p in model.head[-1].parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def student():
+    return random_student()
+
+
+@pytest.fixture(scope="module")
+def train_inputs(roadscene):
+    return load_inputs(roadscene, roadscene / "train.txt", 3, SIZE)
+
+
+def test_imgsz_parsing_and_resize_crop(roadscene):
+    assert parse_imgsz("480x640") == (480, 640)
+    assert parse_imgsz("320") == (320, 320)
+    assert parse_imgsz(None) is None
+    with pytest.raises(Exception, match="HxW"):
+        parse_imgsz("big")
+    img = np.arange(300 * 500, dtype=np.float32).reshape(300, 500)
+    out = resize_cover_crop(img, (64, 96))
+    assert out.shape == (64, 96)
+    assert spread(list("abcdefghij"), 3) == ["a", "e", "j"]
+    assert spread(list("abc"), 10) == ["a", "b", "c"]
+
+
+def test_inputs_are_real_pairs_from_the_requested_split(roadscene, train_names, test_names):
+    inputs = load_inputs(roadscene, roadscene / "train.txt", 4, None)
+    assert [i.name for i in inputs][0] == train_names[0]
+    assert not {i.name for i in inputs} & set(test_names)
+    for item in inputs:
+        assert item.ir.dtype == np.float32 and item.ir.shape[:2] == (1, 1) and item.vis.shape == item.ir.shape
+        assert 0.0 <= item.ir.min() and item.ir.max() <= 1.0 and item.ir.std() > 0.02  # a real frame, not a blank
+    assert len({i.size for i in inputs}) > 1  # native sizes vary in RoadScene
+
+
+def test_static_export_names_shapes_metadata_and_parity(tmp_path, student, train_inputs):
+    out = tmp_path / "m.onnx"
+    report = export_onnx(student, out, imgsz=SIZE, metadata={"training_config_hash": "cafe"},
+                         check_pairs=train_inputs)
+    assert out.is_file() and report["parity"]["passed"]
+    assert report["parity"]["max_abs"] <= 1e-4 and report["parity"]["pairs"] == 3
+    graph = onnx.load(str(out))
+    assert graph.opset_import[0].version >= 17
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["ir", "vis"]
+    assert [o.name for o in session.get_outputs()] == ["fused"]
+    assert session.get_inputs()[0].shape == [1, 1, *SIZE]
+    meta = read_onnx_metadata(out)
+    assert meta["colour_convention"] == "luminance BT.601 full range"
+    assert meta["input_range"] == "[0, 1]" and meta["variant"] == "tiny-test"
+    assert meta["training_config_hash"] == "cafe" and meta["dynamic"] == "false"
+    # The check compares against PyTorch for real: recompute independently.
+    item = train_inputs[1]
+    expected = student(torch.from_numpy(item.ir), torch.from_numpy(item.vis)).detach().numpy()
+    got = session.run(None, item.feeds())[0]
+    assert np.abs(expected - got).max() <= 1e-4
+    assert np.abs(expected - 0.5 * (item.ir + item.vis)).max() > 1e-3  # the model is not the trivial average
+
+
+def test_dynamic_export_runs_native_sizes_and_batches(tmp_path, student, roadscene):
+    out = tmp_path / "d.onnx"
+    inputs = load_inputs(roadscene, roadscene / "train.txt", 2, None)
+    report = export_onnx(student, out, imgsz=SIZE, dynamic=True, check_pairs=inputs)
+    assert report["parity"]["pairs"] == 3  # two native sizes and one batch of two
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[0] == "N" and session.get_inputs()[0].shape[2:] == ["H", "W"]
+    ir = np.random.default_rng(0).random((3, 1, 37, 71), dtype=np.float32)
+    fused = session.run(None, {"ir": ir, "vis": ir[::-1].copy()})[0]
+    assert fused.shape == (3, 1, 37, 71)
+
+
+class ShapeDependent(torch.nn.Module):
+    """Takes another path above a width the tracer never sees: the export is wrong at native sizes."""
+
+    def forward(self, ir, vis):
+        return ir * 0.75 + vis * 0.25 if int(ir.shape[-1]) <= SIZE[1] else ir * 0.25 + vis * 0.75
+
+
+def test_parity_failure_gives_numbers_and_writes_nothing(tmp_path, roadscene):
+    out = tmp_path / "bad.onnx"
+    inputs = load_inputs(roadscene, roadscene / "train.txt", 2, None)
+    with pytest.raises(ParityError, match=r"differs from PyTorch by up to [0-9.e-]+ .*tolerance"):
+        export_onnx(ShapeDependent(), out, imgsz=SIZE, dynamic=True, check_pairs=inputs)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_check_parity_catches_other_weights(tmp_path, student, train_inputs):
+    out = tmp_path / "m.onnx"
+    export_onnx(student, out, imgsz=SIZE, check_pairs=train_inputs)
+    with pytest.raises(ParityError):
+        check_parity(out, random_student(seed=1), train_inputs)
+
+
+def test_cli_exports_with_settings_json_and_fails_cleanly(tmp_path, roadscene, capsys):
+    folder = save_student(random_student(), tmp_path / "student", metadata={"config_hash": "0123abcd"})
+    assert weights_metadata(folder)["training_config_hash"] == "0123abcd"
+    out = tmp_path / "out" / "model.onnx"
+    code = fusion_main(["export", "--weights", str(folder), "--format", "onnx", "--dynamic", "--data",
+                        str(roadscene), "--check-count", "2", "--out", str(out)])
+    assert code == 0 and out.is_file()
+    settings = json.loads((tmp_path / "out" / "model.onnx.json").read_text())
+    assert settings["settings"]["dynamic"] is True and settings["parity"]["max_abs"] <= 1e-4
+    assert settings["metadata"]["training_config_hash"] == "0123abcd"
+    assert read_onnx_metadata(out)["weights_sha256"] == settings["metadata"]["weights_sha256"]
+    capsys.readouterr()
+    assert fusion_main(["export", "--weights", str(tmp_path / "missing"), "--format", "onnx"]) == 2
+    assert "student weights not found" in capsys.readouterr().err
+    assert fusion_main(["export", "--weights", str(folder), "--format", "onnx", "--precision", "fp16"]) == 2
+    assert fusion_main(["export", "--weights", str(folder), "--data", str(tmp_path / "nodata")]) == 2
+    assert "real pairs" in capsys.readouterr().err
