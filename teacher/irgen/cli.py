@@ -218,7 +218,10 @@ def run_synth_ir(args: argparse.Namespace) -> int:
 
     weights_hash = None
     if args.weights is not None and Path(args.weights).exists():
-        weights_hash = file_hash(args.weights)
+        # A trained folder also holds checkpoints, logs and caches: hash what defines the model.
+        weights = Path(args.weights)
+        weights_hash = file_hash(weights / "model.safetensors") if (weights / "model.safetensors").is_file() \
+            else file_hash(weights)
     manifest = dict(generator=args.generator, weights=args.weights, weights_hash=weights_hash, base=args.base,
                     rgb=args.rgb, names=args.names, prompt=args.prompt, seed=args.seed, vis_mode=args.vis_mode,
                     items=len(mine), already_done=done)
