@@ -56,14 +56,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
                       "calibrate on the test split)")
     int8.add_argument("--calib-count", type=int, default=64, help="how many calibration pairs (spread over the list)")
     int8.add_argument("--calib-method", choices=CALIB_METHODS, default="auto",
-                      help="activation range estimation; auto tries minmax, then percentile and entropy, and keeps "
-                           "the first that reaches --psnr-goal (else the best)")
+                      help="activation range estimation; auto tries minmax, minmax with float first/last layers, "
+                           "then percentile and entropy, and keeps the first that reaches --psnr-goal on held-out "
+                           "training pairs (else the best)")
     int8.add_argument("--test-names", default=None, help="pairs the INT8 report uses (default: DATA/test.txt)")
     int8.add_argument("--test-count", type=int, default=None, help="how many test pairs (default: all)")
     int8.add_argument("--psnr-goal", type=float, default=40.0, help="INT8 vs fp32 output PSNR goal, dB")
     int8.add_argument("--qdq-target", choices=("cpu", "tensorrt"), default="cpu",
                       help="cpu: uint8 asymmetric activations (fast in ONNX Runtime); tensorrt: int8 symmetric "
                            "activations, what TensorRT's explicit quantisation expects")
+    int8.add_argument("--int8-ops", choices=("conv", "all"), default="conv",
+                      help="conv: quantise Conv and MatMul only (TensorRT's recommended Q/DQ placement; faster and more "
+                           "accurate here); all: every op type ONNX Runtime can quantise")
     int8.add_argument("--bench-runs", type=int, default=30, help="timed runs per model for the CPU speed ratio")
 
     trt = parser.add_argument_group("TensorRT (engine)")

@@ -1,0 +1,409 @@
+"""Static INT8 quantisation of an fp32 ONNX student (QDQ format), calibrated on real pairs, reported honestly.
+
+    from export.quantize import QuantRecipe, quantize_int8, compare_models
+    quantize_int8("model.onnx", "model.int8.onnx", calib_inputs, QuantRecipe("minmax"))
+    compare_models("model.onnx", "model.int8.onnx", test_inputs)      # PSNR of INT8 against fp32, per pair
+
+The QDQ model serves two targets:
+- cpu: uint8 asymmetric activations, int8 symmetric per-channel weights (ONNX Runtime's fast U8S8 kernels);
+- tensorrt: int8 symmetric activations and weights, the form TensorRT's explicit quantisation accepts.
+
+Calibration reads real pairs of the training split only (never test.txt). When a recipe misses the PSNR goal the
+standard fixes are tried in order: keep the first and last layers in float (the input convolutions see raw pixels,
+the head writes the output's 8-bit-visible coefficients), then percentile and entropy ranges instead of min/max.
+The recipe is chosen on training pairs held out from calibration, so the test split stays a pure report.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from runtime.errors import FusionError, require
+
+METHODS = ("minmax", "percentile", "entropy")
+
+
+@dataclass(frozen=True)
+class QuantRecipe:
+    """How to quantise: activation range estimation, per-channel weights, float edges, target runtime."""
+
+    method: str = "minmax"        # minmax | percentile | entropy
+    per_channel: bool = True
+    float_edges: bool = False     # keep the first convolution of each input and the output head in float
+    target: str = "cpu"           # cpu (U8S8) | tensorrt (S8S8 symmetric)
+    percentile: float = 99.999
+    op_types: tuple = ("Conv", "MatMul")  # op types to quantise; empty: every type ONNX Runtime can quantise
+
+    @property
+    def label(self) -> str:
+        parts = [self.method, "per-channel" if self.per_channel else "per-tensor",
+                 "+".join(self.op_types) if self.op_types else "all ops"]
+        if self.float_edges:
+            parts.append("float first/last layers")
+        return ", ".join(parts) + f" ({self.target})"
+
+
+OP_SETS = {"conv": ("Conv", "MatMul"), "all": ()}
+
+
+def recipes_to_try(method: str, target: str = "cpu", ops: str = "conv") -> list[QuantRecipe]:
+    """The order in which the standard fixes are tried until one reaches the PSNR goal: the plain recipe, then the
+    first and last layers kept in float, then (auto) percentile and entropy ranges with float edges."""
+    op_types = OP_SETS[ops]
+    first = "minmax" if method == "auto" else method
+    recipes = [QuantRecipe(first, True, False, target, op_types=op_types),
+               QuantRecipe(first, True, True, target, op_types=op_types)]
+    if method == "auto":
+        recipes += [QuantRecipe(m, True, True, target, op_types=op_types) for m in METHODS if m != first]
+    return recipes
+
+
+# ------------------------------------------------------------------------------------------------------ calibration
+def calibration_reader(inputs):
+    """An onnxruntime CalibrationDataReader over real pairs; supports set_range for strided (memory-bounded)
+    calibration."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class PairReader(CalibrationDataReader):
+        def __init__(self, items):
+            self.items = list(items)
+            self.start, self.end = 0, len(self.items)
+            self.position = 0
+
+        def __len__(self) -> int:
+            return len(self.items)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.start, self.end = start_index, min(end_index, len(self.items))
+            self.position = self.start
+
+        def rewind(self) -> None:
+            self.position = self.start
+
+        def get_next(self):
+            if self.position >= self.end:
+                return None
+            item = self.items[self.position]
+            self.position += 1
+            return item.feeds()
+
+    return PairReader(inputs)
+
+
+def _stride_for(count: int, limit: int = 8) -> int:
+    """Largest divisor of `count` not above `limit`: ranges are merged every `stride` pairs, which bounds the memory
+    the calibrator holds (ONNX Runtime requires the stride to divide the count)."""
+    for stride in range(min(limit, count), 0, -1):
+        if count % stride == 0:
+            return stride
+    return 1
+
+
+def sensitive_nodes(model) -> list[str]:
+    """Names of the nodes kept in float by `float_edges`: everything from each graph input up to and including its
+    first Conv, and the last Conv with everything downstream of it (the head and the per-pixel affine output)."""
+    nodes = list(model.graph.node)
+    consumers: dict[str, list] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    chosen: list[str] = []
+
+    for graph_input in model.graph.input:
+        frontier, seen = [graph_input.name], set()
+        while frontier:
+            tensor = frontier.pop()
+            for node in consumers.get(tensor, []):
+                if node.name in seen:
+                    continue
+                seen.add(node.name)
+                chosen.append(node.name)
+                if node.op_type != "Conv":
+                    frontier.extend(node.output)
+
+    convs = [n for n in nodes if n.op_type == "Conv"]
+    if convs:
+        last = convs[-1]
+        chosen.append(last.name)
+        frontier = list(last.output)
+        seen = {last.name}
+        while frontier:
+            tensor = frontier.pop()
+            for node in consumers.get(tensor, []):
+                if node.name not in seen:
+                    seen.add(node.name)
+                    chosen.append(node.name)
+                    frontier.extend(node.output)
+    return list(dict.fromkeys(n for n in chosen if n))
+
+
+def _name_nodes(model) -> None:
+    """Give unnamed nodes names (exclusion lists refer to nodes by name)."""
+    used = {n.name for n in model.graph.node if n.name}
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{index}"
+            while name in used:
+                name += "_"
+            node.name = name
+            used.add(name)
+
+
+def preprocess(fp32_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+    """ONNX Runtime's quantisation pre-processing (shape inference, graph optimisation), with named nodes."""
+    onnx = require("onnx", "INT8 quantisation")
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    out_path = Path(out_path)
+    try:
+        quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=False)
+    except Exception:  # symbolic shape inference gives up on some dynamic graphs; ONNX shape inference suffices
+        quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
+    model = onnx.load(str(out_path))
+    _name_nodes(model)
+    onnx.save(model, str(out_path))
+    return out_path
+
+
+def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calib_inputs,
+                  recipe: QuantRecipe = QuantRecipe(), cache_dir: str | os.PathLike | None = None,
+                  preprocessed: str | os.PathLike | None = None) -> dict:
+    """Write a QDQ INT8 model of `fp32_path` to `out_path` (atomically), calibrated on `calib_inputs`.
+
+    cache_dir: activation ranges are cached there per method, so recipes that differ only in which nodes stay in
+    float do not calibrate again. Returns what was done (recipe, excluded nodes, calibration pairs, seconds).
+    """
+    onnx = require("onnx", "INT8 quantisation")
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from runtime.imageio import atomic_path
+    if recipe.method not in METHODS:
+        raise FusionError(f"unknown calibration method '{recipe.method}'; choose one of {', '.join(METHODS)}")
+    calib_inputs = list(calib_inputs)
+    if not calib_inputs:
+        raise FusionError("INT8 calibration needs at least one real pair; raise --calib-count")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fusion-int8-") as work:
+        source = Path(preprocessed) if preprocessed else preprocess(fp32_path, Path(work) / "pre.onnx")
+        model = onnx.load(str(source))
+        exclude = sensitive_nodes(model) if recipe.float_edges else []
+        method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                  "entropy": CalibrationMethod.Entropy}[recipe.method]
+        symmetric = recipe.target == "tensorrt"
+        extra = {
+            "WeightSymmetric": True,
+            "ActivationSymmetric": symmetric,
+            "CalibStridedMinMax": _stride_for(len(calib_inputs)),
+            "CalibPercentile": recipe.percentile,
+            # TensorRT fuses Conv+activation itself and wants the Q/DQ pairs where ONNX put them.
+            "QDQKeepRemovableActivations": symmetric,
+        }
+        cache = None
+        if cache_dir is not None:
+            ops = "-".join(recipe.op_types) or "all"
+            cache = Path(cache_dir) / f"ranges-{recipe.method}-{'sym' if symmetric else 'asym'}-{ops}.json"
+        reader = calibration_reader(calib_inputs)
+        with atomic_path(out_path) as tmp:
+            quantize_static(
+                str(source), str(tmp), calibration_data_reader=reader, quant_format=QuantFormat.QDQ,
+                per_channel=recipe.per_channel, op_types_to_quantize=list(recipe.op_types) or None,
+                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                weight_type=QuantType.QInt8, nodes_to_exclude=exclude, calibrate_method=method,
+                extra_options=extra, calibration_cache_path=str(cache) if cache else None)
+            quantized = onnx.load(str(tmp))
+            fp32_meta = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
+            fp32_meta.update({"precision": "int8", "quantization": recipe.label,
+                              "calibration_pairs": str(len(calib_inputs))})
+            del quantized.metadata_props[:]
+            for key, value in fp32_meta.items():
+                quantized.metadata_props.add(key=key, value=value)
+            onnx.save(quantized, str(tmp))
+    return {"recipe": asdict(recipe), "label": recipe.label, "excluded_nodes": exclude,
+            "calibration_pairs": [i.name for i in calib_inputs], "seconds": round(time.perf_counter() - started, 2)}
+
+
+# -------------------------------------------------------------------------------------------------------- reporting
+def run_model(path: str | os.PathLike, inputs, threads: int = 2) -> list[np.ndarray]:
+    from export.onnx_export import OUTPUT_NAME, ort_session
+    session = ort_session(path, threads=threads)
+    return [session.run([OUTPUT_NAME], item.feeds())[0] for item in inputs]
+
+
+def compare_models(reference_path, candidate_path, inputs, reference_outputs=None) -> dict:
+    """The candidate's output against the reference's (PSNR with peak 1, max abs) on real inputs."""
+    from export.onnx_export import compare_outputs
+    inputs = list(inputs)
+    reference = reference_outputs if reference_outputs is not None else run_model(reference_path, inputs)
+    candidate = run_model(candidate_path, inputs)
+    result = compare_outputs(reference, candidate, [i.name for i in inputs])
+    result["mean_pair_psnr_db"] = float(np.mean([p["psnr_db"] for p in result["per_pair"].values()]))
+    result["outputs"] = candidate
+    return result
+
+
+def metric_deltas(inputs, reference_outputs, candidate_outputs) -> dict:
+    """Mean fusion metrics (distill/metrics.py) of the reference and candidate outputs and their differences."""
+    try:
+        from distill.metrics import METRIC_NAMES, fusion_metrics
+    except ImportError as exc:
+        return {"skipped": f"distill.metrics is not available ({exc})"}
+    sums_ref: dict[str, float] = {}
+    sums_new: dict[str, float] = {}
+    for item, ref, new in zip(inputs, reference_outputs, candidate_outputs):
+        ir = item.ir[0, 0].astype(np.float64) * 255.0
+        vis = item.vis[0].mean(axis=0) if item.vis.shape[1] == 1 else _luma(item.vis[0])
+        vis = vis.astype(np.float64) * 255.0
+        for sums, out in ((sums_ref, ref), (sums_new, new)):
+            fused = out[0].mean(axis=0) if out.shape[1] == 1 else _luma(out[0])
+            values = fusion_metrics(ir, vis, np.round(np.clip(fused, 0, 1) * 255.0))
+            for key, value in values.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+    count = max(len(inputs), 1)
+    names = [m for m in METRIC_NAMES if m in sums_ref] or sorted(sums_ref)
+    return {"fp32": {m: sums_ref[m] / count for m in names}, "int8": {m: sums_new[m] / count for m in names},
+            "delta": {m: (sums_new[m] - sums_ref[m]) / count for m in names}, "pairs": len(inputs)}
+
+
+def _luma(chw: np.ndarray) -> np.ndarray:
+    from runtime.color import luminance
+    return luminance(chw.transpose(1, 2, 0))
+
+
+def cpu_speed(reference_path, candidate_path, feeds: dict, runs: int = 30, threads: int = 2,
+              warmup: int = 3) -> dict:
+    """Median latency of both models in ONNX Runtime on the CPU, timed interleaved in one run (the shared machine's
+    noise hits both alike), and their ratio (>1: the candidate is faster)."""
+    from export.onnx_export import OUTPUT_NAME, ort_session
+    sessions = {"fp32": ort_session(reference_path, threads=threads), "int8": ort_session(candidate_path,
+                                                                                          threads=threads)}
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(warmup):
+        for session in sessions.values():
+            session.run([OUTPUT_NAME], feeds)
+    for _ in range(runs):
+        for key, session in sessions.items():
+            start = time.perf_counter()
+            session.run([OUTPUT_NAME], feeds)
+            times[key].append((time.perf_counter() - start) * 1000.0)
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    shape = list(next(iter(feeds.values())).shape)
+    return {"threads": threads, "runs": runs, "input_shape": shape, "fp32_median_ms": medians["fp32"],
+            "int8_median_ms": medians["int8"], "speedup_fp32_over_int8": medians["fp32"] / medians["int8"]}
+
+
+# --------------------------------------------------------------------------------------------------------------- CLI
+def quantize_command(args) -> int:
+    """`fusion export --format onnx-int8`: fp32 export (parity-checked), calibration, recipe choice, report."""
+    from export.cli import _default_out, _echo, _load, _set_threads, _write_report
+    from export.onnx_export import export_onnx, summarize_parity, weights_metadata
+    from export.pairs import default_data_dir, load_inputs, split_file
+
+    _set_threads()
+    model, folder = _load(args.weights)
+    channels = model.config.vis_channels
+    out = Path(args.out) if args.out else _default_out(folder, "onnx-int8", "int8")
+    data = Path(args.data) if args.data else default_data_dir()
+    calib_data = Path(args.calib) if args.calib else data
+    calib_names = args.calib_names or split_file(calib_data, "train")
+    test_names = args.test_names or split_file(data, "test")
+    _check_disjoint(calib_names, test_names)
+    imgsz = args.imgsz_hw
+
+    from runtime.imageio import read_names
+    calib_list = read_names(calib_names) if isinstance(calib_names, (str, Path)) else list(calib_names)
+    # Calibrate on `calib-count` training pairs; choose the recipe on up to 16 other training pairs.
+    from export.pairs import spread
+    calib_pick = spread(calib_list, args.calib_count)
+    held_out = spread([n for n in calib_list if n not in set(calib_pick)], 16)
+    if not held_out:  # every listed pair calibrates: choose on (some of) them, still never on the test split
+        held_out = spread(calib_pick, 16)
+    _echo(f"reading {len(calib_pick)} calibration pairs from {calib_data} at {imgsz[0]}x{imgsz[1]}")
+    calib_inputs = load_inputs(calib_data, calib_pick, None, imgsz, channels)
+    select_inputs = load_inputs(calib_data, held_out, None, None if args.dynamic else imgsz, channels)
+    test_inputs = load_inputs(data, test_names, args.test_count, None if args.dynamic else imgsz, channels)
+
+    with tempfile.TemporaryDirectory(prefix="fusion-int8-") as work:
+        work = Path(work)
+        fp32_path = work / "model.fp32.onnx"
+        parity_pairs = load_inputs(data, args.check_names, args.check_count, None if args.dynamic else imgsz,
+                                   channels)
+        _echo(f"exporting the fp32 reference of {model.config.variant} from {folder}")
+        fp32_report = export_onnx(model, fp32_path, imgsz=imgsz, dynamic=args.dynamic, opset=args.opset,
+                                  metadata=weights_metadata(folder), check_pairs=parity_pairs,
+                                  simplify=args.simplify, tolerance=args.tolerance, batch=args.batch)
+        _echo(f"fp32 parity: {summarize_parity(fp32_report['parity'])}")
+        pre = preprocess(fp32_path, work / "pre.onnx")
+        select_reference = run_model(fp32_path, select_inputs)
+
+        tried = []
+        best = None
+        for recipe in recipes_to_try(args.calib_method, args.qdq_target, args.int8_ops):
+            candidate = work / f"candidate-{len(tried)}.onnx"
+            _echo(f"quantising: {recipe.label}")
+            done = quantize_int8(fp32_path, candidate, calib_inputs, recipe, cache_dir=work, preprocessed=pre)
+            psnr = compare_models(fp32_path, candidate, select_inputs, select_reference)["psnr_db"]
+            tried.append({"label": recipe.label, "recipe": asdict(recipe), "heldout_psnr_db": psnr,
+                          "excluded_nodes": len(done["excluded_nodes"]), "seconds": done["seconds"]})
+            _echo(f"  held-out training pairs: INT8 vs fp32 PSNR {psnr:.2f} dB")
+            if best is None or psnr > best[0]:
+                best = (psnr, recipe, candidate, done)
+            if psnr >= args.psnr_goal:
+                break
+        psnr_sel, recipe, chosen, done = best
+
+        _echo(f"chosen: {recipe.label}; reporting on {len(test_inputs)} test pairs")
+        test_reference = run_model(fp32_path, test_inputs)
+        test = compare_models(fp32_path, chosen, test_inputs, test_reference)
+        deltas = metric_deltas(test_inputs, test_reference, test.pop("outputs"))
+        speed_item = load_inputs(data, test_names, 1, imgsz, channels)[0]
+        speed_feeds = speed_item.feeds()
+        if args.batch != 1 and not args.dynamic:
+            speed_feeds = {k: np.repeat(v, args.batch, axis=0) for k, v in speed_feeds.items()}
+        speed = cpu_speed(fp32_path, chosen, speed_feeds, runs=args.bench_runs)
+        from runtime.imageio import atomic_path
+        import shutil
+        with atomic_path(out) as tmp:
+            shutil.copyfile(chosen, tmp)
+    goal_met = bool(test["psnr_db"] >= args.psnr_goal)
+    report = {
+        "path": str(out), "format": "onnx-int8", "weights": str(folder),
+        "settings": {**fp32_report["settings"], "calib": str(calib_data), "calib_names": str(calib_names),
+                     "calib_count": len(calib_inputs), "calib_imgsz": list(imgsz), "calib_method": args.calib_method,
+                     "qdq_target": args.qdq_target, "int8_ops": args.int8_ops, "psnr_goal_db": args.psnr_goal,
+                     "test_names": str(test_names)},
+        "metadata": fp32_report["metadata"],
+        "fp32_parity": fp32_report["parity"],
+        "recipes_tried": tried, "chosen": done["label"], "excluded_nodes": done["excluded_nodes"],
+        "calibration_pairs": done["calibration_pairs"], "selection_pairs": held_out,
+        "test": {"pairs": test["pairs"], "psnr_db": test["psnr_db"], "mean_pair_psnr_db": test["mean_pair_psnr_db"],
+                 "min_psnr_db": test["min_psnr_db"], "max_abs": test["max_abs"], "goal_met": goal_met,
+                 "per_pair": test["per_pair"]},
+        "metrics": deltas, "cpu_speed": speed,
+    }
+    _write_report(out, report)
+    _echo(f"INT8 vs fp32 on {test['pairs']} test pairs: PSNR {test['psnr_db']:.2f} dB (worst pair "
+          f"{test['min_psnr_db']:.2f} dB), goal {args.psnr_goal:g} dB {'met' if goal_met else 'NOT met'}")
+    if "delta" in deltas:
+        _echo("metric deltas (INT8 - fp32): " + ", ".join(f"{k} {v:+.4f}" for k, v in deltas["delta"].items()))
+    _echo(f"CPU (ONNX Runtime, {speed['threads']} threads, {speed['input_shape']}): fp32 "
+          f"{speed['fp32_median_ms']:.2f} ms, int8 {speed['int8_median_ms']:.2f} ms (median of {speed['runs']}), "
+          f"fp32/int8 = {speed['speedup_fp32_over_int8']:.2f}x")
+    print(out)
+    return 0
+
+
+def _check_disjoint(calib_names, test_names) -> None:
+    """Refuse to calibrate on test pairs."""
+    from runtime.imageio import read_names
+    calib = set(read_names(calib_names)) if isinstance(calib_names, (str, Path)) else set(calib_names)
+    test = set(read_names(test_names)) if isinstance(test_names, (str, Path)) else set(test_names)
+    overlap = sorted(calib & test)
+    if overlap:
+        raise FusionError(f"{len(overlap)} calibration pair(s) are in the test split ({', '.join(overlap[:3])}); "
+                          f"calibrate on training pairs only (--calib-names) so the INT8 report stays honest")

@@ -1,0 +1,117 @@
+"""INT8 QDQ quantisation: calibration on real training pairs, recipes, the report, and refusal to touch test.txt."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime.quantization")
+
+from distill.models import save_student  # noqa: E402
+from export.onnx_export import export_onnx, read_onnx_metadata  # noqa: E402
+from export.pairs import load_inputs  # noqa: E402
+from export.quantize import (QuantRecipe, calibration_reader, compare_models, cpu_speed, quantize_int8,  # noqa: E402
+                             recipes_to_try, sensitive_nodes)
+from runtime.cli import main as fusion_main  # noqa: E402
+
+from test_export_onnx import random_student  # noqa: E402
+
+torch.set_num_threads(1)
+SIZE = (64, 96)
+
+
+@pytest.fixture(scope="module")
+def fp32_model(tmp_path_factory, roadscene):
+    path = tmp_path_factory.mktemp("int8") / "model.onnx"
+    export_onnx(random_student(), path, imgsz=SIZE, check_pairs=load_inputs(roadscene, None, 2, SIZE))
+    return path
+
+
+@pytest.fixture(scope="module")
+def calib_inputs(roadscene):
+    return load_inputs(roadscene, roadscene / "train.txt", 4, SIZE)
+
+
+def test_reader_yields_real_feeds_and_supports_strides(calib_inputs):
+    reader = calibration_reader(calib_inputs)
+    assert len(reader) == 4
+    reader.set_range(1, 3)
+    feeds = [reader.get_next(), reader.get_next(), reader.get_next()]
+    assert feeds[2] is None
+    assert np.array_equal(feeds[0]["ir"], calib_inputs[1].ir) and set(feeds[0]) == {"ir", "vis"}
+
+
+def test_qdq_model_is_per_channel_int8_and_close_to_fp32(tmp_path, fp32_model, calib_inputs, roadscene):
+    out = tmp_path / "m.int8.onnx"
+    done = quantize_int8(fp32_model, out, calib_inputs, QuantRecipe("minmax"))
+    model = onnx.load(str(out))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") > 5 and ops.count("DequantizeLinear") > 5
+    # per-channel weights: some DequantizeLinear carries a vector of scales
+    inits = {i.name: i for i in model.graph.initializer}
+    scale_sizes = [int(np.prod(inits[n.input[1]].dims)) for n in model.graph.node
+                   if n.op_type == "DequantizeLinear" and n.input[1] in inits]
+    assert max(scale_sizes) > 1
+    assert read_onnx_metadata(out)["precision"] == "int8"
+    assert done["calibration_pairs"] == [i.name for i in calib_inputs]
+    test_inputs = load_inputs(roadscene, roadscene / "test.txt", 2, SIZE)
+    result = compare_models(fp32_model, out, test_inputs)
+    assert 25.0 < result["psnr_db"] < 200.0  # quantised, so not identical, but the same function
+    assert result["max_abs"] > 0.0
+
+
+def test_float_edges_keep_first_and_last_layers_in_float(tmp_path, fp32_model, calib_inputs):
+    from export.quantize import preprocess
+    pre = preprocess(fp32_model, tmp_path / "pre.onnx")
+    graph = onnx.load(str(pre)).graph
+    names = sensitive_nodes(onnx.load(str(pre)))
+    by_name = {n.name: n for n in graph.node}
+    convs = [n for n in names if by_name[n].op_type == "Conv"]
+    assert len(convs) == 3  # the first conv of each input branch and the head's last conv
+    assert [n.name for n in graph.node if n.op_type == "Conv"][-1] in convs
+    plain, edges = tmp_path / "plain.onnx", tmp_path / "edges.onnx"
+    quantize_int8(fp32_model, plain, calib_inputs, QuantRecipe("minmax"), cache_dir=tmp_path, preprocessed=pre)
+    quantize_int8(fp32_model, edges, calib_inputs, QuantRecipe("minmax", float_edges=True), cache_dir=tmp_path,
+                  preprocessed=pre)
+    count = lambda p: [n.op_type for n in onnx.load(str(p)).graph.node].count("QuantizeLinear")  # noqa: E731
+    assert count(edges) < count(plain)
+    assert list(tmp_path.glob("ranges-minmax-*.json"))  # the second recipe reused the calibration
+
+
+def test_recipe_order_tries_standard_fixes():
+    labels = [r.label for r in recipes_to_try("auto")]
+    assert labels[0].startswith("minmax") and "float first/last" in labels[1]
+    assert [r.method for r in recipes_to_try("auto")] == ["minmax", "minmax", "percentile", "entropy"]
+    assert all(r.per_channel for r in recipes_to_try("auto"))
+    assert [r.method for r in recipes_to_try("entropy")] == ["entropy", "entropy"]
+
+
+def test_cpu_speed_reports_medians_of_both(fp32_model, tmp_path, calib_inputs):
+    out = tmp_path / "m.int8.onnx"
+    quantize_int8(fp32_model, out, calib_inputs[:2], QuantRecipe("minmax"))
+    speed = cpu_speed(fp32_model, out, calib_inputs[0].feeds(), runs=3, warmup=1)
+    assert speed["fp32_median_ms"] > 0 and speed["int8_median_ms"] > 0 and speed["threads"] == 2
+    assert speed["speedup_fp32_over_int8"] == pytest.approx(speed["fp32_median_ms"] / speed["int8_median_ms"])
+
+
+def test_cli_onnx_int8_reports_on_test_and_never_calibrates_on_it(tmp_path, roadscene, train_names, test_names):
+    folder = save_student(random_student(), tmp_path / "student")
+    out = tmp_path / "m.int8.onnx"
+    code = fusion_main(["export", "--weights", str(folder), "--format", "onnx-int8", "--imgsz", "64x96",
+                        "--data", str(roadscene), "--check-count", "1", "--calib-count", "3", "--test-count", "2",
+                        "--bench-runs", "2", "--calib-method", "minmax", "--out", str(out)])
+    assert code == 0 and out.is_file()
+    report = json.loads((tmp_path / "m.int8.onnx.json").read_text())
+    assert set(report["calibration_pairs"]) <= set(train_names)
+    assert not set(report["calibration_pairs"]) & set(test_names)
+    assert not set(report["selection_pairs"]) & set(test_names)
+    assert set(report["test"]["per_pair"]) <= set(test_names) and report["test"]["pairs"] == 2
+    assert report["fp32_parity"]["max_abs"] <= 1e-4
+    assert report["cpu_speed"]["fp32_median_ms"] > 0 and report["recipes_tried"]
+    assert isinstance(report["test"]["psnr_db"], float)
+    assert fusion_main(["export", "--weights", str(folder), "--format", "onnx-int8", "--data", str(roadscene),
+                        "--calib-names", str(roadscene / "test.txt"), "--out", str(tmp_path / "x.onnx")]) == 2
+    assert not (tmp_path / "x.onnx").exists()
