@@ -119,9 +119,9 @@ def load_generator_class(name: str):
     try:
         return load_teacher_class(name, IRGEN_KIND)
     except ModuleNotFoundError as exc:
-        from runtime.errors import require
-        if exc.name and not exc.name.startswith("teacher"):
-            require(exc.name, purpose=f"the '{name}' generator")
+        from runtime.errors import EXTRA_OF_MODULE, require
+        if exc.name and (exc.name in EXTRA_OF_MODULE or exc.name.split(".")[0] in EXTRA_OF_MODULE):
+            require(exc.name, purpose=f"the '{name}' generator")  # raises, naming the pip extra to install
         raise FusionError(f"the '{name}' generator is not available in this installation ({exc})") from None
 
 
