@@ -1,0 +1,334 @@
+"""Evaluation of a student: fused images, the field's metric table beside the teacher and baselines, a picture grid,
+and the student's cost (params, GMACs, ONNX Runtime CPU latency, ratio to the SeAFusion-architecture peer).
+
+    fusion distill eval --weights default --data ../shared/data/roadscene --names test.txt [--out DIR]
+    fusion distill profile --weights default [--size 480x640] [--peer seafusion]
+
+Metrics come from distill.metrics (numpy + OpenCV); images are written as 8-bit PNG and the metrics read them back,
+exactly as for any other fusion method, so every row of the table is computed the same way.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from runtime.errors import FusionError, require
+
+DEFAULT_BASELINES = ("mean", "max", "laplacian")
+
+
+# --------------------------------------------------------------------------------------------------------- cost
+def count_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def attention_macs(model, height: int, width: int) -> int:
+    """MACs of the cross-attention matrix products (thop counts only the convs around them)."""
+    from distill.models.fusion import CrossModalAttention
+    multiple = getattr(model, "multiple", 1)
+    ph, pw = math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple
+    total = 0
+    levels = len(model.config.stages) + 1
+    deep_h, deep_w = ph // 2 ** levels, pw // 2 ** levels
+    for module in model.modules():
+        if isinstance(module, CrossModalAttention):
+            queries = deep_h * deep_w
+            keys = (deep_h // module.kv_pool) * (deep_w // module.kv_pool)
+            total += 2 * queries * keys * module.heads * module.head_dim  # Q K^T and A V
+    return total
+
+
+def count_macs(model, height: int = 480, width: int = 640) -> Dict[str, float]:
+    """{'thop_gmacs': convs and linear layers (thop), 'gmacs': plus the attention matmuls} at (height, width)."""
+    import copy
+
+    import torch
+    thop = require("thop", "counting MACs")
+    probe = copy.deepcopy(model).cpu().eval()  # thop leaves counters on the modules it profiles
+    channels = probe.config.vis_channels
+    with torch.no_grad():
+        macs, _ = thop.profile(probe, inputs=(torch.rand(1, 1, height, width), torch.rand(1, channels, height, width)),
+                               verbose=False)
+    extra = attention_macs(model, height, width)
+    return {"thop_gmacs": macs / 1e9, "gmacs": (macs + extra) / 1e9}
+
+
+def export_for_timing(model, path: Path, height: int, width: int, channels: int = 1) -> Path:
+    """A dynamic-size ONNX export (opset 17) for latency measurements."""
+    import torch
+    dynamic = {"ir": {0: "n", 2: "h", 3: "w"}, "vis": {0: "n", 2: "h", 3: "w"}, "fused": {0: "n", 2: "h", 3: "w"}}
+    with torch.no_grad():
+        torch.onnx.export(model.cpu().eval(), (torch.rand(1, 1, height, width), torch.rand(1, channels, height, width)),
+                          str(path), input_names=["ir", "vis"], output_names=["fused"], opset_version=17,
+                          dynamic_axes=dynamic, dynamo=False)
+    return path
+
+
+def ort_latency_ms(onnx_path: Path, height: int, width: int, threads: int = 2, runs: int = 30, warmup: int = 5,
+                   channels: int = 1) -> Dict[str, float]:
+    """Median / p90 wall time of one ONNX Runtime CPU inference at (height, width)."""
+    ort = require("onnxruntime", "timing with ONNX Runtime")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed = {"ir": rng.random((1, 1, height, width), dtype=np.float32),
+            "vis": rng.random((1, channels, height, width), dtype=np.float32)}
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - start) * 1000)
+    return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)), "runs": runs}
+
+
+def profile_student(model, height: int = 480, width: int = 640, threads: int = 2, runs: int = 30,
+                    peer: Optional[str] = "seafusion", peer_runs: int = 5) -> Dict[str, float]:
+    """Params, GMACs and ONNX Runtime CPU latency of `model`; with `peer`, the peer's latency measured in the same
+    run (interleaved, so both see the same machine load) and the speed ratio."""
+    import torch
+    torch.set_num_threads(max(1, threads))
+    result: Dict[str, float] = {"params": count_params(model), **count_macs(model, height, width),
+                                "height": height, "width": width, "threads": threads}
+    channels = model.config.vis_channels
+    with tempfile.TemporaryDirectory() as tmp:
+        student_onnx = export_for_timing(model, Path(tmp) / "student.onnx", height, width, channels)
+        if peer:
+            try:
+                from benchmarks.peers import create_peer
+                peer_model = create_peer(peer)
+            except (ImportError, KeyError) as exc:
+                print(f"peer '{peer}' unavailable ({exc}); no speed ratio", file=sys.stderr)
+                peer = None
+        if not peer:
+            result.update({f"ort_{k}": v for k, v in ort_latency_ms(student_onnx, height, width, threads, runs,
+                                                                      channels=channels).items()})
+            return result
+        peer_onnx = export_for_timing(peer_model, Path(tmp) / "peer.onnx", height, width)
+        # interleave rounds so a load spike from other processes hits both models alike
+        student_times, peer_times = [], []
+        for _ in range(3):
+            student_times.append(ort_latency_ms(student_onnx, height, width, threads, runs, channels=channels)
+                                 ["median_ms"])
+            peer_times.append(ort_latency_ms(peer_onnx, height, width, threads, peer_runs, warmup=1)["median_ms"])
+        result["ort_median_ms"] = float(np.median(student_times))
+        result["peer"] = peer
+        result["peer_ort_median_ms"] = float(np.median(peer_times))
+        result["speedup_vs_peer"] = result["peer_ort_median_ms"] / result["ort_median_ms"]
+        result["peer_params"] = count_params(peer_model)
+    return result
+
+
+def format_profile(p: Dict[str, float]) -> str:
+    lines = [f"params {p['params'] / 1e6:.3f} M, {p['gmacs']:.3f} GMACs at {p['width']}x{p['height']} "
+             f"(thop convs/linear {p['thop_gmacs']:.3f} + attention matmuls)",
+             f"ONNX Runtime CPU, {p['threads']} threads: median {p['ort_median_ms']:.2f} ms"]
+    if "peer" in p:
+        lines.append(f"{p['peer']} peer (random weights, same run): median {p['peer_ort_median_ms']:.1f} ms -> "
+                     f"student is {p['speedup_vs_peer']:.1f}x faster")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------- fusing
+def fuse_pairs(model, pairs, out_dir: Path, device: str = "cpu", colour_dir: Optional[Path] = None) -> List[str]:
+    """Run the student on each pair at full size; write fused luminance PNGs (and colour ones with VIS chroma)."""
+    import torch
+    from tqdm import tqdm
+
+    from runtime.color import merge_luminance, split_luminance
+    from runtime.imageio import read_pair, write_image
+    names = []
+    channels = model.config.vis_channels
+    with torch.no_grad():
+        for pair in tqdm(pairs, desc="student", unit="pair", file=sys.stderr):
+            ir, vis = read_pair(pair)
+            vis_y, cbcr = split_luminance(vis)
+            vis_in = vis_y[None] if channels == 1 else (vis.transpose(2, 0, 1) if vis.ndim == 3 else
+                                                         np.repeat(vis[None], 3, axis=0))
+            fused = model(torch.from_numpy(ir)[None, None].to(device),
+                          torch.from_numpy(np.ascontiguousarray(vis_in))[None].to(device))[0].cpu().numpy()
+            if channels == 1:
+                fused_y = fused[0]
+                colour = merge_luminance(fused_y, cbcr)
+            else:
+                colour = fused.transpose(1, 2, 0)
+                fused_y, _ = split_luminance(colour)
+            write_image(out_dir / f"{pair.name}.png", fused_y)
+            if colour_dir is not None:
+                write_image(colour_dir / f"{pair.name}.png", colour)
+            names.append(pair.name)
+    return names
+
+
+def fuse_with_teacher(name: str, kind, pairs, out_dir: Path) -> None:
+    """Write `name`'s fusion of each pair not already present in out_dir (resumable)."""
+    from tqdm import tqdm
+
+    from runtime.color import split_luminance
+    from runtime.imageio import read_pair, write_image
+    from teacher.registry import load_teacher_class
+    teacher = load_teacher_class(name, kind)()
+    for pair in tqdm(pairs, desc=name, unit="pair", file=sys.stderr):
+        target = out_dir / f"{pair.name}.png"
+        if target.is_file():
+            continue
+        ir, vis = read_pair(pair)
+        write_image(target, teacher.fuse(ir, split_luminance(vis)[0]))
+
+
+def picture_grid(pairs, columns: Dict[str, Path], out_path: Path, rows: int = 4, height: int = 200) -> Path:
+    """Rows of pairs, columns IR | VIS | each fused folder, every tile resized to `height`, labelled."""
+    import cv2
+
+    from runtime.imageio import read_raw, write_image
+    tiles_rows = []
+    for pair in pairs[:rows]:
+        tiles = []
+        sources = [("IR", pair.ir), ("VIS", pair.vis)] + [(label, folder / f"{pair.name}.png")
+                                                         for label, folder in columns.items()]
+        for label, path in sources:
+            img = read_raw(path)
+            if img.dtype != np.uint8:
+                img = (img / 257).astype(np.uint8)
+            if img.ndim == 2:
+                img = np.repeat(img[..., None], 3, axis=2)
+            width = int(round(img.shape[1] * height / img.shape[0]))
+            img = np.ascontiguousarray(cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA))
+            cv2.putText(img, label, (6, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3, cv2.LINE_AA)
+            cv2.putText(img, label, (6, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 0), 1, cv2.LINE_AA)
+            tiles.append(img)
+            tiles.append(np.full((height, 4, 3), 255, np.uint8))
+        tiles_rows.append(np.concatenate(tiles[:-1], axis=1))
+    width = max(r.shape[1] for r in tiles_rows)
+    padded = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in tiles_rows]
+    return write_image(out_path, np.concatenate(padded, axis=0))
+
+
+# ------------------------------------------------------------------------------------------------------- eval
+def evaluate(weights: str, data: str, names: Optional[str], out: Path, teacher: str = "em",
+             teacher_dir: Optional[str] = None, baselines: Sequence[str] = DEFAULT_BASELINES, device: str = "cpu",
+             grid_rows: int = 4, profile: bool = True, threads: int = 2) -> dict:
+    import torch
+
+    from distill.models import load_student
+    from runtime.imageio import dataset_folders, discover_pairs, write_json, write_text
+    try:
+        from distill import metrics
+    except ImportError:
+        raise FusionError("distill.metrics is not available in this installation; cannot compute the metric table") \
+            from None
+    if threads > 0:
+        torch.set_num_threads(threads)
+    model = load_student(weights, device=device)
+    if names is not None and not Path(names).is_file() and (Path(data) / names).is_file():
+        names = str(Path(data) / names)
+    pairs = discover_pairs(data, names=names)
+    ir_dir, vis_dir, found_teacher = dataset_folders(data)
+    stems = [p.name for p in pairs]
+
+    student_dir, colour_dir = out / "student", out / "student_rgb"
+    fuse_pairs(model, pairs, student_dir, device, colour_dir)
+    folders: Dict[str, Path] = {f"student ({model.config.variant})": student_dir}
+
+    # the teacher: a given folder, the dataset's TEACHER_FUSED when it covers the split, or computed now
+    chosen = Path(teacher_dir) if teacher_dir else found_teacher
+    if chosen is None or not all((chosen / f"{s}.png").is_file() or any(chosen.glob(f"{s}.*")) for s in stems):
+        chosen = out / f"teacher_{teacher}"
+        fuse_with_teacher(teacher, "fusion", pairs, chosen)
+    folders[f"teacher ({teacher})"] = chosen
+    for name in baselines:
+        folder = out / f"baseline_{name}"
+        try:
+            fuse_with_teacher(name, "baseline", pairs, folder)
+        except (ImportError, FusionError) as exc:
+            print(f"baseline '{name}' unavailable ({exc}); row left out", file=sys.stderr)
+            continue
+        folders[name] = folder
+
+    rows, per_image = {}, {}
+    for label, folder in folders.items():
+        result = metrics.evaluate_folder(ir_dir, vis_dir, folder, names=stems)
+        rows[label] = result["mean"]
+        per_image[label] = result["per_image"]
+    table = metrics.markdown_table(rows)
+    summary = {"weights": str(weights), "data": str(data), "names": names, "count": len(stems), "rows": rows,
+               "folders": {k: str(v) for k, v in folders.items()}}
+    if profile:
+        summary["profile"] = profile_student(model.cpu(), threads=threads)
+    write_text(out / "metrics.md", table + "\n")
+    write_json(out / "metrics.json", summary)
+    write_json(out / "metrics_per_image.json", per_image)
+    grid_columns = {"teacher": chosen, "student": colour_dir}
+    summary["grid"] = str(picture_grid(pairs, grid_columns, out / "grid.png", rows=grid_rows))
+    summary["table"] = table
+    return summary
+
+
+def configure_eval(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", default="default", help="student folder (config.json + model.safetensors) or "
+                                                             "'default' (default: %(default)s)")
+    parser.add_argument("--data", required=True, help="dataset folder with ir/ and vi/")
+    parser.add_argument("--names", default=None, help="split file (e.g. test.txt; looked up in --data too)")
+    parser.add_argument("--out", default=None, help="output folder (default: runs/distill/eval/<weights name>)")
+    parser.add_argument("--teacher", default="em", help="teacher row (default: %(default)s)")
+    parser.add_argument("--teacher-dir", default=None, help="precomputed teacher fusions (default: the dataset's "
+                                                            "TEACHER_FUSED/ when complete, else computed into --out)")
+    parser.add_argument("--baselines", default=",".join(DEFAULT_BASELINES), help="comma-separated baseline rows "
+                                                                                 "(default: %(default)s)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="torch / ONNX Runtime CPU threads (default: 2)")
+    parser.add_argument("--grid-rows", type=int, default=4, help="pairs shown in grid.png (default: 4)")
+    parser.add_argument("--no-profile", action="store_true", help="skip the params / GMACs / latency report")
+    parser.set_defaults(func=run_eval)
+
+
+def run_eval(args) -> int:
+    require("torch", "`fusion distill eval`")
+    out = Path(args.out) if args.out else Path("runs/distill/eval") / Path(str(args.weights)).name
+    summary = evaluate(args.weights, args.data, args.names, out, teacher=args.teacher, teacher_dir=args.teacher_dir,
+                       baselines=[b for b in args.baselines.split(",") if b], device=args.device,
+                       grid_rows=args.grid_rows, profile=not args.no_profile, threads=args.threads)
+    print(f"{summary['count']} pairs from {args.data}" + (f" ({args.names})" if args.names else ""))
+    print(summary["table"])
+    if "profile" in summary:
+        print(format_profile(summary["profile"]))
+    print(f"fused images: {out / 'student'} (colour: {out / 'student_rgb'}); grid: {summary['grid']}; "
+          f"table: {out / 'metrics.md'}")
+    return 0
+
+
+def configure_profile(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", default=None, help="student folder or 'default' (default: a fresh --variant)")
+    parser.add_argument("--variant", default="nano", help="registered student when no --weights (default: nano)")
+    parser.add_argument("--size", default="480x640", help="HxW (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--peer", default="seafusion", help="latency peer measured in the same run ('' for none)")
+    parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    parser.set_defaults(func=run_profile)
+
+
+def run_profile(args) -> int:
+    require("torch", "`fusion distill profile`")
+    from distill.models import create_student, load_student
+    try:
+        height, width = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise FusionError(f"--size must look like 480x640 (height x width), got '{args.size}'") from None
+    model = load_student(args.weights) if args.weights else create_student(args.variant).eval()
+    result = profile_student(model, height, width, args.threads, args.runs, peer=args.peer or None)
+    print(format_profile(result))
+    if args.json:
+        from runtime.imageio import write_json
+        write_json(args.json, result)
+    return 0
