@@ -151,6 +151,6 @@ class DecompositionGenerator(TrainableGenerator):
     def settings(self):
         record = super().settings()
         fusion = self.model.fusion
-        record["fusion"] = {"exponent": float(fusion.exponent), "mix": float(fusion.mix_logit.sigmoid()),
-                            "gain": float(fusion.gain), "bias": float(fusion.bias)}
+        record["fusion"] = {"exponent": float(fusion.exponent.detach()), "mix": float(fusion.mix_logit.detach().sigmoid()),
+                            "gain": float(fusion.gain.detach()), "bias": float(fusion.bias.detach())}
         return record

@@ -31,7 +31,7 @@ from teacher.irgen.base import IRGenerator
 @dataclasses.dataclass
 class OptimConfig:
     lr: float = 2e-4
-    backbone_lr_scale: float = 1.0  # e.g. 0.1 when the backbone starts from ImageNet weights
+    backbone_lr_scale: float = 0.1  # backbone lr factor, applied only when ImageNet weights were loaded
     weight_decay: float = 1e-4
     warmup_steps: int = 200
     min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
@@ -90,7 +90,9 @@ class TrainableGenerator(IRGenerator):
         rest = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
         groups = [{"params": rest, "lr_scale": 1.0}]
         if backbone:
-            groups.append({"params": backbone, "lr_scale": cfg.optim.backbone_lr_scale})
+            # A backbone trained from scratch learns at the full rate; pretrained features are nudged gently.
+            pretrained = getattr(model, "pretrained_tensors", 0) > 0
+            groups.append({"params": backbone, "lr_scale": cfg.optim.backbone_lr_scale if pretrained else 1.0})
         return groups
 
     # ------------------------------------------------------------------------------------------------ options
