@@ -23,3 +23,20 @@ test: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# RGB->IR generators (docs/irgen.md): train tqd and decomp on the 171 training pairs with the CPU configs, then
+# synthesise IR for the 50 test RGB frames and compare with the real IR (PSNR/SSIM, baselines, picture grids).
+IRGEN_DATA ?= ../shared/data/roadscene
+IRGEN_OUT  ?= build/irgen
+.PHONY: irgen-train irgen-eval
+irgen-train: setup
+	for g in tqd decomp; do $(BIN)/fusion teacher train-irgen --generator $$g --data $(IRGEN_DATA) \
+	  --names $(IRGEN_DATA)/train.txt --config configs/irgen/$${g}_cpu.yaml --out $(IRGEN_OUT)/$$g --resume || exit 1; done
+
+irgen-eval: setup
+	for g in tqd decomp; do $(BIN)/fusion teacher synth-ir --generator $$g --weights $(IRGEN_OUT)/$$g \
+	  --rgb $(IRGEN_DATA)/vi --names $(IRGEN_DATA)/test.txt --out $(IRGEN_OUT)/synth/$$g-test --visualize \
+	  --resume || exit 1; done
+	$(BIN)/python -m teacher.irgen.evaluate --data $(IRGEN_DATA) --names $(IRGEN_DATA)/test.txt \
+	  --train-names $(IRGEN_DATA)/train.txt --pred tqd=$(IRGEN_OUT)/synth/tqd-test \
+	  --pred decomp=$(IRGEN_OUT)/synth/decomp-test --out $(IRGEN_OUT)/eval --grid 6
