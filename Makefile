@@ -40,3 +40,9 @@ irgen-eval: setup
 	$(BIN)/python -m teacher.irgen.evaluate --data $(IRGEN_DATA) --names $(IRGEN_DATA)/test.txt \
 	  --train-names $(IRGEN_DATA)/train.txt --pred tqd=$(IRGEN_OUT)/synth/tqd-test \
 	  --pred decomp=$(IRGEN_OUT)/synth/decomp-test --out $(IRGEN_OUT)/eval --grid 6
+
+# Export (docs/export.md): INT8 QDQ model of the default student beside its model.onnx, calibrated on the training
+# split, with the INT8-vs-fp32 report on test.txt in runtime/models/default/model.int8.onnx.json.
+.PHONY: export-int8
+export-int8: setup
+	$(BIN)/fusion export --weights default --format onnx-int8 --dynamic
