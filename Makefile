@@ -46,3 +46,11 @@ irgen-eval: setup
 .PHONY: export-int8
 export-int8: setup
 	$(BIN)/fusion export --weights default --format onnx-int8 --dynamic
+
+# Teacher (docs/teacher.md): EM fusion targets for the training split, resumable (rerun to finish an interrupted
+# build); the distillation stage reads them from build/teacher/roadscene/TEACHER_FUSED/<stem>.png.
+DATA ?= ../shared/data
+TEACHER_OUT ?= build/teacher/roadscene/TEACHER_FUSED
+targets:
+	$(BIN)/fusion teacher fuse --teacher em --data $(DATA)/roadscene --names $(DATA)/roadscene/train.txt \
+	  --out $(TEACHER_OUT) --resume
