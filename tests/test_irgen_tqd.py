@@ -14,6 +14,7 @@ from teacher.irgen.layers import sine_position_encoding  # noqa: E402
 from teacher.irgen.resnet import ResNet, load_imagenet_weights  # noqa: E402
 from teacher.irgen.tqd import TQDConfig, TQDTrainConfig, ThermalQueryDecoderGenerator  # noqa: E402
 from teacher.irgen.tqd_net import ThermalQueryDecoder  # noqa: E402
+from tests.conftest import requires_gpu  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -160,3 +161,34 @@ def test_generator_synthesises_at_input_size_and_visualises(tmp_path):
     panel = generator.visualize(rgb, ir, count=3)
     assert panel.dtype == np.uint8 and panel.ndim == 3 and panel.shape[2] == 3
     assert generator.settings()["model"]["num_queries"] == 8
+
+
+def test_synth_ir_command_with_a_trained_folder(roadscene, train_names, tmp_path):
+    from runtime.cli import dispatch
+    from runtime.imageio import discover_pairs, read_ir
+    tiny_model().save_pretrained(tmp_path / "weights")
+    names = tmp_path / "two.txt"
+    names.write_text("\n".join(train_names[:2]))
+    out = tmp_path / "synth"
+    assert dispatch("teacher", ["synth-ir", "--generator", "tqd", "--weights", str(tmp_path / "weights"), "--rgb",
+                                str(roadscene / "vi"), "--names", str(names), "--out", str(out), "--visualize",
+                                "--device", "cpu"], "fusion teacher") == 0
+    pairs = discover_pairs(data=out)
+    assert [p.name for p in pairs] == sorted(train_names[:2])
+    for pair in pairs:
+        assert read_ir(pair.ir).shape == read_ir(roadscene / "ir" / f"{pair.name}.jpg").shape
+        assert (out / "visual" / f"{pair.name}.png").is_file()
+    # a decomp folder is not a tqd folder: one sentence, exit 2
+    assert dispatch("teacher", ["synth-ir", "--generator", "decomp", "--weights", str(tmp_path / "weights"),
+                                "--rgb", str(roadscene / "vi"), "--names", str(names), "--out", str(tmp_path / "o"),
+                                "--device", "cpu"], "fusion teacher") == 2
+
+
+@requires_gpu
+def test_amp_training_on_cuda(roadscene, names_file, tmp_path):
+    args = train_args(roadscene, names_file, tmp_path / "gpu", steps=20)
+    args.device = "cuda"
+    assert ThermalQueryDecoderGenerator.train(args) == 0
+    generator = ThermalQueryDecoderGenerator.from_pretrained(tmp_path / "gpu", device="cuda")
+    ir = generator.generate(np.random.default_rng(0).random((50, 70, 3)).astype(np.float32))
+    assert ir.shape == (50, 70) and np.isfinite(ir).all()
