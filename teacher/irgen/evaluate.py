@@ -191,9 +191,7 @@ def picture_grid(data: str, names: list[str], predictions: dict[str, str], resul
     return grid(rows, width=width)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m teacher.irgen.evaluate", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset folder with the real ir/ and vi/")
     parser.add_argument("--names", help="split file of the pairs to evaluate (e.g. test.txt)")
     parser.add_argument("--pred", action="append", default=[], metavar="LABEL=DIR",
@@ -203,7 +201,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="folder for results.json, results.md and grid.png")
     parser.add_argument("--no-lpips", action="store_true", help="skip LPIPS even when it is available")
     parser.add_argument("--grid", type=int, default=6, metavar="N", help="pairs in the picture grid (0: none)")
-    args = parser.parse_args(argv)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
     predictions = {}
     for item in args.pred:
         if "=" not in item:
@@ -224,6 +225,13 @@ def main(argv=None) -> int:
         write_image(out / "grid.png", picture_grid(args.data, names[::step][: args.grid], predictions, result))
         print(f"picture grid: {out / 'grid.png'}")
     return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m teacher.irgen.evaluate", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
