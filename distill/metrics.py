@@ -141,6 +141,8 @@ def _mutual_information(a: np.ndarray, b: np.ndarray, a_codes=None, b_codes=None
     total = float(joint.sum())
     pa = joint.sum(axis=1).astype(np.float64)
     pb = joint.sum(axis=0).astype(np.float64)
+    if np.count_nonzero(pa) == 1 or np.count_nonzero(pb) == 1:
+        return 0.0  # a constant image shares no information (exactly 0, as sklearn returns, not rounding noise)
     rows, cols = np.nonzero(joint)
     pab = joint[rows, cols].astype(np.float64)
     mi = np.sum(pab / total * (np.log(pab) + math.log(total) - np.log(pa[rows]) - np.log(pb[cols])))
