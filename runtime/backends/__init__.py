@@ -1,0 +1,289 @@
+"""Inference backends: one interface over ONNX Runtime, TensorRT and PyTorch.
+
+    backend = create_backend("runtime/models/default", backend="auto")
+    fused = backend(ir, vis)       # ir (N, 1, H, W), vis (N, C, H, W) float32 [0, 1] -> fused (N, C, H, W)
+
+`auto` picks a TensorRT engine when one (model.engine / *.plan beside the model) and a GPU are present, else ONNX
+Runtime with the best provider it offers (TensorRT EP > CUDA EP > CPU), else PyTorch (only for a student folder
+without model.onnx). ONNX Runtime and TensorRT never import torch; the torch backend imports `distill` lazily.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from runtime.errors import FusionError, require
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "default"
+
+
+def default_model_path() -> Path:
+    return DEFAULT_MODEL_DIR
+
+
+class Backend:
+    """A loaded model. `input_size` is (H, W) for fixed-size models, None when any size works."""
+
+    name = "backend"
+    input_size: Optional[tuple[int, int]] = None
+    vis_channels: int = 1
+    multiple: int = 1
+    provider: str = ""
+    model_path: str = ""
+
+    def __call__(self, ir: np.ndarray, vis: np.ndarray) -> np.ndarray:
+        return self.infer(ir, vis)
+
+    def infer(self, ir: np.ndarray, vis: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "provider": self.provider, "model": self.model_path,
+                "input_size": list(self.input_size) if self.input_size else "dynamic",
+                "vis_channels": self.vis_channels}
+
+
+# ------------------------------------------------------------------------------------------------------ ONNX Runtime
+def best_providers(available: list[str], device: str = "auto") -> list[str]:
+    """ONNX Runtime providers in order of preference among those installed (`device` "cpu" forces CPU)."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    preferred = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    chosen = [p for p in preferred if p in available]
+    return chosen or ["CPUExecutionProvider"]
+
+
+def _import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise FusionError("the ONNX Runtime backend needs onnxruntime, which is not installed: pip install "
+                          "onnxruntime (onnxruntime-gpu on a desktop GPU; the Jetson wheel on a Jetson)") from None
+    return onnxruntime
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike, threads: int = 0, device: str = "auto"):
+        ort = _import_onnxruntime()
+        path = Path(path)
+        self.model_path = str(path)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if threads:
+            options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        providers = best_providers(ort.get_available_providers(), device)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise FusionError(f"ONNX Runtime cannot load {path} ({str(exc).splitlines()[0][:160]}); is it an ONNX "
+                              f"model written by `fusion export`?") from None
+        self.provider = self.session.get_providers()[0]
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = [o.name for o in self.session.get_outputs()]
+        if set(inputs) != {"ir", "vis"} or "fused" not in outputs:
+            raise FusionError(f"{path} has inputs {sorted(inputs)} and outputs {outputs}, but a fusion model takes "
+                              f"'ir' and 'vis' and returns 'fused'; export it with `fusion export`")
+        ir_shape, vis_shape = inputs["ir"].shape, inputs["vis"].shape
+        if len(ir_shape) != 4 or len(vis_shape) != 4:
+            raise FusionError(f"{path} takes inputs of rank {len(ir_shape)}/{len(vis_shape)}, expected (N, C, H, W)")
+        self.vis_channels = vis_shape[1] if isinstance(vis_shape[1], int) else 1
+        height, width = ir_shape[2], ir_shape[3]
+        self.input_size = (height, width) if isinstance(height, int) and isinstance(width, int) else None
+        self.batch = ir_shape[0] if isinstance(ir_shape[0], int) else None
+        meta = self.session.get_modelmeta().custom_metadata_map or {}
+        self.metadata = dict(meta)
+        self.multiple = int(meta.get("multiple", 1) or 1)
+        self._output = ["fused"]
+
+    def infer(self, ir: np.ndarray, vis: np.ndarray) -> np.ndarray:
+        return self.session.run(self._output, {"ir": ir, "vis": vis})[0]
+
+
+# ---------------------------------------------------------------------------------------------------------- TensorRT
+def cuda_gpu_present() -> bool:
+    """True when an NVIDIA GPU is visible (without importing torch or pycuda)."""
+    if os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvhost-ctrl-gpu"):
+        return True
+    return False
+
+
+def _tensorrt_runner_class():
+    module = importlib.import_module("runtime.backends.tensorrt_engine")
+    for name in ("TensorRTEngine", "TensorRTRunner", "TrtEngine", "TRTEngine", "TensorRTBackend", "EngineRunner"):
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise FusionError("runtime/backends/tensorrt_engine.py offers no engine runner class; reinstall the package")
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+
+    def __init__(self, path: str | os.PathLike):
+        if not cuda_gpu_present():
+            raise FusionError(f"the TensorRT backend needs an NVIDIA GPU and this machine has none; use "
+                              f"--backend onnxruntime with the model's .onnx file")
+        require("tensorrt", "the TensorRT backend", extra="trt")
+        try:
+            runner_class = _tensorrt_runner_class()
+        except ModuleNotFoundError:
+            raise FusionError("the TensorRT runner (runtime/backends/tensorrt_engine.py) is not installed") from None
+        self.model_path = str(path)
+        self.runner = runner_class(str(path))
+        self.provider = "TensorRT"
+        shape = getattr(self.runner, "input_shape", None) or getattr(self.runner, "ir_shape", None)
+        if shape is not None and len(shape) == 4 and all(isinstance(s, int) and s > 0 for s in shape[2:]):
+            self.input_size = (int(shape[2]), int(shape[3]))
+        self.vis_channels = int(getattr(self.runner, "vis_channels", 1))
+
+    def infer(self, ir: np.ndarray, vis: np.ndarray) -> np.ndarray:
+        for method in ("infer", "run", "__call__"):
+            if hasattr(self.runner, method):
+                out = getattr(self.runner, method)(ir, vis)
+                return out["fused"] if isinstance(out, dict) else out
+        raise FusionError("the TensorRT runner has no infer() method")
+
+
+# ----------------------------------------------------------------------------------------------------------- PyTorch
+class TorchBackend(Backend):
+    """The student in PyTorch (from a folder with config.json + model.safetensors). Imports torch and distill."""
+
+    name = "torch"
+
+    def __init__(self, path: str | os.PathLike, threads: int = 0, device: str = "auto"):
+        torch = require("torch", "the torch backend", extra="train")
+        from distill.models import load_student  # only here: the runtime never needs distill otherwise
+        if threads:
+            torch.set_num_threads(threads)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.torch = torch
+        self.device = device
+        self.model = load_student(str(path), device=device)
+        self.model_path = str(path)
+        self.provider = f"torch {device}"
+        self.vis_channels = int(self.model.config.vis_channels)
+        self.multiple = int(getattr(self.model, "multiple", 1))
+
+    def infer(self, ir: np.ndarray, vis: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            out = self.model(torch.from_numpy(ir).to(self.device), torch.from_numpy(vis).to(self.device))
+        return out.float().cpu().numpy()
+
+
+# ------------------------------------------------------------------------------------------------------------ factory
+@dataclass
+class ModelFiles:
+    """What a --model argument points at."""
+
+    onnx: Optional[Path] = None
+    engine: Optional[Path] = None
+    student: Optional[Path] = None          # folder with config.json + model.safetensors
+    given: str = ""
+    extras: dict = field(default_factory=dict)
+
+
+def locate_model(model: str | os.PathLike | None) -> ModelFiles:
+    """Resolve --model (a .onnx / .engine file, a model folder, or "default") to the files it offers."""
+    given = "default" if model in (None, "", "default") else str(model)
+    path = DEFAULT_MODEL_DIR if given == "default" else Path(given)
+    files = ModelFiles(given=given)
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".onnx":
+            files.onnx = path
+        elif suffix in ENGINE_SUFFIXES:
+            files.engine = path
+        elif suffix == ".safetensors":
+            files.student = path.parent
+        else:
+            raise FusionError(f"--model {path}: unknown model file type '{suffix}'; give a .onnx file, a TensorRT "
+                              f".engine, or a model folder")
+        folder = path.parent
+    elif path.is_dir():
+        folder = path
+        onnx = sorted(folder.glob("*.onnx"))
+        files.onnx = folder / "model.onnx" if (folder / "model.onnx").is_file() else (onnx[0] if onnx else None)
+        if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+            files.student = folder
+    else:
+        if given == "default":
+            raise FusionError(f"the default model is not installed ({DEFAULT_MODEL_DIR} is missing); build it with "
+                              f"`make weights` or pass --model PATH")
+        raise FusionError(f"model not found: {path} (give a .onnx file, a TensorRT .engine, or a model folder)")
+    if files.engine is None:
+        base = files.onnx.with_suffix("") if files.onnx else folder / "model"
+        for suffix in ENGINE_SUFFIXES:
+            if base.with_suffix(suffix).is_file():
+                files.engine = base.with_suffix(suffix)
+                break
+    if files.onnx is None and files.engine is None and files.student is None:
+        if given == "default":
+            raise FusionError(f"the default model is not installed in {path}; build it with `make weights` or "
+                              f"pass --model PATH")
+        raise FusionError(f"{path} holds no model (model.onnx, a .engine, or config.json + model.safetensors)")
+    return files
+
+
+def create_backend(model: str | os.PathLike | None = "default", backend: str = "auto", threads: int = 0,
+                   device: str = "auto") -> Backend:
+    """Load `model` with `backend` ("auto", "tensorrt", "onnxruntime" or "torch"); FusionError on a mismatch."""
+    if backend not in BACKENDS:
+        raise FusionError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
+    files = locate_model(model)
+    if backend == "auto":
+        if files.engine is not None and cuda_gpu_present() and _importable("tensorrt"):
+            return TensorRTBackend(files.engine)
+        if files.onnx is not None and _importable("onnxruntime"):
+            return OnnxRuntimeBackend(files.onnx, threads, device)
+        if files.student is not None and _importable("torch"):
+            return TorchBackend(files.student, threads, device)
+        if files.onnx is not None:
+            _import_onnxruntime()
+        raise FusionError(f"no backend can run {files.given}: it offers "
+                          f"{_offered(files)} and this machine lacks what those need (a GPU with TensorRT, "
+                          f"onnxruntime, or torch)")
+    if backend == "tensorrt":
+        if files.engine is None:
+            raise FusionError(f"--backend tensorrt needs a TensorRT engine, and {files.given} offers "
+                              f"{_offered(files)}; build one with `fusion export --format engine`")
+        return TensorRTBackend(files.engine)
+    if backend == "onnxruntime":
+        if files.onnx is None:
+            raise FusionError(f"--backend onnxruntime needs an .onnx model, and {files.given} offers "
+                              f"{_offered(files)}; export one with `fusion export --format onnx`")
+        return OnnxRuntimeBackend(files.onnx, threads, device)
+    if files.student is None:
+        raise FusionError(f"--backend torch needs a student folder (config.json + model.safetensors), and "
+                          f"{files.given} offers {_offered(files)}")
+    return TorchBackend(files.student, threads, device)
+
+
+def _offered(files: ModelFiles) -> str:
+    parts = [label for label, value in (("an ONNX model", files.onnx), ("a TensorRT engine", files.engine),
+                                        ("PyTorch weights", files.student)) if value is not None]
+    return " and ".join(parts) if parts else "nothing loadable"
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+__all__ = ["BACKENDS", "Backend", "OnnxRuntimeBackend", "TensorRTBackend", "TorchBackend", "create_backend",
+           "locate_model", "best_providers", "default_model_path", "ModelFiles"]

@@ -1,0 +1,144 @@
+"""Run statistics: per-stage timings, capture-to-output latency, pairing error, drops and reconnects.
+
+Everything is recorded in seconds and reported in milliseconds. The recorder is thread-safe and bounded (a ring of
+the most recent samples per series), so a pipeline that runs for days does not grow.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict, deque
+from typing import Deque, Dict, Optional
+
+import numpy as np
+
+STAGES = ("capture", "pair_wait", "preprocess", "inference", "postprocess", "output")
+PERCENTILES = (50, 90, 99)
+
+
+def summarize(values_s, scale: float = 1000.0) -> dict:
+    """count, mean, p50/p90/p99, max of a series (seconds -> milliseconds by default)."""
+    values = np.asarray(list(values_s), dtype=np.float64) * scale
+    if values.size == 0:
+        return {"count": 0}
+    out = {"count": int(values.size), "mean": round(float(values.mean()), 3)}
+    for p in PERCENTILES:
+        out[f"p{p}"] = round(float(np.percentile(values, p)), 3)
+    out["max"] = round(float(values.max()), 3)
+    return out
+
+
+class StatsRecorder:
+    """Thread-safe counters and bounded sample series."""
+
+    def __init__(self, window: int = 100_000):
+        self._lock = threading.Lock()
+        self._series: Dict[str, Deque[float]] = defaultdict(lambda: deque(maxlen=window))
+        self._totals: Dict[str, float] = defaultdict(float)
+        self.counters: Dict[str, int] = defaultdict(int)
+        self.sources: Dict[str, dict] = {}
+        self.events: Deque[dict] = deque(maxlen=200)
+        self.started = time.monotonic()
+        self.first_output: Optional[float] = None
+        self.last_output: Optional[float] = None
+        self._recent_outputs: Deque[float] = deque(maxlen=60)
+
+    def add(self, series: str, seconds: float) -> None:
+        with self._lock:
+            self._series[series].append(float(seconds))
+            self._totals[series] += float(seconds)
+
+    def count(self, counter: str, n: int = 1) -> None:
+        with self._lock:
+            self.counters[counter] += n
+
+    def event(self, kind: str, **info) -> None:
+        with self._lock:
+            self.events.append({"t": round(time.monotonic() - self.started, 3), "event": kind, **info})
+
+    def source_state(self, role: str, **state) -> None:
+        with self._lock:
+            self.sources.setdefault(role, {}).update(state)
+
+    def output_done(self, now: Optional[float] = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if self.first_output is None:
+                self.first_output = now
+            self.last_output = now
+            self._recent_outputs.append(now)
+            self.counters["frames_out"] += 1
+
+    def live_fps(self) -> float:
+        """Output rate over the last second or so (what the overlay shows)."""
+        with self._lock:
+            times = list(self._recent_outputs)
+        if len(times) < 2:
+            return 0.0
+        return (len(times) - 1) / max(times[-1] - times[0], 1e-9)
+
+    def recent_ms(self, series: str, n: int = 30) -> float:
+        with self._lock:
+            values = list(self._series.get(series, ()))[-n:]
+        return float(np.median(values) * 1000.0) if values else 0.0
+
+    def snapshot(self) -> dict:
+        """Everything as plain JSON-able data (what `--stats FILE` writes)."""
+        with self._lock:
+            series = {name: list(values) for name, values in self._series.items()}
+            totals = dict(self._totals)
+            counters = dict(self.counters)
+            sources = {k: dict(v) for k, v in self.sources.items()}
+            events = list(self.events)
+            first, last = self.first_output, self.last_output
+        frames = counters.get("frames_out", 0)
+        elapsed = time.monotonic() - self.started
+        # Throughput over the span between the first and last output, so model loading and the first frame's
+        # warm-up do not count as frame time.
+        span = (last - first) if (first is not None and last is not None and last > first) else 0.0
+        fps = (frames - 1) / span if frames > 1 and span > 0 else 0.0
+        stages = {name: summarize(series[name]) for name in STAGES if name in series}
+        report = {
+            "frames": frames,
+            "elapsed_s": round(elapsed, 3),
+            "fps": round(fps, 3),
+            "stages_ms": stages,
+            "latency_ms": summarize(series.get("latency", ())),
+            "pair_error_ms": summarize([abs(v) for v in series.get("pair_error", ())]),
+            "counters": counters,
+            "sources": sources,
+            "events": events,
+        }
+        if fps > 0 and frames and totals.get("inference"):
+            # Work per output frame: the total time each stage spent working, divided by the frames that came
+            # out (capture reads both cameras, at their own rates; waiting for a partner frame is not work).
+            frame_ms = 1000.0 / fps
+            per_frame = {name: 1000.0 * totals.get(name, 0.0) / frames for name in STAGES if name != "pair_wait"}
+            other = sum(v for name, v in per_frame.items() if name != "inference")
+            report["work_per_frame_ms"] = {k: round(v, 3) for k, v in per_frame.items()}
+            report["frame_time_ms"] = round(frame_ms, 3)
+            report["non_inference_ms"] = round(other, 3)
+            report["non_inference_share"] = round(other / frame_ms, 4)
+            report["inference_share"] = round(per_frame["inference"] / frame_ms, 4)
+        return report
+
+
+def format_report(report: dict) -> str:
+    """The human-readable summary printed at exit."""
+    lines = [f"frames: {report['frames']}   throughput: {report['fps']:.1f} fps   elapsed: {report['elapsed_s']:.1f} s"]
+    header = f"  {'stage':<12}{'mean':>9}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}  (ms)"
+    lines.append(header)
+    rows = list(report["stages_ms"].items()) + [("capture->out", report["latency_ms"]),
+                                                 ("pair error", report["pair_error_ms"])]
+    for name, s in rows:
+        if not s.get("count"):
+            continue
+        lines.append(f"  {name:<12}{s['mean']:>9.2f}{s['p50']:>9.2f}{s['p90']:>9.2f}{s['p99']:>9.2f}{s['max']:>9.2f}")
+    if "non_inference_share" in report:
+        lines.append(f"  frame time {report['frame_time_ms']:.1f} ms: inference {100 * report['inference_share']:.0f}%,"
+                     f" everything else {100 * report['non_inference_share']:.0f}%")
+    counters = report["counters"]
+    interesting = {k: v for k, v in counters.items() if k != "frames_out" and v}
+    if interesting:
+        lines.append("  " + ", ".join(f"{k}: {v}" for k, v in sorted(interesting.items())))
+    return "\n".join(lines)
