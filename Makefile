@@ -54,3 +54,9 @@ TEACHER_OUT ?= build/teacher/roadscene/TEACHER_FUSED
 targets:
 	$(BIN)/fusion teacher fuse --teacher em --data $(DATA)/roadscene --names $(DATA)/roadscene/train.txt \
 	  --out $(TEACHER_OUT) --resume
+
+# Metrics (docs/metrics.md): speed of distill.metrics against the straightforward scipy formulation, one thread,
+# on real RoadScene test pairs; fails if any metric differs by more than 1e-4 relative or the speed-up is below 10x.
+.PHONY: bench-metrics
+bench-metrics: setup
+	$(BIN)/python benchmarks/bench_metrics.py --pairs 8
