@@ -44,7 +44,7 @@ def _add_generator_arguments(parser: argparse.ArgumentParser, verb: str) -> None
     # Options of different generators share one namespace: the same flag from two generators must mean the same
     # thing, and a later definition replaces an earlier identical one instead of failing.
     parser.conflict_handler = "resolve"
-    seen: set = set()
+    by_hook: dict = {}  # one add_arguments implementation -> (class, names of the generators sharing it)
     unavailable: list[str] = []
     for entry in TEACHERS.values():
         if entry.kind != IRGEN_KIND:
@@ -55,14 +55,13 @@ def _add_generator_arguments(parser: argparse.ArgumentParser, verb: str) -> None
             unavailable.append(f"{entry.name} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
             continue
         hook = getattr(cls.add_arguments, "__func__", cls.add_arguments)
-        if hook in seen:  # two registry names sharing one class or one base implementation
-            continue
-        seen.add(hook)
-        group = parser.add_argument_group(f"options of {entry.name}")
+        by_hook.setdefault(hook, (cls, []))[1].append(entry.name)
+    for cls, names in by_hook.values():
+        group = parser.add_argument_group(f"options of {', '.join(names)}")
         try:
             cls.add_arguments(group, verb)
         except Exception as exc:  # noqa: BLE001 - a broken generator must not take `fusion teacher` down
-            unavailable.append(f"{entry.name} (its options failed: {exc})")
+            unavailable.append(f"{', '.join(names)} (its options failed: {exc})")
     if unavailable:
         parser.epilog = ("generators not available in this installation: " + "; ".join(unavailable))
 
