@@ -1,0 +1,184 @@
+"""Helpers shared by the runtime tests: tiny ONNX fusion models, synthetic sources, recording sinks, small clips.
+
+(Named test_* so it sits with the runtime tests; it holds a couple of self-checks of the helpers themselves.)
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from runtime.backends import Backend
+from runtime.sinks import OutputInfo, Sink
+from runtime.sources import Frame, Source, SourceLost
+
+
+# ---------------------------------------------------------------------------------------------------- ONNX models
+def make_onnx_model(path: Path, op: str = "vis", size: Optional[tuple[int, int]] = None) -> Path:
+    """A fusion model in the project's ONNX contract (inputs ir, vis (N,1,H,W); output fused), built with
+    onnx.helper: op "vis" returns the VIS luminance, "ir" the IR, "max" the pixel-wise maximum, "mean" the mean."""
+    import onnx
+    from onnx import TensorProto, helper
+    shape = ["N", 1, "H", "W"] if size is None else [1, 1, size[0], size[1]]
+    inputs = [helper.make_tensor_value_info("ir", TensorProto.FLOAT, shape),
+              helper.make_tensor_value_info("vis", TensorProto.FLOAT, shape)]
+    output = helper.make_tensor_value_info("fused", TensorProto.FLOAT, shape)
+    half = helper.make_tensor("half", TensorProto.FLOAT, [], [0.5])
+    nodes = {
+        "vis": [helper.make_node("Identity", ["vis"], ["fused"])],
+        "ir": [helper.make_node("Identity", ["ir"], ["fused"])],
+        "max": [helper.make_node("Max", ["ir", "vis"], ["fused"])],
+        "mean": [helper.make_node("Add", ["ir", "vis"], ["sum"]), helper.make_node("Mul", ["sum", "half"], ["fused"])],
+    }[op]
+    graph = helper.make_graph(nodes, f"fusion_{op}", inputs, [output], initializer=[half] if op == "mean" else [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+class NumpyBackend(Backend):
+    """A backend without any model file: fused = the IR frame (so outputs reveal which IR frame was paired)."""
+
+    name = "numpy-test"
+
+    def __init__(self, delay_s: float = 0.0):
+        self.delay_s = delay_s
+        self.calls = 0
+
+    def infer(self, ir: np.ndarray, vis: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return ir.copy()
+
+
+# --------------------------------------------------------------------------------------------------------- sources
+class SyntheticSource(Source):
+    """Gray frames whose pixel value is the frame index (mod 256), at `fps`.
+
+    live=True: paced in real time with the capture clock as media time (a camera); live=False: media time is
+    index / fps and frames come as fast as they are read (a file). `fail_after` frames into the run, a live source
+    raises SourceLost and refuses to reopen for `outage_s` seconds (an unplugged camera).
+    """
+
+    kind = "synthetic"
+
+    def __init__(self, fps: float, frames: int = 0, live: bool = True, size=(48, 64), fail_after: int = 0,
+                 outage_s: float = 0.0, role: str = "ir", start: Optional[float] = None):
+        self.fps, self.limit, self.live, self.size = fps, frames, live, size
+        self.uri = f"synthetic://{role}@{fps:g}"
+        self.fail_after, self.outage_s = fail_after, outage_s
+        self.index = 0
+        self.start = start
+        self.failed_at: Optional[float] = None
+        self.reopen_attempts = 0
+        self.lock = threading.Lock()
+
+    def open(self) -> None:
+        if self.failed_at is not None:
+            self.reopen_attempts += 1
+            if time.monotonic() - self.failed_at < self.outage_s:
+                raise SourceLost(f"{self.uri} is unplugged")
+            self.failed_at = None
+        if self.start is None:
+            self.start = time.monotonic()
+
+    def read(self) -> Optional[Frame]:
+        if self.start is None:
+            self.open()
+        if self.limit and self.index >= self.limit:
+            return None
+        if self.fail_after and self.index == self.fail_after and self.failed_at is None and self.outage_s:
+            self.failed_at = time.monotonic()
+            self.fail_after = 0
+            raise SourceLost(f"{self.uri} stopped delivering frames")
+        if self.live:
+            due = self.start + self.index / self.fps
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            t = time.monotonic()
+        else:
+            t = self.index / self.fps
+        img = np.full(self.size, self.index % 256, dtype=np.uint8)
+        frame = Frame(img, t, time.monotonic(), self.index, f"{self.index:06d}")
+        self.index += 1
+        return frame
+
+    def reopen(self) -> None:
+        self.open()
+
+
+# ------------------------------------------------------------------------------------------------------------ sinks
+class RecordingSink(Sink):
+    """Keeps what it is given: (first pixel of the frame, OutputInfo) per frame."""
+
+    kind = "recording"
+
+    def __init__(self):
+        self.frames: list[tuple[np.ndarray, OutputInfo]] = []
+        self.closed = False
+
+    def write(self, rgb: np.ndarray, info: OutputInfo) -> None:
+        self.frames.append((rgb[0, 0].copy(), info))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+# ------------------------------------------------------------------------------------------------------------ clips
+def write_clip(path: Path, frames: int, fps: float, size=(96, 128), colour: bool = True, seed: int = 0) -> Path:
+    """A small mp4 whose frames are smooth random blobs (so codecs have something real to compress)."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    writer = cv2.VideoWriter(str(path), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    assert writer.isOpened()
+    base = cv2.GaussianBlur(rng.uniform(0, 255, (height, width, 3)).astype(np.float32), (0, 0), 6)
+    for i in range(frames):
+        img = np.roll(base, i, axis=1)
+        img = np.clip((img - img.min()) / (np.ptp(img) + 1e-6) * 255, 0, 255).astype(np.uint8)
+        if not colour:
+            img = np.repeat(img.mean(axis=2, keepdims=True).astype(np.uint8), 3, axis=2)
+        writer.write(img)
+    writer.release()
+    return path
+
+
+def count_frames(path: Path) -> tuple[int, tuple[int, int]]:
+    """Frames decoded from a video file by reading it to the end (not the container's claim), and (H, W)."""
+    capture = cv2.VideoCapture(str(path))
+    assert capture.isOpened(), f"{path} does not open"
+    count, shape = 0, (0, 0)
+    while True:
+        ok, img = capture.read()
+        if not ok:
+            break
+        count += 1
+        shape = img.shape[:2]
+    capture.release()
+    return count, shape
+
+
+# --------------------------------------------------------------------------------------------- self-checks
+def test_synthetic_file_source_timestamps():
+    source = SyntheticSource(fps=9, frames=5, live=False)
+    times = [source.read().t_media for _ in range(5)]
+    assert np.allclose(times, np.arange(5) / 9)
+    assert source.read() is None
+
+
+def test_onnx_helper_models(tmp_path):
+    import onnxruntime as ort
+    ir = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)
+    vis = np.random.default_rng(1).random((1, 1, 8, 8), dtype=np.float32)
+    for op, expected in (("vis", vis), ("max", np.maximum(ir, vis)), ("mean", (ir + vis) / 2)):
+        session = ort.InferenceSession(str(make_onnx_model(tmp_path / f"{op}.onnx", op)),
+                                       providers=["CPUExecutionProvider"])
+        assert np.allclose(session.run(["fused"], {"ir": ir, "vis": vis})[0], expected, atol=1e-6)

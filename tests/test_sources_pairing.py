@@ -1,0 +1,154 @@
+"""Sources, frame pairing and fault handling of the runtime pipeline, with synthetic cameras at different rates."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from runtime.errors import FusionError
+from runtime.pipeline import FrameBuffer, FusionPipeline
+from runtime.sources import Frame, open_source, parse_camera_index
+from test_runtime_helpers import NumpyBackend, RecordingSink, SyntheticSource
+
+
+def _frame(t: float, index: int = 0) -> Frame:
+    return Frame(np.zeros((2, 2), np.uint8), t, time.monotonic(), index)
+
+
+def test_frame_buffer_match_picks_nearest_and_keeps_it():
+    stop = threading.Event()
+    buffer = FrameBuffer(16, lossless=True)
+    for i, t in enumerate([0.0, 0.111, 0.222, 0.333]):
+        buffer.put(_frame(t, i), stop)
+    buffer.end()
+    assert buffer.match(0.10, None, stop, lambda: False).index == 1   # 0.111 is nearer than 0.0
+    assert buffer.match(0.16, None, stop, lambda: False).index == 1   # still there for the next query
+    assert buffer.match(0.17, None, stop, lambda: False).index == 2
+    assert [f.index for f in buffer.frames] == [2, 3]                 # older frames were discarded
+
+
+def test_live_buffer_drops_stale_frames():
+    stop = threading.Event()
+    buffer = FrameBuffer(1, lossless=False)
+    for i in range(5):
+        buffer.put(_frame(i * 0.03, i), stop)
+    assert buffer.dropped == 4
+    assert buffer.pop(0.01).index == 4     # only the newest survives
+
+
+def _nearest_ir(vis_index: int, vis_fps: float, ir_fps: float, ir_frames: int) -> tuple[int, float]:
+    t = vis_index / vis_fps
+    errors = [abs(j / ir_fps - t) for j in range(ir_frames)]
+    j = int(np.argmin(errors))
+    return j, errors[j]
+
+
+@pytest.mark.parametrize("sync_ms", [60.0, 20.0])
+def test_file_rate_pairing_is_nearest_within_sync(sync_ms):
+    """9 fps IR against 30 fps VIS, read as files: every output is the nearest IR frame, within sync_ms."""
+    ir = SyntheticSource(fps=9, frames=27, live=False, role="ir")
+    vis = SyntheticSource(fps=30, frames=90, live=False, role="vis")
+    sink = RecordingSink()
+    report = FusionPipeline(ir_source=ir, vis_source=vis, backend=NumpyBackend(), sinks=[sink], sync_ms=sync_ms,
+                            imgsz="48x64", verbose=False).run()
+    expected = {i: _nearest_ir(i, 30, 9, 27) for i in range(90)}
+    expected = {i: j for i, (j, err) in expected.items() if err * 1000 <= sync_ms + 1e-6}
+    got = {int(info.name): int(pixel[0]) for pixel, info in sink.frames}
+    assert got == expected                                          # which IR frame each VIS frame got
+    assert report["frames"] == len(expected)
+    assert report["counters"].get("unpaired", 0) == 90 - len(expected)
+    assert report["pair_error_ms"]["max"] <= sync_ms + 1e-6
+    if sync_ms == 60.0:
+        # all but the last VIS frame (78 ms after the last IR one); the worst pair is half an IR period apart
+        assert len(expected) == 89 and report["pair_error_ms"]["max"] == pytest.approx(1000 / 18, abs=0.1)
+    else:
+        assert 0 < len(expected) < 89   # a 20 ms window misses the VIS frames between two IR frames
+
+
+def test_live_rate_pairing_error_bounded_by_sync_ms():
+    """Live cameras (9 Hz IR, 30 Hz VIS, paced in real time): pairs are never farther apart than --sync-ms."""
+    sync_ms = 40.0
+    ir = SyntheticSource(fps=9, live=True, role="ir")
+    vis = SyntheticSource(fps=30, live=True, role="vis")
+    sink = RecordingSink()
+    report = FusionPipeline(ir_source=ir, vis_source=vis, backend=NumpyBackend(), sinks=[sink], sync_ms=sync_ms,
+                            imgsz="48x64", duration_s=1.5, verbose=False).run()
+    errors = [abs(info.pair_error_ms) for _, info in sink.frames if info.mode == "fused"]
+    assert len(errors) >= 20                                       # ~30 fps for 1.5 s, some unpaired
+    assert max(errors) <= sync_ms
+    # The 9 Hz camera is at most half a period (55 ms) from any instant, so a 40 ms window pairs most frames but
+    # not all of them: both outcomes must be visible in the counters.
+    assert report["counters"].get("unpaired", 0) > 0
+    assert report["primary"] == "vis"
+
+
+def test_faster_ir_camera_drives_output():
+    ir = SyntheticSource(fps=60, frames=60, live=False, role="ir")
+    vis = SyntheticSource(fps=30, frames=30, live=False, role="vis")
+    sink = RecordingSink()
+    report = FusionPipeline(ir_source=ir, vis_source=vis, backend=NumpyBackend(), sinks=[sink], sync_ms=20,
+                            imgsz="48x64", verbose=False).run()
+    assert report["primary"] == "ir"
+    assert report["frames"] == 60       # the last IR frame (t=0.983 s) is 17 ms after the last VIS one: paired
+    assert [int(p[0]) for p, _ in sink.frames] == list(range(60))  # every IR frame out, in order
+
+
+def test_lost_camera_reconnects_while_the_other_keeps_running():
+    """The IR camera is unplugged for 0.6 s: VIS frames keep flowing (marked), IR is reopened with backoff, fusion
+    resumes, and the stats tell the story."""
+    ir = SyntheticSource(fps=15, live=True, role="ir", fail_after=8, outage_s=0.6)
+    vis = SyntheticSource(fps=30, live=True, role="vis")
+    sink = RecordingSink()
+    pipeline = FusionPipeline(ir_source=ir, vis_source=vis, backend=NumpyBackend(), sinks=[sink], sync_ms=40,
+                              imgsz="48x64", duration_s=2.2, verbose=False)
+    report = pipeline.run()
+    modes = [info.mode for _, info in sink.frames]
+    first_loss = modes.index("vis only")
+    assert "fused" in modes[:first_loss]                                     # fused before the loss
+    assert modes.count("vis only") >= 8                                     # VIS kept going (~0.6 s at 30 fps)
+    assert "fused" in modes[first_loss + modes.count("vis only"):]          # fused again after reconnecting
+    assert report["counters"]["lost_ir"] == 1
+    assert report["counters"]["reconnects_ir"] == 1
+    assert ir.reopen_attempts >= 2                                          # refused at least once, then backoff
+    events = [e["event"] for e in report["events"]]
+    assert events.index("ir_lost") < events.index("ir_ok")
+    assert report["sources"]["ir"]["state"] == "ok"
+    assert report["counters"]["passthrough"] == modes.count("vis only")
+
+
+def test_camera_uris_parse():
+    assert parse_camera_index("0") == 0
+    assert parse_camera_index("cam1") == 1
+    assert parse_camera_index("/dev/video2") == 2
+    assert parse_camera_index("v4l2:///dev/video3") == 3
+    assert parse_camera_index("clip.mp4") is None
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("nosuch_clip.mp4", "not found"),
+    ("foo://bar", "unknown source scheme"),
+    ("v4l2://video0", "not a V4L2 device"),
+    ("/dev/video97", "does not exist"),
+    ("csi://x", "csi://N"),
+])
+def test_bad_source_uris_are_one_line_errors(uri, message):
+    with pytest.raises(FusionError, match=message):
+        open_source(uri, "ir")
+
+
+def test_csi_without_gstreamer_says_so():
+    from runtime.sources import gstreamer_available
+    if gstreamer_available():
+        pytest.skip("this OpenCV has GStreamer; the error path cannot be exercised")
+    with pytest.raises(FusionError, match="GStreamer"):
+        open_source("csi://0", "vis")
+
+
+def test_image_folder_source_reads_real_pairs_in_order(roadscene, train_names):
+    source = open_source(str(roadscene / "ir"), "ir", fps=10)
+    first = source.read()
+    assert first.name == sorted(p.stem for p in (roadscene / "ir").iterdir())[0]
+    assert first.image.ndim == 2 and first.image.dtype == np.uint8
+    assert source.read().t_media == pytest.approx(0.1)
