@@ -1,11 +1,11 @@
 """How much faster distill.metrics is than the straightforward scipy formulation, for the same numbers.
 
 The baseline below is the formulation the field's evaluation script uses (2-D `scipy.signal.convolve2d` for VIF's
-Gaussian windows and Qabf's Sobel kernels, scikit-image's SSIM formulation with scipy.ndimage, a contingency table over unique values for MI,
-float32 images), written out here so the comparison needs no third-party checkout. Both run single-threaded
-(OpenCV, OpenMP and BLAS pinned to one thread) on real RoadScene test pairs fused by averaging; the script checks
-that every metric agrees to 1e-4 relative and prints per-pair medians (CPU and wall time, the two implementations
-alternating) and the speed ratio.
+Gaussian windows and Qabf's Sobel kernels, scikit-image's SSIM formulation with scipy.ndimage, a contingency table
+over the distinct values for MI, float32 images), written out here so the comparison needs no third-party checkout.
+Both run single-threaded (OpenCV, OpenMP and BLAS pinned to one thread) on real RoadScene test pairs fused by
+averaging; the script checks that every metric agrees to 1e-4 relative and prints per-pair medians (CPU and wall
+time, the two implementations alternating) and the speed ratio.
 
     .venv/bin/python benchmarks/bench_metrics.py [--pairs N] [--repeats R] [--data DIR]
 

@@ -38,6 +38,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="add LPIPS with the backbone named by $FUSION_LPIPS_BACKBONE")
     parser.add_argument("--lpips-net", choices=("alex", "vgg"), default="alex",
                         help="LPIPS backbone architecture (default: %(default)s)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="skip source pairs whose IR or VIS partner is missing (with a warning) instead of failing")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -84,7 +86,8 @@ def run(args) -> int:
 
     ir_dir, vis_dir = _source_folders(args)
     lpips_net = args.lpips_net if (args.lpips or args.lpips_backbone is not None) else None
-    results = evaluate_folder(ir_dir, vis_dir, args.fused, names=args.names, progress=not args.quiet and sys.stderr.isatty(),
+    results = evaluate_folder(ir_dir, vis_dir, args.fused, names=args.names, skip_bad=args.skip_bad,
+                              progress=not args.quiet and sys.stderr.isatty(),
                               lpips_backbone=args.lpips_backbone, lpips_net=lpips_net)
     rows = dict(results["per_image"]) if args.per_image else {}
     mean_label = f"mean ({results['count']} images)"

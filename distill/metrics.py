@@ -23,8 +23,8 @@ of ../shared/data/metrics_reference/roadscene_first8.json):
 
 Precision follows the reference too: SD, SF, AG, SCD, Qabf, SSIM, PSNR, CC and MSE are float32 arithmetic (the
 script works on float32 images with float32 kernels, and scikit-image keeps float32 images in float32); EN, MI and
-VIF are float64 (float64 histograms and Gaussian windows). Undefined values (a correlation with a constant image, PSNR of a perfect
-match) come out as nan or inf, without warnings.
+VIF are float64 (float64 histograms and Gaussian windows). Undefined values (a correlation with a constant image,
+PSNR of a perfect match) come out as nan or inf, without warnings.
 
 Speed: the reference's scipy `convolve2d` formulation takes about a second per 500x330 pair; here every filter is an
 OpenCV separable / box / 3x3 filter on the whole image, cropped to what 'valid' or 'same' convolution would return
@@ -232,8 +232,10 @@ def _vif_scale_terms(var1: np.ndarray, var2: np.ndarray, sigma12: np.ndarray) ->
 
 def _vif_sources(sources: Sequence[np.ndarray], dist: np.ndarray) -> list[float]:
     """Multi-scale pixel VIF of `dist` against each reference in `sources`, sharing the work on `dist`."""
-    refs = [np.asarray(s, np.float64) for s in sources]
-    dist = np.asarray(dist, np.float64)
+    # Scale 1 works on the float32 images, products included, exactly as the reference (float32 arrays times float32
+    # arrays, filtered with a float64 window); from scale 2 on everything is float64.
+    refs = [np.asarray(s, np.float32) for s in sources]
+    dist = np.asarray(dist, np.float32)
     nums = [0.0] * len(refs)
     dens = [0.0] * len(refs)
     for scale in range(1, 5):
@@ -282,10 +284,11 @@ def _edge_preservation(g_src, a_src, g_fused, a_fused) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(g_src > g_fused, g_fused / g_src, g_src / g_fused)
     ratio = np.where(g_src == g_fused, g_fused, ratio).astype(np.float32)  # the reference's equal-case quirk
-    alignment = np.float32(1) - np.abs(a_src - a_fused) / np.float32(math.pi / 2)
+    f32 = np.float32
+    alignment = f32(1) - np.abs(a_src - a_fused) / f32(math.pi / 2)
     with np.errstate(over="ignore"):
-        q_strength = np.float32(_QABF_TG) / (np.float32(1) + np.exp(np.float32(_QABF_KG) * (ratio - np.float32(_QABF_DG))))
-        q_orient = np.float32(_QABF_TA) / (np.float32(1) + np.exp(np.float32(_QABF_KA) * (alignment - np.float32(_QABF_DA))))
+        q_strength = f32(_QABF_TG) / (f32(1) + np.exp(f32(_QABF_KG) * (ratio - f32(_QABF_DG))))
+        q_orient = f32(_QABF_TA) / (f32(1) + np.exp(f32(_QABF_KA) * (alignment - f32(_QABF_DA))))
     return q_strength * q_orient
 
 
@@ -526,10 +529,12 @@ def _fused_files(fused_dir: Path) -> dict[str, Path]:
 
 def evaluate_folder(ir_dir: str | os.PathLike, vis_dir: str | os.PathLike, fused_dir: str | os.PathLike,
                     names: str | os.PathLike | Iterable[str] | None = None, *, progress: bool = False,
-                    lpips_backbone: str | os.PathLike | None = None, lpips_net: str | None = None) -> dict:
+                    skip_bad: bool = False, lpips_backbone: str | os.PathLike | None = None,
+                    lpips_net: str | None = None) -> dict:
     """Metrics of every fused image in `fused_dir` against its IR/VIS sources (matched by file stem).
 
-    names: a split file or an iterable of stems (default: every IR/VIS pair). Fused files may have another
+    names: a split file or an iterable of stems (default: every IR/VIS pair); skip_bad: drop source pairs with a
+    missing partner (with a warning) instead of failing. Fused files may have another
     extension than the sources and may be colour (scored on luminance) or gray. A missing fused image or a size
     mismatch raises one FusionError listing every offender. With `lpips_backbone` (or `lpips_net`, using
     $FUSION_LPIPS_BACKBONE), an "LPIPS" entry is added to each row.
@@ -538,7 +543,7 @@ def evaluate_folder(ir_dir: str | os.PathLike, vis_dir: str | os.PathLike, fused
     from runtime.imageio import discover_pairs
 
     fused_dir = Path(fused_dir)
-    pairs = discover_pairs(ir_dir=ir_dir, vis_dir=vis_dir, names=names)
+    pairs = discover_pairs(ir_dir=ir_dir, vis_dir=vis_dir, names=names, skip_bad=skip_bad)
     fused_files = _fused_files(fused_dir)
     missing = [p.name for p in pairs if p.name not in fused_files]
     if missing:
