@@ -107,6 +107,9 @@ def _check_triplet(ir: np.ndarray, vis: np.ndarray, fused: np.ndarray):
     if not (ir.shape == vis.shape == fused.shape):
         raise FusionError(f"image sizes differ: IR {ir.shape}, VIS {vis.shape}, fused {fused.shape} (H, W); "
                           f"fused images must have the size of their sources")
+    for label, img in (("IR", ir), ("VIS", vis), ("fused", fused)):
+        if not np.isfinite(img).all():
+            raise FusionError(f"the {label} image holds NaN or infinite values; metrics need finite pixels")
     if min(fused.shape) < MIN_SIDE:
         raise FusionError(f"images of {fused.shape[1]}x{fused.shape[0]} are too small for the fusion metrics "
                           f"(VIF needs at least {MIN_SIDE}x{MIN_SIDE} pixels)")

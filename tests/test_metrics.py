@@ -131,6 +131,8 @@ def test_bad_inputs_raise_fusion_error():
         fusion_metrics(img[:40], img[:40], img[:40])
     with pytest.raises(FusionError, match="gray image"):
         fusion_metrics(img, img, np.zeros((60, 60, 3), np.float32))
+    with pytest.raises(FusionError, match="NaN or infinite"):
+        fusion_metrics(img, img, np.full((60, 60), np.nan, np.float32))
 
 
 def test_read_gray_for_metrics_matches_the_reference_reader(roadscene, test_names, tmp_path):
