@@ -105,8 +105,11 @@ def settings_path(out: Path) -> Path:
 
 
 def _write_report(out: Path, report: dict) -> Path:
+    from export.onnx_export import make_readable
     from runtime.imageio import write_json
-    return write_json(settings_path(out), _jsonable(report))
+    path = write_json(settings_path(out), _jsonable(report))
+    make_readable(path)
+    return path
 
 
 def _jsonable(obj):

@@ -39,6 +39,14 @@ class ParityError(FusionError):
 
 
 # ------------------------------------------------------------------------------------------------------- metadata
+def make_readable(path: str | os.PathLike) -> None:
+    """Give a file written through a private temporary name the usual mode (0666 minus the umask): models are
+    shipped and copied to devices, and mkstemp's 0600 would make them unreadable to other users there."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -286,6 +294,7 @@ def export_onnx(model, out_path: str | os.PathLike, imgsz: tuple[int, int] | Non
         onnx.checker.check_model(graph)
         with atomic_path(out_path) as tmp:
             onnx.save(graph, str(tmp))
+            make_readable(tmp)
             parity = check_parity(tmp, model, check_pairs, tolerance, dynamic_batch=dynamic)
     report = {
         "path": str(out_path),

@@ -182,6 +182,7 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
     onnx = require("onnx", "INT8 quantisation")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    from export.onnx_export import make_readable
     from runtime.imageio import atomic_path
     if recipe.method not in METHODS:
         raise FusionError(f"unknown calibration method '{recipe.method}'; choose one of {', '.join(METHODS)}")
@@ -224,6 +225,7 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
             for key, value in fp32_meta.items():
                 quantized.metadata_props.add(key=key, value=value)
             onnx.save(quantized, str(tmp))
+            make_readable(tmp)
     return {"recipe": asdict(recipe), "label": recipe.label, "excluded_nodes": exclude,
             "calibration_pairs": [i.name for i in calib_inputs], "seconds": round(time.perf_counter() - started, 2)}
 
@@ -301,7 +303,7 @@ def cpu_speed(reference_path, candidate_path, feeds: dict, runs: int = 30, threa
 def quantize_command(args) -> int:
     """`fusion export --format onnx-int8`: fp32 export (parity-checked), calibration, recipe choice, report."""
     from export.cli import _default_out, _echo, _load, _set_threads, _write_report
-    from export.onnx_export import export_onnx, summarize_parity, weights_metadata
+    from export.onnx_export import export_onnx, make_readable, summarize_parity, weights_metadata
     from export.pairs import default_data_dir, load_inputs, split_file
 
     _set_threads()
@@ -370,6 +372,7 @@ def quantize_command(args) -> int:
         import shutil
         with atomic_path(out) as tmp:
             shutil.copyfile(chosen, tmp)
+            make_readable(tmp)
     goal_met = bool(test["psnr_db"] >= args.psnr_goal)
     report = {
         "path": str(out), "format": "onnx-int8", "weights": str(folder),

@@ -65,6 +65,7 @@ def make_entropy_calibrator(trt, cuda, inputs: Sequence, cache_path: Path):
     A cache present at `cache_path` is used as it is (TensorRT then skips calibration), so a rebuild, or trtexec
     with --calib, reproduces the same INT8 scales.
     """
+    from export.onnx_export import make_readable
     from runtime.imageio import atomic_path
 
     class PairEntropyCalibrator(trt.IInt8EntropyCalibrator2):
@@ -100,6 +101,7 @@ def make_entropy_calibrator(trt, cuda, inputs: Sequence, cache_path: Path):
         def write_calibration_cache(self, cache) -> None:
             with atomic_path(cache_path) as tmp:
                 tmp.write_bytes(bytes(cache))
+                make_readable(tmp)
 
         def release(self) -> None:
             for pointer in self.device.values():
@@ -120,6 +122,7 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str = "fp16", wo
     shape, or the static shape). qdq: the ONNX carries Q/DQ nodes (explicit INT8), no calibrator.
     """
     trt = import_tensorrt()
+    from export.onnx_export import make_readable
     from runtime.imageio import atomic_path
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -181,6 +184,7 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str = "fp16", wo
     with atomic_path(engine_path) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(memoryview(serialized))
+        make_readable(tmp)
     return {"build_seconds": round(seconds, 1), "tensorrt": trt.__version__, "precision": precision,
             "workspace_mib": workspace_mib, "dla_core": dla_core, "profile": profile, "qdq": qdq,
             "calibration_cache": str(calib_cache) if calibrator is not None or (calib_cache and calib_cache.is_file())

@@ -115,3 +115,19 @@ def test_cli_onnx_int8_reports_on_test_and_never_calibrates_on_it(tmp_path, road
     assert fusion_main(["export", "--weights", str(folder), "--format", "onnx-int8", "--data", str(roadscene),
                         "--calib-names", str(roadscene / "test.txt"), "--out", str(tmp_path / "x.onnx")]) == 2
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_runtime_loads_what_export_writes(tmp_path, fp32_model, calib_inputs):
+    backends = pytest.importorskip("runtime.backends")
+    if not hasattr(backends, "create_backend"):
+        pytest.skip("runtime.backends.create_backend is not available yet")
+    int8 = tmp_path / "m.int8.onnx"
+    quantize_int8(fp32_model, int8, calib_inputs[:2], QuantRecipe("minmax"))
+    item = calib_inputs[0]
+    outputs = {}
+    for path in (fp32_model, int8):
+        backend = backends.create_backend(str(path), backend="onnxruntime", threads=1)
+        assert backend.input_size == SIZE and backend.vis_channels == 1
+        outputs[path.name] = backend(item.ir, item.vis)
+    assert outputs["model.onnx"].shape == outputs["m.int8.onnx"].shape == (1, 1, *SIZE)
+    assert np.abs(outputs["model.onnx"] - outputs["m.int8.onnx"]).mean() < 0.02

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -132,6 +133,9 @@ def test_cli_exports_with_settings_json_and_fails_cleanly(tmp_path, roadscene, c
     code = fusion_main(["export", "--weights", str(folder), "--format", "onnx", "--dynamic", "--data",
                         str(roadscene), "--check-count", "2", "--out", str(out)])
     assert code == 0 and out.is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not the temporary file's private 0600
     settings = json.loads((tmp_path / "out" / "model.onnx.json").read_text())
     assert settings["settings"]["dynamic"] is True and settings["parity"]["max_abs"] <= 1e-4
     assert settings["metadata"]["training_config_hash"] == "0123abcd"
