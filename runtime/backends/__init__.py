@@ -134,7 +134,6 @@ class TensorRTBackend(Backend):
         if not cuda_gpu_present():
             raise FusionError(f"the TensorRT backend needs an NVIDIA GPU and this machine has none; use "
                               f"--backend onnxruntime with the model's .onnx file")
-        require("tensorrt", "the TensorRT backend", extra="trt")
         try:
             runner_class = _tensorrt_runner_class()
         except ModuleNotFoundError:

@@ -1,0 +1,274 @@
+"""End to end: `fusion run` on files, folders and live-like sources, with every kind of output checked by reading it
+back (video files with OpenCV, MJPEG with a real HTTP client, image folders against the inputs)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from runtime.cli import main as fusion
+from runtime.color import split_luminance
+from runtime.imageio import discover_pairs, read_raw, read_vis
+from runtime.pipeline import FusionPipeline
+from test_runtime_helpers import count_frames, make_onnx_model, write_clip
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "runtime" / "assets" / "samples"
+STEMS = ("FLIR_00060", "FLIR_05095", "FLIR_00233")   # training split
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    return {op: make_onnx_model(folder / f"{op}.onnx", op) for op in ("vis", "max", "mean")}
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """A 9 fps IR clip and a 30 fps VIS clip of 2 s each (small, so the tests stay fast)."""
+    folder = tmp_path_factory.mktemp("clips")
+    return {"ir": write_clip(folder / "ir.mp4", 18, 9, colour=False, seed=1),
+            "vis": write_clip(folder / "vis.mp4", 60, 30, seed=2)}
+
+
+@pytest.fixture()
+def real_pairs(tmp_path, roadscene, train_names):
+    for stem in STEMS:
+        assert stem in train_names
+        for sub in ("ir", "vi"):
+            (tmp_path / "in" / sub).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "in" / sub / f"{stem}.jpg").write_bytes((roadscene / sub / f"{stem}.jpg").read_bytes())
+    return tmp_path / "in"
+
+
+def test_video_files_in_video_out_playable_with_expected_frames(tmp_path, clips, models):
+    out = tmp_path / "fused.mp4"
+    stats = tmp_path / "stats.json"
+    code = fusion(["run", "--ir", str(clips["ir"]), "--vis", str(clips["vis"]), "--model", str(models["mean"]),
+                   "--imgsz", "96x128", "--output", str(out), "--headless", "--stats", str(stats), "-q"])
+    assert code == 0
+    report = json.loads(stats.read_text())
+    # 60 VIS frames at 30 fps against 18 IR frames at 9 fps: all but the last VIS frame (78 ms after the last IR
+    # frame) lie within 60 ms of an IR frame.
+    assert report["frames"] == 59 and report["counters"]["unpaired"] == 1
+    frames, shape = count_frames(out)
+    assert frames == 59 and shape == (96, 128)
+    capture = cv2.VideoCapture(str(out))
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(30.0)
+    for key in ("capture", "preprocess", "inference", "postprocess", "output"):
+        assert {"p50", "p90", "p99", "max", "mean"} <= set(report["stages_ms"][key])
+    assert report["latency_ms"]["count"] == 59
+    assert report["pair_error_ms"]["max"] <= 60.0
+    assert (tmp_path / "fused.run_config.yaml").is_file()
+    assert not list(tmp_path.glob(".*partial*"))                    # nothing half-written left behind
+
+
+def test_folder_mode_writes_fused_colour_per_pair(tmp_path, real_pairs, models):
+    """With a model whose output is the VIS luminance, the fused colour image must give back the VIS image: this
+    checks luminance split, chroma restoration, native size and stems on real RoadScene pairs."""
+    out = tmp_path / "out"
+    code = fusion(["run", "--ir", str(real_pairs / "ir"), "--vis", str(real_pairs / "vi"), "--output", str(out),
+                   "--model", str(models["vis"]), "-q"])
+    assert code == 0
+    written = sorted(p.stem for p in out.glob("*.png"))
+    assert written == sorted(STEMS)
+    for stem in STEMS:
+        fused = read_raw(out / f"{stem}.png").astype(int)
+        vis = read_raw(real_pairs / "vi" / f"{stem}.jpg").astype(int)
+        assert fused.shape == vis.shape                             # native size, colour
+        assert np.abs(fused - vis).max() <= 2                       # YCbCr round trip, rounding only
+
+    # A real fusion (pixel-wise max of IR and VIS luminance) keeps VIS chroma and lifts the luminance to the IR
+    # where the IR is brighter.
+    out_max = tmp_path / "out_max"
+    assert fusion(["run", "--ir", str(real_pairs / "ir"), "--vis", str(real_pairs / "vi"), "--output",
+                   str(out_max), "--model", str(models["max"]), "-q"]) == 0
+    for pair in discover_pairs(ir_dir=real_pairs / "ir", vis_dir=real_pairs / "vi"):
+        fused_y, _ = split_luminance(read_vis(out_max / f"{pair.name}.png"))
+        vis_y, _ = split_luminance(read_vis(pair.vis))
+        ir = read_raw(pair.ir).astype(np.float32) / 255.0
+        ir = ir if ir.ndim == 2 else ir[:, :, 0]
+        expected = np.maximum(ir, vis_y)
+        assert np.mean(np.abs(fused_y - expected)) < 0.01
+        assert fused_y.mean() > vis_y.mean() + 0.01
+
+
+def test_folder_mode_at_a_fixed_model_size_returns_native_size(tmp_path, real_pairs):
+    static = make_onnx_model(tmp_path / "static.onnx", "mean", size=(128, 160))
+    out = tmp_path / "out"
+    assert fusion(["run", "--ir", str(real_pairs / "ir"), "--vis", str(real_pairs / "vi"), "--output", str(out),
+                   "--model", str(static), "-q"]) == 0
+    for stem in STEMS:
+        assert read_raw(out / f"{stem}.png").shape == read_raw(real_pairs / "vi" / f"{stem}.jpg").shape
+
+
+def test_mjpeg_stream_fetched_over_http(tmp_path, clips, models):
+    pipeline = FusionPipeline(ir=str(clips["ir"]), vis=str(clips["vis"]), model=str(models["mean"]),
+                              imgsz="96x128", outputs=["mjpeg://127.0.0.1:0"], headless=True, realtime=True,
+                              loop=True, verbose=False)
+    runner = threading.Thread(target=pipeline.run, daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not pipeline.sinks and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server = pipeline.sinks[0].server
+        assert server.host == "127.0.0.1"                           # loopback unless --bind says otherwise
+        base = f"http://127.0.0.1:{server.port}"
+        page = urllib.request.urlopen(base + "/", timeout=10).read().decode()
+        assert "stream.mjpg" in page
+        with urllib.request.urlopen(base + "/stream.mjpg", timeout=10) as response:
+            assert response.headers["Content-Type"].startswith("multipart/x-mixed-replace")
+            data = b""
+            while data.count(b"\xff\xd9") < 3 and len(data) < 5_000_000:
+                data += response.read1(65536)
+        jpegs = []
+        for part in data.split(b"--fusionframe")[1:]:
+            header, _, body = part.partition(b"\r\n\r\n")
+            if b"Content-Length" in header:
+                length = int(header.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+                if len(body) >= length:
+                    jpegs.append(body[:length])
+        assert len(jpegs) >= 2
+        for jpeg in jpegs:
+            img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+            assert img is not None and img.shape == (96, 128, 3)
+        snapshot = urllib.request.urlopen(base + "/snapshot.jpg", timeout=10).read()
+        assert cv2.imdecode(np.frombuffer(snapshot, np.uint8), cv2.IMREAD_COLOR).shape == (96, 128, 3)
+        stats = json.loads(urllib.request.urlopen(base + "/stats.json", timeout=10).read())
+        assert stats["frames"] >= 2 and stats["sources"]["ir"]["state"] == "ok"
+    finally:
+        pipeline.stop()
+        runner.join(10)
+    assert not runner.is_alive()
+
+
+def test_mjpeg_refuses_a_public_address_without_bind(models, clips, capsys):
+    code = fusion(["run", "--ir", str(clips["ir"]), "--vis", str(clips["vis"]), "--model", str(models["mean"]),
+                   "--output", "mjpeg://0.0.0.0:0", "--headless"])
+    assert code == 2
+    assert "--bind 0.0.0.0" in capsys.readouterr().err
+
+
+def test_record_pairs_writes_a_dataset(tmp_path, clips, models):
+    record = tmp_path / "pairs"
+    code = fusion(["run", "--ir", str(clips["ir"]), "--vis", str(clips["vis"]), "--model", str(models["mean"]),
+                   "--imgsz", "96x128", "--headless", "--record-pairs", str(record), "--max-frames", "12", "-q"])
+    assert code == 0
+    pairs = discover_pairs(data=record, validate=True)             # a dataset `fusion distill` can read
+    assert len(pairs) == 12
+    ir = read_raw(pairs[0].ir)
+    vis = read_raw(pairs[0].vis)
+    assert ir.ndim == 2 and vis.ndim == 3                          # raw frames, as captured
+
+
+def test_sigint_finalises_the_video(tmp_path, models):
+    """Ctrl-C in the middle of a (real-time paced) run: exit 0, stats written, and a playable video holding every
+    frame the stats counted."""
+    out = tmp_path / "fused.mp4"
+    stats = tmp_path / "stats.json"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runtime.cli", "run", "--ir", str(SAMPLES / "ir.mp4"), "--vis",
+         str(SAMPLES / "vis.mp4"), "--model", str(models["mean"]), "--imgsz", "120x160", "--realtime", "--headless",
+         "--output", str(out), "--stats", str(stats)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 30
+    lines = []
+    while time.monotonic() < deadline:                             # wait until it is streaming
+        line = process.stdout.readline()
+        lines.append(line)
+        if line.startswith("model:") or not line:
+            break
+    time.sleep(1.5)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, "".join(lines) + output
+    assert "stopping (SIGINT)" in output
+    report = json.loads(stats.read_text())
+    assert 5 <= report["frames"] < 300                              # stopped early, after real work
+    frames, shape = count_frames(out)
+    assert frames == report["frames"] and shape == (120, 160)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ir", "no_such.mp4", "--vis", "0"], "not found"),
+    (["--ir", "bogus://x", "--vis", "0"], "unknown source scheme"),
+    (["--ir", "{clip}", "--vis", "{clip}", "--backend", "torch"], "--backend torch needs"),
+    (["--ir", "{clip}", "--vis", "{clip}", "--backend", "tensorrt"], "TensorRT"),
+    (["--ir", "{clip}", "--vis", "{clip}", "--model", "{static}", "--imgsz", "64x64"], "takes 128x160"),
+    (["--ir", "{garbage}", "--vis", "{clip}"], "cannot open video file"),
+    (["--ir", "{clip}", "--vis", "{clip}", "--model", "{garbage_onnx}"], "ONNX Runtime cannot load"),
+    (["--ir", "{clip}", "--vis", "{clip}", "--output", "out.xyz"], "unknown extension"),
+])
+def test_bad_inputs_exit_2_with_one_line(tmp_path, clips, models, capsys, args, message):
+    static = make_onnx_model(tmp_path / "static.onnx", "mean", size=(128, 160))
+    (tmp_path / "garbage.mp4").write_bytes(b"not a video at all" * 100)
+    (tmp_path / "garbage.onnx").write_bytes(b"not a model")
+    values = {"clip": str(clips["vis"]), "static": str(static), "garbage": str(tmp_path / "garbage.mp4"),
+              "garbage_onnx": str(tmp_path / "garbage.onnx")}
+    argv = [a.format(**values) for a in args]
+    if "--model" not in argv:
+        argv += ["--model", str(models["mean"])]
+    code = fusion(["run", *argv, "--headless"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_run_never_imports_torch_with_onnxruntime(tmp_path, real_pairs, models):
+    script = (
+        "import sys\n"
+        "from runtime.cli import main\n"
+        f"code = main(['run', '--ir', {str(real_pairs / 'ir')!r}, '--vis', {str(real_pairs / 'vi')!r}, '--output', "
+        f"{str(tmp_path / 'o')!r}, '--model', {str(models['mean'])!r}, '-q'])\n"
+        "heavy = sorted(m for m in ('torch', 'distill', 'teacher', 'diffusers') if m in sys.modules)\n"
+        "print('HEAVY', heavy, code)\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "HEAVY [] 0" in result.stdout, result.stdout + result.stderr
+    light = subprocess.run([sys.executable, "-c", "import runtime, sys; runtime.FusionPipeline; "
+                            "print(sorted(m for m in ('torch', 'onnxruntime') if m in sys.modules))"],
+                           cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert light.stdout.strip() == "[]", light.stdout + light.stderr
+
+
+def test_api_is_what_the_cli_uses():
+    import runtime
+    from runtime import FusionPipeline as exported
+    from runtime.pipeline import FusionPipeline as module_level
+    assert exported is module_level is runtime.FusionPipeline
+
+
+def test_torch_backend_matches_onnxruntime_on_a_real_pair(tmp_path, real_pairs):
+    """A student (tiny variant, random weights) saved as safetensors and exported to ONNX gives the same fused image
+    through --backend torch and --backend onnxruntime."""
+    torch = pytest.importorskip("torch")
+    from distill.models import create_student, save_student
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = create_student("tiny-test").eval()
+    folder = save_student(model, tmp_path / "student")
+    example = (torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 96))
+    axes = {0: "N", 2: "H", 3: "W"}
+    kwargs = {"dynamo": False} if "dynamo" in torch.onnx.export.__code__.co_varnames else {}
+    torch.onnx.export(model, example, str(folder / "model.onnx"), input_names=["ir", "vis"], output_names=["fused"],
+                      opset_version=17, dynamic_axes={"ir": axes, "vis": axes, "fused": axes}, **kwargs)
+    outputs = {}
+    for backend in ("onnxruntime", "torch"):
+        out = tmp_path / backend
+        assert fusion(["run", "--ir", str(real_pairs / "ir"), "--vis", str(real_pairs / "vi"), "--output",
+                       str(out), "--model", str(folder), "--backend", backend, "-q"]) == 0
+        outputs[backend] = {p.stem: read_raw(p).astype(int) for p in out.glob("*.png")}
+    assert outputs["torch"].keys() == outputs["onnxruntime"].keys() == set(STEMS)
+    for stem in STEMS:
+        assert np.abs(outputs["torch"][stem] - outputs["onnxruntime"][stem]).max() <= 1
