@@ -60,3 +60,14 @@ targets:
 .PHONY: bench-metrics
 bench-metrics: setup
 	$(BIN)/python benchmarks/bench_metrics.py --pairs 8
+
+# Runtime demo (docs/runtime.md): fusion-run headless on the bundled clips (real RoadScene training pairs with a
+# panning/zooming virtual camera; IR 320x240 at 9 fps, VIS 640x480 at 30 fps) with the shipped default model; writes
+# build/demo/fused.mp4 and build/demo/stats.json and prints the per-stage latency table.
+DEMO_OUT ?= build/demo
+DEMO_MODEL ?= runtime/models/default/model.onnx
+demo: setup
+	@test -f $(DEMO_MODEL) || { echo "make demo: the default model $(DEMO_MODEL) is not there yet; build it with \`make weights\` (or run with DEMO_MODEL=path/to/model.onnx)" >&2; exit 2; }
+	@test -f runtime/assets/samples/vis.mp4 || $(BIN)/python -m runtime.assets.make_samples
+	$(BIN)/fusion-run --ir runtime/assets/samples/ir.mp4 --vis runtime/assets/samples/vis.mp4 --model $(DEMO_MODEL) \
+	  --backend onnxruntime --imgsz 480x640 --headless --output $(DEMO_OUT)/fused.mp4 --stats $(DEMO_OUT)/stats.json
