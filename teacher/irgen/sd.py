@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -316,7 +317,9 @@ class SDImg2ImgGenerator(_SDGenerator):
         wh, ww = working_size(h, w, self.sample.resolution, size_multiple(self.pipe))
         image = torch.from_numpy(np.ascontiguousarray(resize_to(rgb, wh, ww).transpose(2, 0, 1)))[None]
         s = self.sample
-        out = self.pipe(prompt=prompt or s.prompt, image=image, strength=s.strength, num_inference_steps=s.steps,
+        # img2img runs int(steps * strength) steps: ask for enough that at least one is left.
+        steps = max(s.steps, math.ceil(1 / max(s.strength, 1e-3)))
+        out = self.pipe(prompt=prompt or s.prompt, image=image, strength=s.strength, num_inference_steps=steps,
                         guidance_scale=s.guidance, negative_prompt=s.negative_prompt or None,
                         generator=torch.Generator(device="cpu").manual_seed(seed), output_type="np").images[0]
         return resize_to(to_gray(out), h, w)
