@@ -77,15 +77,18 @@ def _schedule(runs: Mapping[str, int]) -> list[list[str]]:
     return slots
 
 
-def time_interleaved(fns: Mapping[str, Callable[[], object]], runs: int | Mapping[str, int] = 30, warmup: int = 3,
-                     max_seconds: float | None = None, min_runs: int = 3) -> Dict[str, LatencyStats]:
-    """Time several callables round-robin (see module docstring). `runs`: one count for all or one per name.
+def time_interleaved(fns: Mapping[str, Callable[[], object]], runs: int | Mapping[str, int] = 30,
+                     warmup: int | Mapping[str, int] = 3, max_seconds: float | None = None,
+                     min_runs: int = 3) -> Dict[str, LatencyStats]:
+    """Time several callables round-robin (see module docstring). `runs` and `warmup`: one count for all, or one
+    per name.
 
     max_seconds bounds the whole timed phase: once exceeded, each callable stops as soon as it has `min_runs`.
     """
     counts = {name: int(runs[name] if isinstance(runs, Mapping) else runs) for name in fns}
-    for _ in range(max(warmup, 0)):
-        for fn in fns.values():
+    warmups = {name: int(warmup[name] if isinstance(warmup, Mapping) else warmup) for name in fns}
+    for name, fn in fns.items():
+        for _ in range(max(warmups[name], 0)):
             fn()
     times: Dict[str, list[float]] = {name: [] for name in fns}
     started = time.perf_counter()
@@ -150,8 +153,9 @@ def torch_runner(model, feeds: Mapping[str, np.ndarray], device: str = "cpu", ha
 
 
 def export_onnx_for_bench(model, path: str | os.PathLike, imgsz: tuple[int, int], vis_channels: int = 1,
-                          opset: int = 17) -> Path:
-    """A static-shape ONNX (inputs `ir`, `vis`, output `fused`) of any model with forward(ir, vis), for timing.
+                          opset: int = 17, dynamic: bool = False) -> Path:
+    """An ONNX (inputs `ir`, `vis`, output `fused`; static at imgsz, or free N/H/W with `dynamic`) of any model with
+    forward(ir, vis), for timing.
 
     Students go through export/ (`fusion export`) when they ship; this plain export exists so peers and candidate
     students are timed in the very same runtime as the shipped model.
@@ -162,6 +166,9 @@ def export_onnx_for_bench(model, path: str | os.PathLike, imgsz: tuple[int, int]
     example = (torch.rand(1, 1, h, w), torch.rand(1, vis_channels, h, w))
     model = copy.deepcopy(model).cpu().eval()
     kwargs = {"dynamo": False} if "dynamo" in torch.onnx.export.__code__.co_varnames else {}
+    if dynamic:
+        axes = {0: "N", 2: "H", 3: "W"}
+        kwargs["dynamic_axes"] = {name: axes for name in ("ir", "vis", "fused")}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, example, str(path), input_names=["ir", "vis"], output_names=["fused"],
@@ -177,6 +184,9 @@ def ort_session(path: str | os.PathLike, threads: int = 2, providers: Sequence |
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Interleaved timing: a session whose idle workers spin-wait would steal the cores of the next model timed
+    # (and of everyone else's jobs on a shared machine). Measured here: spinning made torch 30x slower in between.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=options,
                                 providers=list(providers or ["CPUExecutionProvider"]))
 
@@ -244,3 +254,17 @@ def real_feeds(imgsz: tuple[int, int], data: str | os.PathLike | None = None, sp
     return ({"ir": rng.random((1, 1, h, w), dtype=np.float32), "vis": rng.random((1, vis_channels, h, w),
                                                                                  dtype=np.float32)},
             f"uniform noise {h}x{w} (no dataset at {root})")
+
+
+def spread(names: Sequence[str], count: int | None) -> list:
+    """`count` names spread evenly over the list (first and last included), deterministic; all when count is None
+    or at least the list length (the same rule as export.pairs.spread, which this package does not depend on)."""
+    names = list(names)
+    if count is None or count >= len(names):
+        return names
+    if count <= 0:
+        return []
+    if count == 1:
+        return names[:1]
+    picks = np.linspace(0, len(names) - 1, count).round().astype(int)
+    return [names[i] for i in dict.fromkeys(picks.tolist())]

@@ -125,6 +125,7 @@ def main(argv=None) -> int:
     parser.add_argument("--peer-runs", type=int, default=5, help="timed peer runs (spread over the student's)")
     parser.add_argument("--json", default=None, help="also write the report here")
     args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/cli.py: spinning OpenMP workers
     from runtime.errors import FusionError
     try:
         from export.pairs import parse_imgsz

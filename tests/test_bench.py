@@ -1,0 +1,195 @@
+"""`fusion bench` and its parts: timing statistics, cost counting, the report, and a small real run."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.latency import (_schedule, count_gmacs, count_params, spread, summarize, time_callable,
+                                time_interleaved)
+from benchmarks.peers import create_peer
+from runtime.errors import FusionError
+
+torch.set_num_threads(1)
+
+
+# ---------------------------------------------------------------------------------------------------- statistics
+def test_summarize_percentiles_and_fps():
+    s = summarize([float(v) for v in range(1, 101)])  # 1..100 ms
+    assert s.runs == 100
+    assert s.p50_ms == pytest.approx(50.5)
+    assert s.p90_ms == pytest.approx(90.1)
+    assert s.p99_ms == pytest.approx(99.01)
+    assert s.min_ms == 1.0 and s.mean_ms == pytest.approx(50.5)
+    assert s.fps == pytest.approx(1000 / 50.5)
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+def test_schedule_spreads_the_rare_model_over_all_rounds():
+    rounds = _schedule({"student": 10, "peer": 3})
+    assert len(rounds) == 10
+    assert [i for i, names in enumerate(rounds) if "peer" in names] == [0, 4, 9]  # first, middle, last
+    assert sum("student" in names for names in rounds) == 10
+
+
+def test_interleaved_timing_counts_warmup_and_runs():
+    calls = {"a": 0, "b": 0}
+
+    def make(name):
+        def fn():
+            calls[name] += 1
+        return fn
+    stats = time_interleaved({"a": make("a"), "b": make("b")}, runs={"a": 7, "b": 2}, warmup={"a": 3, "b": 1})
+    assert calls == {"a": 10, "b": 3}
+    assert stats["a"].runs == 7 and stats["b"].runs == 2
+
+
+def test_time_budget_stops_early_but_keeps_min_runs():
+    import time
+    stats = time_callable(lambda: time.sleep(0.01), runs=1000, warmup=0, max_seconds=0.05, min_runs=3)
+    assert 3 <= stats.runs < 50
+    assert stats.p50_ms >= 9.0
+
+
+def test_spread_is_deterministic_and_includes_the_ends():
+    names = [f"n{i}" for i in range(50)]
+    assert spread(names, 3) == ["n0", "n24", "n49"] or spread(names, 3) == ["n0", "n25", "n49"]
+    assert spread(names, None) == names and spread(names, 0) == [] and spread(names, 1) == ["n0"]
+
+
+# ---------------------------------------------------------------------------------------------------- cost
+def test_gmacs_match_the_hand_count_for_densefuse():
+    # Per pixel: encoder 9*(1*16 + 16*16 + 32*16 + 48*16) = 13,968 MACs, run for IR and VIS; decoder
+    # 9*(64*64 + 64*32 + 32*16 + 16*1) = 60,048. Total 87,984 per pixel.
+    model = create_peer("densefuse")
+    assert count_gmacs(model, (48, 64)) == pytest.approx(87_984 * 48 * 64 / 1e9, rel=1e-9)
+    assert count_params(model) == 74_193
+    # thop's counters must not leak into the model that was measured (they would end up in saved weights).
+    assert not any("total_ops" in k for k in model.state_dict())
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+def _parse(argv):
+    from benchmarks.cli import configure
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    return parser.parse_args(argv)
+
+
+def test_cli_flags_override_defaults_and_quick_shrinks_the_run():
+    from benchmarks.cli import build_config
+    cfg = build_config(_parse(["--imgsz", "480x640", "256", "--peers", "--target-ms", "16.7", "--no-e2e"]))
+    assert cfg.imgsz == [[480, 640], [256, 256]]
+    assert cfg.peers == [] and cfg.target_ms == 16.7 and cfg.e2e is False
+    assert cfg.teachers == ["em", "ddfm"]  # untouched default
+    quick = build_config(_parse(["--quick"])).apply_quick()
+    assert quick.imgsz == [[480, 640]] and quick.runs <= 20 and quick.quality_count <= 3
+
+
+@pytest.mark.parametrize("bad", ["640by480", "8x8"])
+def test_cli_rejects_bad_sizes_in_one_sentence(bad):
+    from benchmarks.cli import build_config
+    with pytest.raises(FusionError, match="--imgsz"):
+        build_config(_parse(["--imgsz", bad]))
+
+
+def test_config_file_is_read_and_flags_win(tmp_path):
+    from benchmarks.cli import build_config
+    path = tmp_path / "bench.yaml"
+    path.write_text("runs: 7\nthreads: 1\npeers: [densefuse]\n")
+    cfg = build_config(_parse(["--config", str(path), "--runs", "9"]))
+    assert cfg.runs == 9 and cfg.threads == 1 and cfg.peers == ["densefuse"]
+
+
+def test_unknown_backend_is_refused():
+    from benchmarks.bench import BenchConfig, run_benchmark
+    with pytest.raises(FusionError, match="unknown backend"):
+        run_benchmark(BenchConfig(backends=["tflite"]))
+
+
+# ---------------------------------------------------------------------------------------------------- a real run
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, roadscene):
+    """A complete (small) benchmark: tiny student, torch + ONNX Runtime fp32 + INT8, one peer, one real test pair,
+    the runtime pipeline on the bundled clips for a few frames."""
+    from benchmarks.bench import BenchConfig, run_benchmark
+    cfg = BenchConfig(variant="tiny-test", imgsz=[[64, 80]], backends=["torch", "onnxruntime", "onnxruntime-int8"],
+                      threads=1, runs=4, warmup=1, peer_runs=2, peers=["densefuse"], data=str(roadscene),
+                      quality_count=1, teachers=[], calib_count=2, e2e=True, e2e_frames=3, target_ms=1e6)
+    return run_benchmark(cfg)
+
+
+def test_rows_cover_backends_and_the_peer_with_quality_where_due(small_run):
+    rows = {(r["model"], r["backend"], r["precision"]): r for r in small_run.rows}
+    student = "tiny-test (random weights)"
+    assert set(rows) == {(student, "torch-cpu", "fp32"), (student, "onnxruntime-cpu", "fp32"),
+                         (student, "onnxruntime-cpu", "int8"), ("densefuse", "onnxruntime-cpu", "fp32")}
+    for row in small_run.rows:
+        assert row["resolution"] == "80x64" and row["p50_ms"] > 0 and row["p90_ms"] >= row["p50_ms"]
+        assert row["meets_target"] is True  # target 1e6 ms
+    torch_row, ort_row = rows[(student, "torch-cpu", "fp32")], rows[(student, "onnxruntime-cpu", "fp32")]
+    # ORT fp32 and torch compute the same function: same quality to the metric's precision.
+    assert ort_row["EN"] == pytest.approx(torch_row["EN"], abs=1e-3)
+    assert "EN" not in rows[("densefuse", "onnxruntime-cpu", "fp32")]  # random-weight peer: latency only
+    assert rows[("densefuse", "onnxruntime-cpu", "fp32")]["gmacs"] == pytest.approx(87_984 * 64 * 80 / 1e9)
+
+
+def test_notes_explain_absent_rows(small_run):
+    text = " ".join(small_run.notes)
+    assert "random weights" in text
+    assert "Jetson" in text
+
+
+def test_end_to_end_ran_the_runtime_pipeline_on_the_sample_clips(small_run):
+    modes = {e["mode"]: e for e in small_run.e2e}
+    assert set(modes) == {"throughput", "camera rate"}, small_run.notes
+    assert all(e["frames"] == 3 and e["fps"] > 0 for e in modes.values())
+
+
+def test_report_table_json_and_plot(small_run, tmp_path):
+    from benchmarks.report import ROW_KEYS, json_rows, markdown_table, plot_latency_quality, write_json
+    table = markdown_table(small_run)
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| model | backend | precision | resolution | params | GMACs | p50 ms")
+    assert "<= 1e+06 ms" in lines[0]
+    assert any(line.startswith("| densefuse (random weights) | onnxruntime-cpu") for line in lines)
+    assert len({len(line.split("|")) for line in lines[:6]}) == 1  # every row has every column
+    rows = json_rows(small_run)
+    path = write_json(tmp_path / "rows.json", rows)
+    loaded = json.loads(path.read_text())
+    assert isinstance(loaded, list) and list(loaded[0])[:len(ROW_KEYS)] == list(ROW_KEYS)
+    png = plot_latency_quality(small_run, tmp_path / "plot.png", "EN")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_student_speed_report(roadscene):
+    from benchmarks.student_speed import format_report, measure_student_speed
+    from distill.models import create_student
+    report = measure_student_speed(create_student("tiny-test"), imgsz=(64, 80), threads=1, runs=3, peer_runs=1,
+                                   peer="densefuse", data=roadscene)
+    assert report["speedup"] == pytest.approx(report["peer"]["p50_ms"] / report["student"]["p50_ms"])
+    assert report["student"]["params"] == count_params(create_student("tiny-test"))
+    text = format_report(report)
+    assert "| densefuse (random weights; Li & Wu, DenseFuse, IEEE TIP 2019)" in text
+    assert "<= 30 ms" in text
+
+
+def test_trtexec_command_line():
+    from benchmarks.trt_build import trtexec_command
+    cmd = trtexec_command("trtexec", "m.onnx", "m.engine", "int8", (480, 640), calib_cache="calib.cache",
+                          dla_core=0)
+    assert cmd[:3] == ["trtexec", "--onnx=m.onnx", "--saveEngine=m.engine"]
+    assert "--optShapes=ir:1x1x480x640,vis:1x1x480x640" in cmd
+    assert "--minShapes=ir:1x1x64x64,vis:1x1x64x64" in cmd
+    assert {"--fp16", "--int8", "--calib=calib.cache", "--useDLACore=0", "--allowGPUFallback"} <= set(cmd)
+    assert "--int8" not in trtexec_command("trtexec", "m.onnx", "m.engine", "fp16", (512, 512))
+
+
+def test_fused_to_gray_matches_an_8bit_file():
+    from benchmarks.bench import _fused_to_gray255
+    fused = np.array([[[[0.0, 0.5, 1.2, -0.1]]]], dtype=np.float32)
+    assert _fused_to_gray255(fused).tolist() == [[0.0, 128.0, 255.0, 0.0]]
