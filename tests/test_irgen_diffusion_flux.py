@@ -1,0 +1,156 @@
+"""flux-fill on a tiny random FLUX.1-Fill-shaped base folder built in-process (no download): diptych masking, LoRA
+training/save/reload and sampling through the real pipeline, and the thermal-query-decoder cross-attention adapter."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+pytest.importorskip("peft")
+
+from runtime.cli import main as fusion  # noqa: E402
+from teacher.irgen.cli import read_rgb  # noqa: E402
+
+TINY = ["--device", "cpu", "--set", "data.crop=32", "--set", "data.scale=0.25", "--set", "optim.warmup_steps=1",
+        "--set", "optim.lr=5e-3", "--set", "train.log_every=1", "--set", "sample.steps=2",
+        "--set", "sample.resolution=32", "--set", "sample.max_sequence_length=32", "--set", "train.sample_count=1"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a loaded machine OpenMP's spinning makes two threads
+    up to 100x slower than one; the previous setting is restored for the other test modules."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def flux_base(tmp_path_factory) -> Path:
+    from teacher.irgen.diffusion_tiny import build_tiny_flux_fill
+    return build_tiny_flux_fill(tmp_path_factory.mktemp("tiny-flux") / "base")
+
+
+@pytest.fixture(scope="module")
+def two_names(tmp_path_factory, train_names) -> Path:
+    path = tmp_path_factory.mktemp("names") / "two.txt"
+    path.write_text("\n".join(train_names[:2]) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def rgb_frame(roadscene, train_names) -> np.ndarray:
+    return read_rgb(next((roadscene / "vi").glob(f"{train_names[0]}.*")))[:40, :56]
+
+
+def test_diptych_mask_covers_exactly_the_right_half():
+    from teacher.irgen.flux import make_diptych, right_half_tokens
+    rgb, ir = torch.rand(2, 3, 8, 12), torch.rand(2, 1, 8, 12)
+    diptych, mask = make_diptych(rgb, ir)
+    assert diptych.shape == (2, 3, 8, 24) and mask.shape == (2, 1, 8, 24)
+    assert torch.equal(diptych[..., :12], rgb) and torch.equal(diptych[..., 12:], ir.expand(-1, 3, -1, -1))
+    assert torch.all(mask[..., :12] == 0) and torch.all(mask[..., 12:] == 1)
+    empty, _ = make_diptych(rgb)
+    assert torch.all(empty[..., 12:] == 0)
+    ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(3.0), torch.arange(6.0), indexing="ij"),
+                      -1).reshape(-1, 3)
+    assert right_half_tokens(ids, 6).tolist() == [False, False, False, True, True, True] * 3
+
+
+def _transformer_inputs(generator):
+    """Record what the sampler feeds the transformer (hidden_states = noisy | masked-image latents | packed mask)."""
+    seen = []
+    generator.pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((kwargs["hidden_states"].detach().clone(),
+                                                  kwargs["img_ids"].detach().clone())), with_kwargs=True)
+    return seen
+
+
+def test_flux_fill_train_reload_and_diptych_sampling(flux_base, roadscene, two_names, rgb_frame, tmp_path):
+    from teacher.irgen.flux import FluxFillGenerator, FluxSampleConfig, load_flux_fill_pipeline
+    out = tmp_path / "lora"
+    assert fusion(["teacher", "train-irgen", "--generator", "flux-fill", "--base", str(flux_base), "--data",
+                   str(roadscene), "--names", str(two_names), "--out", str(out), *TINY,
+                   "--set", "train.steps=2"]) == 0
+    for name in ("pytorch_lora_weights.safetensors", "irgen.json", "checkpoint/state.json", "samples/step_000002.png"):
+        assert (out / name).is_file(), name
+    info = json.loads((out / "irgen.json").read_text())
+    assert info["lora"]["rank"] == 16 and info["lora"]["alpha"] == 32.0 and "add_q_proj" in info["lora"]["targets"]
+    assert all(np.isfinite(json.loads(line)["loss"]) for line in (out / "train_log.jsonl").read_text().splitlines())
+
+    trained = FluxFillGenerator.from_pretrained(out)
+    seen = _transformer_inputs(trained)
+    ir = trained.generate(rgb_frame, seed=1)
+    assert ir.shape == rgb_frame.shape[:2] and ir.dtype == np.float32 and 0 <= ir.min() and ir.max() <= 1
+    # the left half of the output diptych is the RGB frame (at the working size), the right half the IR render
+    diptych = trained.last_diptych
+    h, w2 = diptych.shape[:2]
+    from teacher.irgen.diffusion_common import resize_to
+    np.testing.assert_array_equal(diptych[:, :w2 // 2], resize_to(rgb_frame, h, w2 // 2))
+    assert trained.visualize(rgb_frame, ir).shape == (h, w2, 3)
+    # the mask channels the transformer sees are 0 on every left-half token and 1 on every right-half token
+    hidden, image_ids = seen[0]
+    mask_channels = 4 * trained.pipe.vae_scale_factor ** 2  # vsf x vsf mask pixels per latent, packed 2x2
+    mask_tokens = hidden[0, :, -mask_channels:]
+    right = image_ids[:, 2] >= (image_ids[:, 2].max() + 1) / 2
+    assert torch.all(mask_tokens[right] == 1) and torch.all(mask_tokens[~right] == 0)
+
+    base = FluxFillGenerator(load_flux_fill_pipeline(flux_base, torch.float32), FluxSampleConfig(**info["sample"]),
+                             {}, "cpu")
+    assert np.abs(base.generate(rgb_frame, seed=1) - ir).max() > 1e-3, "the trained LoRA does not change the output"
+    again = FluxFillGenerator.from_pretrained(out)
+    np.testing.assert_allclose(again.generate(rgb_frame, seed=1), ir, atol=1e-5)
+
+
+def test_flux_fill_with_thermal_query_adapter(flux_base, roadscene, two_names, rgb_frame, tmp_path):
+    from safetensors.torch import load_file
+
+    from teacher.irgen.flux import FluxFillGenerator
+    from teacher.irgen.tqd_net import ThermalQueryDecoder
+    tqd_folder = tmp_path / "tqd"
+    torch.manual_seed(0)
+    ThermalQueryDecoder.from_config(dict(backbone_depth=18, backbone_width=8, hidden_dim=16, num_queries=8,
+                                         decoder_layers=3, num_heads=2, ffn_dim=32, embed_dim=8,
+                                         full_res_channels=4)).save_pretrained(tqd_folder)
+    out = tmp_path / "adapter"
+    assert fusion(["teacher", "train-irgen", "--generator", "flux-fill", "--base", str(flux_base), "--data",
+                   str(roadscene), "--names", str(two_names), "--out", str(out), *TINY, "--set", "train.steps=2",
+                   "--set", "train.sample_every=0", "--set", "adapter.enabled=true",
+                   "--set", f"adapter.tqd_weights={tqd_folder}", "--set", "adapter.double_blocks=[0]",
+                   "--set", "adapter.single_blocks=[0]", "--set", "adapter.heads=2",
+                   "--set", "adapter.train_tqd=true"]) == 0
+    adapter_state = load_file(str(out / "thermal_adapter.safetensors"))
+    assert sorted({k.split(".")[0] for k in adapter_state}) == ["double_0", "single_0"]
+    assert all(abs(float(adapter_state[f"{k}.gate"])) > 0 for k in ("double_0", "single_0")), "gates did not open"
+    before, after = (load_file(str(f / "model.safetensors")) for f in (tqd_folder, out / "tqd"))
+    assert any(not torch.equal(before[k], after[k]) for k in before), "train_tqd=true left the decoder unchanged"
+
+    generator = FluxFillGenerator.from_pretrained(out)
+    with_adapter = generator.generate(rgb_frame, seed=2)
+    with torch.no_grad():
+        for layer in generator.adapter.layers.values():
+            layer.gate.zero_()
+    without = generator.generate(rgb_frame, seed=2)
+    assert with_adapter.shape == rgb_frame.shape[:2]
+    assert np.abs(with_adapter - without).max() > 1e-4, "the adapter tokens do not reach the transformer"
+
+
+def test_flux_base_folder_errors(tmp_path, roadscene, two_names, capsys):
+    (tmp_path / "sd-like").mkdir()
+    for item in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        (tmp_path / "sd-like" / item).mkdir()
+    (tmp_path / "sd-like" / "model_index.json").write_text("{}")
+    code = fusion(["teacher", "train-irgen", "--generator", "flux-fill", "--base", str(tmp_path / "sd-like"),
+                   "--data", str(roadscene), "--names", str(two_names), "--out", str(tmp_path / "out"), *TINY])
+    err = capsys.readouterr().err
+    assert code == 2 and "lacks transformer/, text_encoder_2/, tokenizer_2/" in err and "FLUX.1-Fill-dev" in err
+    (tmp_path / "weights").mkdir()
+    code = fusion(["teacher", "synth-ir", "--generator", "flux-fill", "--weights", str(tmp_path / "weights"),
+                   "--rgb", str(roadscene), "--names", str(two_names), "--out", str(tmp_path / "ds"),
+                   "--device", "cpu"])
+    assert code == 2 and "irgen.json and pytorch_lora_weights.safetensors" in capsys.readouterr().err
