@@ -193,15 +193,16 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str = "fp16", wo
 
 # ----------------------------------------------------------------------------------------------- checks and timing
 def engine_outputs(engine_path: Path, inputs) -> list[np.ndarray]:
+    """Outputs of a freshly built engine (its record beside it may still be the previous build's, so unchecked)."""
     from runtime.backends.tensorrt_engine import TensorRTEngine
-    with TensorRTEngine(engine_path) as engine:
+    with TensorRTEngine(engine_path, check_metadata=False) as engine:
         return [engine.infer(item.ir, item.vis) for item in inputs]
 
 
 def engine_latency(engine_path: Path, feeds: dict, runs: int = 100, warmup: int = 10) -> dict:
     """Median and p90 wall time of `infer` (copies in and out included), in ms."""
     from runtime.backends.tensorrt_engine import TensorRTEngine
-    with TensorRTEngine(engine_path) as engine:
+    with TensorRTEngine(engine_path, check_metadata=False) as engine:
         for _ in range(warmup):
             engine.infer(feeds["ir"], feeds["vis"])
         times = []

@@ -379,3 +379,25 @@ def test_runner_refuses_engine_recorded_for_another_tensorrt(onnx_for_trt):
     metadata_path(engine).write_text(json.dumps({"built_with": {"tensorrt": "0.0.1"}}))
     with pytest.raises(FusionError, match="rebuild"):
         TensorRTEngine(engine)
+
+
+@requires_gpu
+@pytest.mark.gpu
+def test_cli_engine_build_writes_record_script_and_loads(tmp_path, roadscene):
+    pytest.importorskip("tensorrt", reason="needs the tensorrt Python package")
+    from distill.models import save_student
+    from runtime.backends.tensorrt_engine import TensorRTEngine
+    from runtime.cli import main as fusion_main
+    from test_export_onnx import random_student
+    folder = save_student(random_student("nano"), tmp_path / "student")
+    engine = tmp_path / "model.engine"
+    code = fusion_main(["export", "--weights", str(folder), "--format", "engine", "--precision", "fp16",
+                        "--dynamic", "--imgsz", "256x320", "--min-imgsz", "128x128", "--max-imgsz", "640x640",
+                        "--data", str(roadscene), "--check-count", "3", "--out", str(engine)])
+    assert code == 0
+    record = json.loads(metadata_path(engine).read_text())
+    assert record["check_vs_fp32"]["psnr_db"] >= 40.0 and record["latency"]["median_ms"] > 0
+    assert record["trtexec"].startswith("trtexec --onnx=") and "--optShapes=ir:1x1x256x320" in record["trtexec"]
+    assert (tmp_path / "model.engine.trtexec.sh").is_file() and (tmp_path / "model.engine.onnx").is_file()
+    with TensorRTEngine(engine) as runner:  # the record matches this machine
+        assert runner.metadata["built_with"] == record["built_with"]
