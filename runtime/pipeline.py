@@ -330,6 +330,8 @@ class FusionPipeline:
     def __init__(self, config: Optional[RunConfig] = None, *, ir_source: Optional[Source] = None,
                  vis_source: Optional[Source] = None, backend=None, sinks: Optional[List[Sink]] = None,
                  **overrides):
+        if isinstance(backend, str):   # the backend's name (a config field), not a loaded Backend
+            overrides["backend"], backend = backend, None
         config = dataclasses.replace(config or RunConfig(), **overrides) if overrides else (config or RunConfig())
         self.config = config
         if config.on_loss not in ("passthrough", "pause"):
@@ -347,6 +349,7 @@ class FusionPipeline:
         self._given_sources = (ir_source, vis_source)
         self._given_sinks = sinks
         self.backend = backend
+        self._owns_backend = backend is None
         self.sinks: List[Sink] = []
         self.registration = Registration.from_file(config.homography, crop=config.crop)
         self.folder_mode = ir_source is None and vis_source is None and _is_dir(config.ir) and _is_dir(config.vis)
@@ -417,6 +420,8 @@ class FusionPipeline:
         finally:
             self._close_sinks()
         report = self.report()
+        if self._owns_backend and self.backend is not None:
+            self.backend.close()
         if config.stats:
             write_json(config.stats, report)
         if self._errors:

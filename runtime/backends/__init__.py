@@ -44,6 +44,9 @@ class Backend:
     def infer(self, ir: np.ndarray, vis: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release what the backend holds (GPU buffers, sessions)."""
+
     def describe(self) -> dict:
         return {"backend": self.name, "provider": self.provider, "model": self.model_path,
                 "input_size": list(self.input_size) if self.input_size else "dynamic",
@@ -72,7 +75,7 @@ def _import_onnxruntime():
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, path: str | os.PathLike, threads: int = 0, device: str = "auto"):
+    def __init__(self, path: str | os.PathLike, threads: int = 0, device: str = "auto", spin: bool = False):
         ort = _import_onnxruntime()
         path = Path(path)
         self.model_path = str(path)
@@ -83,6 +86,10 @@ class OnnxRuntimeBackend(Backend):
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        if not spin:
+            # The other pipeline stages share these cores: ONNX Runtime's worker threads must not burn them
+            # spinning between frames.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = best_providers(ort.get_available_providers(), device)
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
@@ -152,6 +159,10 @@ class TensorRTBackend(Backend):
                 out = getattr(self.runner, method)(ir, vis)
                 return out["fused"] if isinstance(out, dict) else out
         raise FusionError("the TensorRT runner has no infer() method")
+
+    def close(self) -> None:
+        if hasattr(self.runner, "close"):
+            self.runner.close()
 
 
 # ----------------------------------------------------------------------------------------------------------- PyTorch
