@@ -84,6 +84,21 @@ def _init_distributed(device: str):
     return dist
 
 
+def _check_same_producer(out_dir: Path, teacher_name: str, settings: dict) -> None:
+    """Refuse to add outputs of one teacher (or other settings) to a folder another one filled."""
+    import json
+    for manifest in sorted(out_dir.glob("manifest*.json")) if out_dir.is_dir() else []:
+        try:
+            previous = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        same = previous.get("teacher") == teacher_name and json.loads(json.dumps(settings)) == previous.get("settings")
+        if not same:
+            raise FusionError(f"{out_dir} holds outputs of teacher '{previous.get('teacher')}' with settings "
+                              f"{previous.get('settings')} ({manifest.name}); write {teacher_name} with these "
+                              f"settings to another --out")
+
+
 def _model_hash(teacher) -> str | None:
     folder = getattr(teacher, "weights_path", None)
     if not folder:
@@ -132,6 +147,7 @@ def run_fuse(args) -> int:
     dist = _init_distributed(device)
 
     teacher = teacher_cls.from_args(args)
+    _check_same_producer(out_dir, args.teacher, teacher.settings())
     out_dir.mkdir(parents=True, exist_ok=True)
     record = dict(teacher=args.teacher, settings=teacher.settings(), model_hash=_model_hash(teacher),
                   data=str(args.data) if args.data else {"ir": str(args.ir), "vis": str(args.vis)},
@@ -143,6 +159,7 @@ def run_fuse(args) -> int:
           file=sys.stderr)
 
     skipped: list[str] = []
+    written: list[str] = []
     seconds: list[float] = []
     bar = tqdm(total=len(todo), desc=f"fuse {args.teacher}", unit="pair", disable=None)
     batch: list = []  # (pair, ir, vis) of one size
@@ -163,6 +180,7 @@ def run_fuse(args) -> int:
                 _, cbcr = split_luminance(vis)
                 write_image(out_dir / "color" / f"{pair.name}.png", merge_luminance(image, cbcr))
             write_image(output_of(pair), image)  # last, so its presence means the pair is complete
+            written.append(pair.name)
             seconds.append(elapsed / len(batch))
         bar.update(len(batch))
         batch.clear()
@@ -187,8 +205,8 @@ def run_fuse(args) -> int:
     bar.close()
 
     median = sorted(seconds)[len(seconds) // 2] if seconds else None
-    write_manifest(out_dir, shard, **record, status="complete", fused=len(seconds), skipped=skipped,
-                   seconds_per_pair_median=median)
+    write_manifest(out_dir, shard, **record, status="complete", fused=len(written), skipped=skipped,
+                   seconds_per_pair_median=median, written=written)
     if dist is not None:
         dist.barrier()
         dist.destroy_process_group()
