@@ -720,14 +720,14 @@ class FusionPipeline:
             self.stats.add("postprocess", t1 - t0)
             if rgb.ndim == 2:
                 rgb = np.repeat(rgb[:, :, None], 3, axis=2)
-            info = None
+            info = self._output_info(packet) if self.sinks else None
+            overlaid = None
             for sink in self.sinks:
-                overlay = self.config.overlay == "on" or (self.config.overlay == "auto" and sink.wants_overlay)
-                if overlay:
-                    info = info or self._output_info(packet)
-                    sink.write(draw_overlay(rgb, info), info)
+                if self.config.overlay == "on" or (self.config.overlay == "auto" and sink.wants_overlay):
+                    overlaid = draw_overlay(rgb, info) if overlaid is None else overlaid
+                    sink.write(overlaid, info)
                 else:
-                    sink.write(rgb, info or self._output_info(packet, light=True))
+                    sink.write(rgb, info)
             if self.config.record_pairs and packet.mode == "fused":
                 self._record(packet)
             now = time.monotonic()
@@ -735,10 +735,8 @@ class FusionPipeline:
             self.stats.add("latency", now - packet.t_capture)
             self.stats.output_done(now)
 
-    def _output_info(self, packet: Packet, light: bool = False) -> OutputInfo:
+    def _output_info(self, packet: Packet) -> OutputInfo:
         info = OutputInfo(packet.index, packet.name, mode=packet.mode, pair_error_ms=packet.pair_error_ms)
-        if light:
-            return info
         info.fps = self.stats.live_fps()
         info.stages_ms = {name: self.stats.recent_ms(name) for name in ("preprocess", "inference", "postprocess")}
         info.health = {w.role: w.state for w in self.workers}

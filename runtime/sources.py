@@ -118,7 +118,14 @@ class CaptureSource(Source):
         self._opened_once = False
 
     def open(self) -> None:
-        capture = cv2.VideoCapture(self.target, self.api)
+        if self.kind == "stream":
+            # A network camera that hangs must not hang its capture thread: bounded open and read waits make a
+            # silent stream a lost one, which the pipeline then reconnects.
+            timeout_ms = int(self.read_timeout_s * 1000)
+            capture = cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms,
+                                                                     cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms])
+        else:
+            capture = cv2.VideoCapture(self.target, self.api)
         if not capture.isOpened():
             capture.release()
             raise (SourceLost if self._opened_once else FusionError)(self._open_error())

@@ -152,3 +152,52 @@ def test_image_folder_source_reads_real_pairs_in_order(roadscene, train_names):
     assert first.name == sorted(p.stem for p in (roadscene / "ir").iterdir())[0]
     assert first.image.ndim == 2 and first.image.dtype == np.uint8
     assert source.read().t_media == pytest.approx(0.1)
+
+
+def test_network_camera_killed_and_restarted_is_reconnected():
+    """A real network source: an MJPEG-over-HTTP camera (served by runtime.mjpeg on 127.0.0.1) is shut down in the
+    middle of a run and brought back on the same port 0.8 s later. The pipeline keeps running on VIS, reports the
+    IR camera lost, reconnects through OpenCV/FFmpeg and fuses again."""
+    from runtime.mjpeg import MjpegServer
+
+    def serve(port: int):
+        server = MjpegServer("127.0.0.1", port, max_fps=0)
+        running = threading.Event()
+        running.set()
+
+        def feed():
+            i = 0
+            while running.is_set():
+                server.publish(np.full((48, 64, 3), i % 256, np.uint8))
+                i += 1
+                time.sleep(1 / 15)
+        threading.Thread(target=feed, daemon=True).start()
+        return server, running
+
+    camera, feeding = serve(0)
+    port = camera.port
+    ir = open_source(f"http://127.0.0.1:{port}/stream.mjpg", "ir")
+    assert ir.live and ir.kind == "stream"
+    vis = SyntheticSource(fps=30, live=True, role="vis")
+    sink = RecordingSink()
+    pipeline = FusionPipeline(ir_source=ir, vis_source=vis, backend=NumpyBackend(), sinks=[sink], sync_ms=80,
+                              imgsz="48x64", duration_s=3.5, reconnect_max_s=0.3, verbose=False)
+    runner = threading.Thread(target=pipeline.run, daemon=True)
+    runner.start()
+    time.sleep(1.0)
+    feeding.clear()
+    camera.close()                                   # the camera goes away
+    time.sleep(0.8)
+    lost_states = {info.health.get("ir") for _, info in sink.frames}
+    camera, feeding = serve(port)                    # and comes back
+    runner.join(10)
+    feeding.clear()
+    camera.close()
+    assert not runner.is_alive()
+    report = pipeline.report()
+    modes = [info.mode for _, info in sink.frames]
+    assert "vis only" in modes                       # VIS kept the output going while IR was away
+    last_single = len(modes) - 1 - modes[::-1].index("vis only")
+    assert "fused" in modes[:modes.index("vis only")] and "fused" in modes[last_single:]
+    assert report["counters"]["lost_ir"] >= 1 and report["counters"]["reconnects_ir"] >= 1
+    assert lost_states & {"lost", "reconnecting"}    # what the overlay showed meanwhile
