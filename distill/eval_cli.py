@@ -26,7 +26,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fused", type=Path, required=True,
                         help="folder of fused images, named like their sources (extension may differ)")
     parser.add_argument("--names", type=Path,
-                        help="split file listing the images to evaluate (default: every IR/VIS pair)")
+                        help="split file listing the images to evaluate, e.g. test.txt (looked up in --data too; "
+                             "default: every IR/VIS pair)")
     parser.add_argument("--json", type=Path, metavar="OUT",
                         help='write {"mean": {...}, "per_image": {name: {...}}, "count": N} here')
     parser.add_argument("--csv", type=Path, metavar="OUT", help="write one row per image and a final 'mean' row here")
@@ -85,8 +86,11 @@ def run(args) -> int:
     from runtime.imageio import write_json, write_text
 
     ir_dir, vis_dir = _source_folders(args)
+    names = args.names
+    if names is not None and not names.is_file() and args.data is not None and (args.data / names).is_file():
+        names = args.data / names  # `--data DIR --names test.txt` means DIR/test.txt
     lpips_net = args.lpips_net if (args.lpips or args.lpips_backbone is not None) else None
-    results = evaluate_folder(ir_dir, vis_dir, args.fused, names=args.names, skip_bad=args.skip_bad,
+    results = evaluate_folder(ir_dir, vis_dir, args.fused, names=names, skip_bad=args.skip_bad,
                               progress=not args.quiet and sys.stderr.isatty(),
                               lpips_backbone=args.lpips_backbone, lpips_net=lpips_net)
     rows = dict(results["per_image"]) if args.per_image else {}

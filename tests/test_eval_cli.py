@@ -90,9 +90,10 @@ def test_colour_fusion_is_scored_on_its_luminance(fused_folder):
 
 def test_mean_row_only_by_default_and_names_restrict(fused_folder, capsys):
     root, fused_dir, names, expected = fused_folder
-    split = root / "split.txt"
-    split.write_text(f"{names[0]}.jpg\n{names[1]}\n")
-    code, out, err = _run(["--data", root, "--fused", fused_dir, "--names", split, "--json", root / "m.json"], capsys)
+    (root / "split.txt").write_text(f"{names[0]}.jpg\n{names[1]}\n")
+    # --names is looked up inside --data when it is not a path on its own
+    code, out, err = _run(["--data", root, "--fused", fused_dir, "--names", "split.txt", "--json", root / "m.json"],
+                          capsys)
     assert code == 0, err
     assert len(out.strip().splitlines()) == 3 and "mean (2 images)" in out
     doc = json.loads((root / "m.json").read_text())
@@ -134,3 +135,23 @@ def test_eval_stays_light_without_torch():
              "assert not bad, bad")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_lpips_column_from_a_local_backbone(fused_folder, capsys):
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    pytest.importorskip("lpips")
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    root, fused_dir, names, expected = fused_folder
+    backbone = root / "alexnet-owt-7be5be79.pth"
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), backbone)
+    (root / "two.txt").write_text("\n".join(names[:2]))
+    code, out, err = _run(["--ir", root / "ir", "--vis", root / "vi", "--fused", fused_dir, "--names",
+                           root / "two.txt", "--lpips-backbone", backbone, "--json", root / "m.json"], capsys)
+    assert code == 0, err
+    assert out.splitlines()[0].endswith("| MSE | LPIPS |")
+    doc = json.loads((root / "m.json").read_text())
+    assert list(doc["mean"]) == list(METRIC_NAMES) + ["LPIPS"]
+    assert all(0 < row["LPIPS"] < 10 for row in doc["per_image"].values())
+    assert doc["per_image"][names[0]]["VIF"] == pytest.approx(expected[names[0]]["VIF"], rel=1e-12)
