@@ -43,29 +43,36 @@ class OutputInfo:
     mode: str = "fused"                             # "fused" or "ir only" / "vis only" while a camera is lost
 
 
+STAGE_LABELS = {"preprocess": "pre", "inference": "infer", "postprocess": "post"}
+
+
 def draw_overlay(rgb: np.ndarray, info: OutputInfo) -> np.ndarray:
-    """A copy of `rgb` with the status lines drawn on it (top-left), red for a lost camera."""
+    """A copy of `rgb` with the status drawn top-left on a dark band: rate and mode, per-stage milliseconds, pairing
+    error, and each camera's health (green when streaming, red when lost or reconnecting)."""
     out = rgb.copy()
-    scale = max(0.4, min(out.shape[1], 1280) / 1280.0 * 0.9)
-    lines = [(f"{info.fps:5.1f} fps  {info.mode}", (255, 255, 255))]
+    scale = max(0.45, min(out.shape[1], 1920) / 1280.0)
+    font, thickness = cv2.FONT_HERSHEY_SIMPLEX, 1 if scale < 0.9 else 2
+    line_height = int(cv2.getTextSize("Ag", font, scale, thickness)[0][1] * 1.9) + 2
+    white, green, red = (255, 255, 255), (90, 255, 90), (255, 70, 70)
+    rows: list[list[tuple[str, tuple]]] = [[(f"{info.fps:.1f} fps  {info.mode}", white)]]
     if info.stages_ms:
-        lines.append(("  ".join(f"{k[:5]} {v:.1f}" for k, v in info.stages_ms.items()) + " ms", (255, 255, 255)))
-    health = []
-    for role, state in info.health.items():
-        health.append((f"{role.upper()} {state.upper()}", (80, 255, 80) if state == "ok" else (255, 60, 60)))
+        rows.append([("  ".join(f"{STAGE_LABELS.get(k, k)} {v:.1f}" for k, v in info.stages_ms.items()) + " ms",
+                      white)])
     if info.pair_error_ms is not None:
-        lines.append((f"sync {info.pair_error_ms:.0f} ms", (255, 255, 255)))
-    y = int(22 * scale / 0.6)
-    step = int(20 * scale / 0.6)
-    for text, colour in lines:
-        cv2.putText(out, text, (8, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(out, text, (8, y), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
-        y += step
-    x = 8
-    for text, colour in health:
-        cv2.putText(out, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(out, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
-        x += int(cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]) + 16
+        rows.append([(f"sync {info.pair_error_ms:+.0f} ms", white)])
+    if info.health:
+        rows.append([(f"{role.upper()} {state.upper()}", green if state == "ok" else red)
+                     for role, state in info.health.items()])
+    widths = [sum(cv2.getTextSize(t, font, scale, thickness)[0][0] + 14 for t, _ in row) for row in rows]
+    band_w, band_h = min(out.shape[1], max(widths) + 10), min(out.shape[0], line_height * len(rows) + 8)
+    out[:band_h, :band_w] = (out[:band_h, :band_w].astype(np.uint16) * 2 // 5).astype(out.dtype)
+    y = line_height
+    for row in rows:
+        x = 8
+        for text, colour in row:
+            cv2.putText(out, text, (x, y), font, scale, colour, thickness, cv2.LINE_AA)
+            x += cv2.getTextSize(text, font, scale, thickness)[0][0] + 14
+        y += line_height
     return out
 
 

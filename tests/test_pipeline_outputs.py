@@ -272,3 +272,16 @@ def test_torch_backend_matches_onnxruntime_on_a_real_pair(tmp_path, real_pairs):
     assert outputs["torch"].keys() == outputs["onnxruntime"].keys() == set(STEMS)
     for stem in STEMS:
         assert np.abs(outputs["torch"][stem] - outputs["onnxruntime"][stem]).max() <= 1
+
+
+def test_overlay_marks_a_lost_camera_in_red():
+    from runtime.sinks import OutputInfo, draw_overlay
+    frame = np.full((240, 320, 3), 200, np.uint8)
+    ok = draw_overlay(frame, OutputInfo(0, "x", fps=30, health={"ir": "ok", "vis": "ok"}))
+    lost = draw_overlay(frame, OutputInfo(0, "x", fps=30, health={"ir": "lost", "vis": "ok"}, mode="vis only"))
+    assert (frame == 200).all()                                     # the frame itself is untouched
+
+    def reddish(img):
+        return int(((img[:, :, 0] > 200) & (img[:, :, 1] < 120)).sum())
+    assert reddish(lost) > 20 and reddish(ok) == 0
+    assert (lost[200:, 200:] == 200).all()                          # only the top-left band is drawn on
