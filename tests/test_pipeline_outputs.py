@@ -285,3 +285,23 @@ def test_overlay_marks_a_lost_camera_in_red():
         return int(((img[:, :, 0] > 200) & (img[:, :, 1] < 120)).sum())
     assert reddish(lost) > 20 and reddish(ok) == 0
     assert (lost[200:, 200:] == 200).all()                          # only the top-left band is drawn on
+
+
+def test_radiometric_16bit_ir_goes_through_agc(tmp_path, roadscene):
+    """A 16-bit thermal frame (14-bit counts in a narrow band, as FLIR cores deliver) is stretched by the shared
+    AGC: with a model that returns the IR, the output is agc_16bit(frame), not a black image."""
+    from runtime.imageio import agc_16bit, write_image
+    ir8 = read_raw(roadscene / "ir" / "FLIR_00060.jpg")
+    ir8 = ir8 if ir8.ndim == 2 else ir8[:, :, 0]
+    counts = (7000 + ir8.astype(np.uint16) * 6).astype(np.uint16)          # 7000..8530 of 65535
+    for sub in ("ir", "vi"):
+        (tmp_path / sub).mkdir()
+    write_image(tmp_path / "ir" / "f.png", counts)
+    write_image(tmp_path / "vi" / "f.png", read_raw(roadscene / "vi" / "FLIR_00060.jpg"))
+    model = make_onnx_model(tmp_path / "ir.onnx", "ir")
+    assert fusion(["run", "--ir", str(tmp_path / "ir"), "--vis", str(tmp_path / "vi"), "--output",
+                   str(tmp_path / "out"), "--model", str(model), "-q"]) == 0
+    fused_y, _ = split_luminance(read_vis(tmp_path / "out" / "f.png"))
+    expected = agc_16bit(counts)
+    assert np.abs(fused_y - expected).mean() < 0.01
+    assert fused_y.std() > 0.15                                              # full contrast, not a flat frame
