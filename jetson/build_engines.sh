@@ -9,8 +9,8 @@
 #   jetson/build_engines.sh --dry-run                # print the commands only
 #
 # The dynamic ONNX gets one optimisation profile: MIN..MAX with its optimum at --imgsz (the camera's size).
-# INT8 uses the calibration cache shipped beside the model (calib.cache, made by `fusion export --format engine
-# --precision int8` from training pairs); trtexec without a cache would use made-up ranges, so it refuses.
+# INT8 uses the calibration cache shipped beside the model (made from training pairs by `fusion export --format
+# engine --precision int8`); trtexec without a cache would use made-up ranges, so this script refuses.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,7 +38,8 @@ options:
   --imgsz HxW          optimum of the profile, the camera's size (default 480x640)
   --min-imgsz HxW      smallest size the engine accepts (default 64x64; a 160x120 Lepton at native size fits)
   --max-imgsz HxW      largest size the engine accepts (default 1088x1920)
-  --calib FILE         INT8 calibration cache (default: calib.cache beside the ONNX)
+  --calib FILE         INT8 calibration cache (default: model.int8.engine.calib, model.engine.calib or calib.cache
+                       beside the ONNX, as written by fusion export --format engine --precision int8)
   --dla CORE           build for this DLA core (Xavier / Orin), with GPU fallback
   --install P          which engine becomes model.engine, the one `fusion run` picks (default fp16; none: no link)
   --workspace MIB      builder workspace (default 1024)
@@ -85,7 +86,13 @@ done
 MODEL_DIR="$(dirname "$ONNX")"
 if [ -d "$MODEL_DIR" ]; then MODEL_DIR="$(cd "$MODEL_DIR" && pwd)"; fi
 OUT_DIR="${OUT_DIR:-$MODEL_DIR}"
-CALIB="${CALIB:-$MODEL_DIR/calib.cache}"
+# The cache `fusion export --format engine --precision int8` writes beside its engine (E.calib), else calib.cache.
+if [ -z "$CALIB" ]; then
+    CALIB="$MODEL_DIR/calib.cache"
+    for candidate in "$MODEL_DIR/model.int8.engine.calib" "$MODEL_DIR/model.engine.calib"; do
+        if [ -f "$candidate" ]; then CALIB="$candidate"; break; fi
+    done
+fi
 
 run() {
     if [ "$DRY_RUN" -eq 1 ]; then

@@ -189,6 +189,15 @@ def test_trtexec_command_line():
     assert "--int8" not in trtexec_command("trtexec", "m.onnx", "m.engine", "fp16", (512, 512))
 
 
+def test_tensorrt_rows_explain_why_they_are_absent_here():
+    from benchmarks.trt_build import unavailable_reason
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert unavailable_reason() in ("this machine has no NVIDIA GPU",
+                                    "the tensorrt Python package is not installed (pip install -e .[trt]; "
+                                    "JetPack ships it)")
+
+
 def test_fused_to_gray_matches_an_8bit_file():
     from benchmarks.bench import _fused_to_gray255
     fused = np.array([[[[0.0, 0.5, 1.2, -0.1]]]], dtype=np.float32)

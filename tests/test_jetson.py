@@ -269,3 +269,9 @@ def test_docker_build_context_is_complete():
     if ignore.is_file():  # nothing the image needs may be excluded
         patterns = ignore.read_text().split()
         assert not any(p.strip("/") in ("runtime", "jetson", "setup.py", "README.md") for p in patterns)
+
+
+def test_int8_uses_the_cache_fusion_export_wrote(tmp_path):
+    (tmp_path / "model.engine.calib").write_bytes(b"TRT-8601-EntropyCalibration2\n")
+    done = _engines("--onnx", str(tmp_path / "model.onnx"), "--precision", "int8")
+    assert f"--calib={tmp_path}/model.engine.calib" in done.stdout
