@@ -145,7 +145,8 @@ def test_lpips_column_from_a_local_backbone(fused_folder, capsys):
     torch.set_num_threads(1)
     root, fused_dir, names, expected = fused_folder
     backbone = root / "alexnet-owt-7be5be79.pth"
-    torch.save(torchvision.models.alexnet(weights=None).state_dict(), backbone)
+    state = torchvision.models.alexnet(weights=None).state_dict()
+    torch.save({k: v for k, v in state.items() if k.startswith("features.")}, backbone)
     (root / "two.txt").write_text("\n".join(names[:2]))
     code, out, err = _run(["--ir", root / "ir", "--vis", root / "vi", "--fused", fused_dir, "--names",
                            root / "two.txt", "--lpips-backbone", backbone, "--json", root / "m.json"], capsys)

@@ -186,7 +186,11 @@ def tiny_alexnet(tmp_path_factory):
     pytest.importorskip("lpips")
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    state = torchvision.models.alexnet(weights=None).state_dict()
+    # Only the convolutional trunk (features.*, 2.5 M parameters): that is all LPIPS reads from the file, and it
+    # keeps the test file small; the classifier keys of a full download are ignored by the loader.
+    full = torchvision.models.alexnet(weights=None).state_dict()
+    state = {k: v for k, v in full.items() if k.startswith("features.")}
+    state["classifier.6.bias"] = full["classifier.6.bias"]  # a real download has classifier keys too: ignored
     path = tmp_path_factory.mktemp("lpips") / "alexnet-owt-7be5be79.pth"
     torch.save(state, path)
     return path, state
