@@ -20,7 +20,6 @@ if __name__ == "__main__":  # one thread everywhere, set before numpy/scipy load
         os.environ[_var] = "1"
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
