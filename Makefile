@@ -71,3 +71,12 @@ demo: setup
 	@test -f runtime/assets/samples/vis.mp4 || $(BIN)/python -m runtime.assets.make_samples
 	$(BIN)/fusion-run --ir runtime/assets/samples/ir.mp4 --vis runtime/assets/samples/vis.mp4 --model $(DEMO_MODEL) \
 	  --backend onnxruntime --imgsz 480x640 --headless --output $(DEMO_OUT)/fused.mp4 --stats $(DEMO_OUT)/stats.json
+
+# Benchmarks (docs/bench.md): the student on every backend present, beside the SeAFusion/DenseFuse peers, the em
+# teacher and the runtime pipeline; `bench` is the quick run (under two minutes on a CPU), `bench-full` the whole
+# table (640x480 and 512x512, 50 runs). Results in runs/bench/ (results.md, results.json, latency_quality.png).
+.PHONY: bench bench-full
+bench: setup
+	$(BIN)/fusion bench --quick
+bench-full: setup
+	$(BIN)/fusion bench
