@@ -151,3 +151,25 @@ def test_sd_text_dreambooth_with_prior_then_sample_by_prompt(sd_base, roadscene,
     first, second = (read_ir(p) for p in images)
     assert first.shape == (32, 48) and not np.array_equal(first, second)  # one seed per sample
     assert not (dataset / "vi").exists()
+
+    from teacher.irgen.sd import SDTextGenerator
+    generator = SDTextGenerator.from_pretrained(out)
+    generator.sample.steps = 1
+    bus, tree = (generator.generate(None, seed=0, prompt=p) for p in ("a thermal frame of a bus", "a tree"))
+    assert np.abs(bus - tree).max() > 1e-4, "the prompt does not reach the UNet"
+    np.testing.assert_allclose(generator.generate(None, seed=0, prompt="a tree"), tree, atol=1e-6)
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "configs" /
+                                                              "irgen_diffusion").glob("*.yaml")))
+def test_shipped_configs_load(config):
+    from runtime.config import load_config
+    from teacher.irgen.flux import FluxTrainConfig
+    from teacher.irgen.sd import SDImg2ImgTrainConfig, SDTextTrainConfig
+    path = Path(__file__).resolve().parents[1] / "configs" / "irgen_diffusion" / config
+    classes = {"sd_img2img.yaml": [SDImg2ImgTrainConfig], "sd_text.yaml": [SDTextTrainConfig],
+               "flux_fill.yaml": [FluxTrainConfig], "flux_fill_tqd.yaml": [FluxTrainConfig],
+               "tiny_cpu.yaml": [SDImg2ImgTrainConfig, SDTextTrainConfig, FluxTrainConfig]}[config]
+    for cls in classes:
+        cfg = load_config(cls, path)
+        assert cfg.data.crop % 16 == 0 or config == "tiny_cpu.yaml"

@@ -308,6 +308,14 @@ def resolve_base(args: argparse.Namespace | None, info: dict, family: str) -> Pa
                              option="--base" if given else f"the base folder recorded in {INFO_NAME}")
 
 
+def local_device(device: str) -> str:
+    """'cuda' -> this process's GPU under torchrun / accelerate launch (LOCAL_RANK), so sharded synth-ir ranks do
+    not all land on GPU 0."""
+    if str(device) == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return str(device)
+
+
 # --------------------------------------------------------------------------------------------- sampler options
 def add_sampler_arguments(parser, verb: str) -> None:
     """synth-ir options shared by the diffusion generators (identical definitions: the CLI keeps one of each)."""

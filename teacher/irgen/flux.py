@@ -32,8 +32,9 @@ from runtime.errors import FusionError
 from teacher.irgen.base import IRGenerator
 from teacher.irgen.diffusion_common import (DiffusionDataConfig, DiffusionLoopConfig, DiffusionOptimConfig,
                                             LoraSettings, TrainingJob, add_lora, add_sampler_arguments,
-                                            check_base_folder, load_lora_quietly, read_info, resize_to, resolve_base,
-                                            sampler_overrides, save_lora_folder, to_gray, working_size)
+                                            check_base_folder, load_lora_quietly, local_device, read_info,
+                                            resize_to, resolve_base, sampler_overrides, save_lora_folder, to_gray,
+                                            working_size)
 
 ADAPTER_FILE = "thermal_adapter.safetensors"
 TQD_FOLDER = "tqd"
@@ -268,6 +269,7 @@ class FluxFillGenerator(IRGenerator):
 
         from runtime.config import config_from_dict
         folder = Path(folder)
+        device = local_device(device)
         info = read_info(folder, cls.name)
         base = resolve_base(args, info, "flux-fill")
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32

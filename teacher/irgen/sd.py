@@ -36,8 +36,9 @@ from runtime.errors import FusionError
 from teacher.irgen.base import IRGenerator
 from teacher.irgen.diffusion_common import (DiffusionDataConfig, DiffusionLoopConfig, DiffusionOptimConfig,
                                             LoraSettings, TrainingJob, add_lora, add_sampler_arguments,
-                                            check_base_folder, load_lora_quietly, read_info, resize_to, resolve_base,
-                                            sampler_overrides, save_lora_folder, to_gray, working_size)
+                                            check_base_folder, load_lora_quietly, local_device, read_info,
+                                            resize_to, resolve_base, sampler_overrides, save_lora_folder, to_gray,
+                                            working_size)
 
 
 # ------------------------------------------------------------------------------------------------------ configs
@@ -161,6 +162,7 @@ class _SDGenerator(IRGenerator):
     def from_pretrained(cls, folder: str | Path, device: str = "cpu", args: argparse.Namespace | None = None):
         from runtime.config import config_from_dict
         folder = Path(folder)
+        device = local_device(device)
         if (folder / "model_index.json").is_file():  # a complete SD folder used as is (no LoRA)
             base, info, has_lora = check_base_folder(folder, "sd", option="--weights"), {"generator": cls.name}, False
         else:
