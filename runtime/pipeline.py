@@ -80,7 +80,7 @@ class RunConfig:
     bind: str = "127.0.0.1"             # address MJPEG outputs listen on
     overlay: str = "auto"               # auto (display and MJPEG) | on | off
     image_ext: str = ".png"             # image-folder outputs
-    queue_size: int = 2                 # depth of each inter-stage queue
+    queue_size: int = 0                 # depth of each inter-stage queue (0: 1 for live sources, 2 for files)
     reconnect_max_s: float = 5.0        # longest wait between reconnection attempts
     on_loss: str = "passthrough"        # while a camera is lost: passthrough (show the other) | pause
     verbose: bool = True
@@ -118,6 +118,8 @@ class FrameBuffer:
         self.cond = threading.Condition()
         self.ended = False          # the source finished (no more frames will come)
         self.dropped = 0
+        self.period: Optional[float] = None     # smoothed interval between frames (media seconds)
+        self._last_t: Optional[float] = None
 
     def put(self, frame: Frame, stop: threading.Event) -> bool:
         with self.cond:
@@ -129,6 +131,10 @@ class FrameBuffer:
             elif len(self.frames) >= self.capacity:
                 self.frames.popleft()
                 self.dropped += 1
+            if self._last_t is not None and 0 < frame.t_media - self._last_t < 2.0:
+                interval = frame.t_media - self._last_t
+                self.period = interval if self.period is None else 0.9 * self.period + 0.1 * interval
+            self._last_t = frame.t_media
             self.frames.append(frame)
             self.cond.notify_all()
             return True
@@ -182,6 +188,15 @@ class FrameBuffer:
                 if (self.frames and self.frames[-1].t_media >= t) or self.ended or is_down():
                     break
                 if wait_until is not None:
+                    if self.frames:
+                        # Live: a later frame helps only if it comes before t + (t - newest); with the camera's
+                        # period known, don't wait when the next one is due after that (saves up to sync_ms of
+                        # latency on every frame of the faster camera).
+                        newest = self.frames[-1].t_media
+                        horizon = t + (t - newest)
+                        if self.period is not None and newest + self.period >= horizon:
+                            break
+                        wait_until = min(wait_until, horizon)
                     remaining = wait_until - time.monotonic()
                     if remaining <= 0:
                         break
@@ -357,6 +372,7 @@ class FusionPipeline:
         self.output_native = False
         self.workers: List[CaptureWorker] = []
         self.primary_role = "vis"
+        self.live = False
         self.recorded = 0
         self._overlay_cache: dict = {}
 
@@ -516,7 +532,11 @@ class FusionPipeline:
                 self._errors.append(exc)
 
     def _start_stages(self) -> List[threading.Thread]:
-        size = max(1, self.config.queue_size)
+        if not self.folder_mode:
+            self._start_capture()
+        # Live: one slot per queue, so a frame never waits behind another for the slowest stage (latency); files:
+        # two, so a stage never idles while the one before hands over (throughput).
+        size = self.config.queue_size or (1 if (not self.folder_mode and self.live) else 2)
         q_pre: queue.Queue = queue.Queue(size)
         q_inf: queue.Queue = queue.Queue(size)
         q_out: queue.Queue = queue.Queue(size)
@@ -524,7 +544,6 @@ class FusionPipeline:
             producer = threading.Thread(target=self._guard, args=(self._folder_reader, q_pre), name="folder-reader",
                                         daemon=True)
         else:
-            self._start_capture()
             producer = threading.Thread(target=self._guard, args=(self._pairer, q_pre), name="pairing", daemon=True)
         threads = [
             producer,
@@ -616,6 +635,29 @@ class FusionPipeline:
                     except queue.Empty:
                         pass
 
+    def _emit(self, q: queue.Queue, packet: "Packet") -> bool:
+        """Hand a pair to preprocessing. Files: wait for room (lossless). Live: replace a pair still waiting there,
+        so preprocessing always starts from the newest frames (stale pairs are dropped and counted)."""
+        if not self.live:
+            return self._put(q, packet)
+        while not self._abort.is_set():
+            try:
+                q.put_nowait(packet)
+                return True
+            except queue.Full:
+                try:
+                    q.get_nowait()
+                    self.stats.count("stale_dropped_pairs")
+                except queue.Empty:
+                    pass
+        return False
+
+    def _wait_for_room(self, q: queue.Queue) -> None:
+        """Live: start work only when the next stage can take it, so a frame is never prepared long before the
+        model is free (what it waits for it waits as the newest pair, not in a queue)."""
+        while q.full() and not self._abort.is_set():
+            time.sleep(0.001)
+
     def _get(self, q: queue.Queue):
         while True:
             try:
@@ -660,7 +702,7 @@ class FusionPipeline:
                 other = secondary.pop(timeout=0.1)
                 if other is not None and config.on_loss == "passthrough":
                     other = secondary.pop_newest() or other
-                    if not self._put(out_queue, self._single(index, secondary_role, other)):
+                    if not self._emit(out_queue, self._single(index, secondary_role, other)):
                         return
                     index += 1
                 continue
@@ -671,7 +713,7 @@ class FusionPipeline:
                 continue
             if workers[secondary_role].down:
                 if config.on_loss == "passthrough":
-                    if not self._put(out_queue, self._single(index, primary_role, frame)):
+                    if not self._emit(out_queue, self._single(index, primary_role, frame)):
                         return
                     index += 1
                 continue
@@ -689,7 +731,7 @@ class FusionPipeline:
             ir, vis = (partner, frame) if primary_role == "vis" else (frame, partner)
             packet = Packet(index, frame.name if primary_role == "vis" else partner.name, ir, vis,
                             frame.t_capture, pair_error_ms=error * 1000.0)
-            if not self._put(out_queue, packet):
+            if not self._emit(out_queue, packet):
                 return
             index += 1
 
@@ -699,7 +741,10 @@ class FusionPipeline:
         return Packet(index, frame.name, ir, vis, frame.t_capture, mode=f"{role} only")
 
     def _stage(self, in_queue: queue.Queue, out_queue: queue.Queue, work: Callable[[Packet], None], name: str):
+        pull = self.live and not self.folder_mode and name == "preprocess"
         while True:
+            if pull:
+                self._wait_for_room(out_queue)
             packet = self._get(in_queue)
             if packet is _END:
                 return
@@ -714,6 +759,10 @@ class FusionPipeline:
             packet = self._get(in_queue)
             if packet is _END:
                 return
+            limit = self.config.max_frames
+            if limit and self.stats.counters.get("frames_out", 0) >= limit:
+                self.stop()           # live pipelines still have frames in flight: drain them unwritten
+                continue
             t0 = time.perf_counter()
             rgb = to_uint8(self._postprocess(packet))
             t1 = time.perf_counter()

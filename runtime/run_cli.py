@@ -68,7 +68,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--duration", dest="duration_s", type=float, help="stop after S seconds")
     run.add_argument("--overlay", choices=("auto", "on", "off"), help="status overlay (auto: display and MJPEG)")
     run.add_argument("--image-ext", help="image format of folder outputs (.png or .jpg)")
-    run.add_argument("--queue-size", type=int, help="depth of each inter-stage queue (default 2)")
+    run.add_argument("--queue-size", type=int, help="depth of each inter-stage queue (default: 1 for live sources, 2 for files)")
     run.add_argument("--reconnect-max", dest="reconnect_max_s", type=float,
                      help="longest wait between camera reconnection attempts, seconds (default 5)")
     run.add_argument("--on-loss", choices=("passthrough", "pause"),
