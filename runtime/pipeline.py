@@ -694,7 +694,7 @@ class FusionPipeline:
         primary, secondary = self.buffers[primary_role], self.buffers[secondary_role]
         index = 0
         while not self._stop.is_set():
-            if config.max_frames and index >= config.max_frames:
+            if config.max_frames and index >= config.max_frames and not self.live:
                 self.stop()
                 break
             if workers[primary_role].down:

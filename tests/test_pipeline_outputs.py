@@ -305,3 +305,16 @@ def test_radiometric_16bit_ir_goes_through_agc(tmp_path, roadscene):
     expected = agc_16bit(counts)
     assert np.abs(fused_y - expected).mean() < 0.01
     assert fused_y.std() > 0.15                                              # full contrast, not a flat frame
+
+
+def test_fuse_one_pair_through_the_api(roadscene, models):
+    ir = read_raw(roadscene / "ir" / "FLIR_00060.jpg")
+    ir = ir if ir.ndim == 2 else ir[:, :, 0]
+    vis = read_raw(roadscene / "vi" / "FLIR_00060.jpg")
+    pipe = FusionPipeline(model=str(models["mean"]), imgsz="native", verbose=False)
+    rgb = pipe.fuse(ir, vis)
+    assert rgb.shape == vis.shape and rgb.dtype == np.float32
+    fused_y, fused_cbcr = split_luminance(rgb)
+    vis_y, vis_cbcr = split_luminance(vis.astype(np.float32) / 255.0)
+    assert np.abs(fused_y - (ir / 255.0 + vis_y) / 2).max() < 0.02
+    assert np.abs(fused_cbcr - vis_cbcr).mean() < 0.01             # colour from VIS (clipping aside)
