@@ -82,8 +82,11 @@ def _unet_with_trained_lora(base: Path, trainable: Path):
 def test_sd_img2img_train_resume_reload_and_synth(sd_base, roadscene, two_names, tmp_path):
     from teacher.irgen.sd import SDImg2ImgGenerator
     out = tmp_path / "lora"
-    common = ["teacher", "train-irgen", "--generator", "sd-img2img", "--base", str(sd_base), "--data", str(roadscene),
-              "--names", str(two_names), "--out", str(out), *TINY, "--set", "sample.resolution=32"]
+    def train_args(folder: Path) -> list[str]:
+        return ["teacher", "train-irgen", "--generator", "sd-img2img", "--base", str(sd_base), "--data",
+                str(roadscene), "--names", str(two_names), "--out", str(folder), *TINY, "--set", "sample.resolution=32"]
+
+    common = train_args(out)
     assert fusion([*common, "--set", "train.steps=2", "--set", "train.save_every=2"]) == 0
     for name in ("pytorch_lora_weights.safetensors", "irgen.json", "train_config.yaml", "checkpoint/state.json",
                  "samples/step_000002.png"):
@@ -97,6 +100,14 @@ def test_sd_img2img_train_resume_reload_and_synth(sd_base, roadscene, two_names,
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]
     assert json.loads((out / "checkpoint/state.json").read_text())["step"] == 3
+    # ...and ends exactly where an uninterrupted 3-step run ends (same batches, noise, optimizer state)
+    straight = tmp_path / "straight"
+    assert fusion([*train_args(straight), "--set", "train.steps=3", "--set", "train.sample_every=0"]) == 0
+    from safetensors.torch import load_file
+    resumed, direct = (load_file(str(f / "checkpoint" / "trainable.safetensors")) for f in (out, straight))
+    assert resumed.keys() == direct.keys()
+    for key in direct:
+        torch.testing.assert_close(resumed[key], direct[key], rtol=1e-5, atol=1e-6)
 
     stem = two_names.read_text().split()[0]
     rgb = read_rgb(next((roadscene / "vi").glob(f"{Path(stem).stem}.*")))[:48, :72]

@@ -308,6 +308,15 @@ def resolve_base(args: argparse.Namespace | None, info: dict, family: str) -> Pa
                              option="--base" if given else f"the base folder recorded in {INFO_NAME}")
 
 
+def place_pipeline(pipe, device: str, args: argparse.Namespace | None) -> None:
+    """Move a pipeline to `device`, or, with --cpu-offload on CUDA, let diffusers move each model in when it runs."""
+    if getattr(args, "cpu_offload", False) and str(device).startswith("cuda"):
+        index = int(str(device).split(":")[1]) if ":" in str(device) else 0
+        pipe.enable_model_cpu_offload(gpu_id=index)
+    else:
+        pipe.to(device)
+
+
 def local_device(device: str) -> str:
     """'cuda' -> this process's GPU under torchrun / accelerate launch (LOCAL_RANK), so sharded synth-ir ranks do
     not all land on GPU 0."""
@@ -331,6 +340,9 @@ def add_sampler_arguments(parser, verb: str) -> None:
                         help="(sd-img2img, sd-text) what the image must not look like")
     parser.add_argument("--resolution", type=int, default=None, metavar="PX",
                         help="(diffusion generators) shorter side of the working size (default: saved at training)")
+    parser.add_argument("--cpu-offload", action="store_true",
+                        help="(diffusion generators) keep each model on the CPU until it runs (diffusers model CPU "
+                             "offload): slower, but FLUX.1-Fill fits a 24 GB GPU")
 
 
 def sampler_overrides(args: argparse.Namespace | None) -> dict[str, Any]:

@@ -32,9 +32,9 @@ from runtime.errors import FusionError
 from teacher.irgen.base import IRGenerator
 from teacher.irgen.diffusion_common import (DiffusionDataConfig, DiffusionLoopConfig, DiffusionOptimConfig,
                                             LoraSettings, TrainingJob, add_lora, add_sampler_arguments,
-                                            check_base_folder, load_lora_quietly, local_device, read_info,
-                                            resize_to, resolve_base, sampler_overrides, save_lora_folder, to_gray,
-                                            working_size)
+                                            check_base_folder, load_lora_quietly, local_device, place_pipeline,
+                                            read_info, resize_to, resolve_base, sampler_overrides, save_lora_folder,
+                                            to_gray, working_size)
 
 ADAPTER_FILE = "thermal_adapter.safetensors"
 TQD_FOLDER = "tqd"
@@ -129,7 +129,8 @@ def _build_adapter_classes():
 
         def forward(self, hidden, tokens):
             b, n, d = hidden.shape
-            tokens = self.token_norm(tokens.to(self.to_k.weight.dtype)).expand(b, -1, -1)
+            tokens = self.token_norm(tokens.to(self.to_k.weight.device, self.to_k.weight.dtype))
+            tokens = tokens.expand(b, -1, -1)
             x = self.norm(hidden.to(self.to_q.weight.dtype))
             split = lambda t: t.view(b, -1, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
             attended = F.scaled_dot_product_attention(split(self.to_q(x)), split(self.to_k(tokens)),
@@ -177,7 +178,8 @@ def _build_adapter_classes():
             captured = {}
             handle = self.tqd.decoder_norm.register_forward_hook(lambda m, i, o: captured.__setitem__("tokens", o))
             try:
-                self.tqd(rgb.to(next(self.tqd.parameters()).dtype))
+                weight = next(self.tqd.parameters())
+                self.tqd(rgb.to(weight.device, weight.dtype))
             finally:
                 handle.remove()
             return captured["tokens"]
@@ -274,7 +276,7 @@ class FluxFillGenerator(IRGenerator):
         base = resolve_base(args, info, "flux-fill")
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
         pipe = load_flux_fill_pipeline(base, dtype)
-        load_lora_quietly(pipe, folder)
+        load_lora_quietly(pipe, folder)  # before the adapter is attached (its projections are no LoRA targets)
         adapter = None
         adapter_cfg = config_from_dict(AdapterConfig, info.get("adapter", {}))
         if adapter_cfg.enabled:
@@ -288,7 +290,7 @@ class FluxFillGenerator(IRGenerator):
                                   f"folder mixes files of two runs")
             adapter.to(dtype=dtype).eval()
             tqd.float()  # the decoder stays in fp32 (it is small); its tokens are cast by the adapter
-        pipe.to(device)
+        place_pipeline(pipe, device, args)
         sample = dict(info.get("sample", {}))
         known = {f.name for f in dataclasses.fields(FluxSampleConfig)}
         sample.update({k: v for k, v in sampler_overrides(args).items() if k in known})
@@ -312,7 +314,7 @@ class FluxFillGenerator(IRGenerator):
         embeds, pooled = self.prompt_embeddings(prompt or self.sample.prompt)
         if self.adapter is not None:
             with torch.no_grad():
-                self.adapter.set_tokens(self.adapter.tokens_from_rgb(x.to(self.device)))
+                self.adapter.set_tokens(self.adapter.tokens_from_rgb(x))
         out = self.pipe(image=diptych, mask_image=mask, height=wh, width=2 * ww, prompt_embeds=embeds,
                         pooled_prompt_embeds=pooled, num_inference_steps=self.sample.steps,
                         guidance_scale=self.sample.guidance, max_sequence_length=self.sample.max_sequence_length,
@@ -368,7 +370,7 @@ class FluxFillGenerator(IRGenerator):
 
         for module in (transformer, vae, pipe.text_encoder, pipe.text_encoder_2):
             module.requires_grad_(False)
-        add_lora(transformer, cfg.lora)
+        add_lora(transformer, cfg.lora)  # before the adapter exists, so the LoRA never targets the adapter's to_q/k/v
         adapter = None
         if cfg.adapter.enabled:
             if not cfg.adapter.tqd_weights:
@@ -407,8 +409,8 @@ class FluxFillGenerator(IRGenerator):
             mask = pipe.mask_processor.preprocess(mask, height=h, width=2 * w).to(device, dtype)
             with torch.no_grad():
                 mask_packed, masked_latents = pipe.prepare_mask_latents(
-                    mask, image * (1 - mask), b, latent_channels, 1, h, 2 * w, dtype, device, None)
-                latents = (retrieve_latents(vae.encode(image), generator=None) - shift) * scale
+                    mask, image * (1 - mask), b, latent_channels, 1, h, 2 * w, dtype, device, generator)
+                latents = (retrieve_latents(vae.encode(image), generator=generator) - shift) * scale
             lh, lw = latents.shape[2:]
             x0 = pipe._pack_latents(latents, b, latent_channels, lh, lw)
             image_ids = pipe._prepare_latent_image_ids(b, lh // 2, lw // 2, device, dtype)

@@ -36,9 +36,9 @@ from runtime.errors import FusionError
 from teacher.irgen.base import IRGenerator
 from teacher.irgen.diffusion_common import (DiffusionDataConfig, DiffusionLoopConfig, DiffusionOptimConfig,
                                             LoraSettings, TrainingJob, add_lora, add_sampler_arguments,
-                                            check_base_folder, load_lora_quietly, local_device, read_info,
-                                            resize_to, resolve_base, sampler_overrides, save_lora_folder, to_gray,
-                                            working_size)
+                                            check_base_folder, load_lora_quietly, local_device, place_pipeline,
+                                            read_info, resize_to, resolve_base, sampler_overrides, save_lora_folder,
+                                            to_gray, working_size)
 
 
 # ------------------------------------------------------------------------------------------------------ configs
@@ -171,7 +171,7 @@ class _SDGenerator(IRGenerator):
         pipe = load_sd_pipeline(base, cls.pipeline_class, _cuda_dtype(device))
         if has_lora:
             load_lora_quietly(pipe, folder)
-        pipe.to(device)
+        place_pipeline(pipe, device, args)
         sample = dict(info.get("sample", {}))
         overrides = sampler_overrides(args)
         known = {f.name for f in dataclasses.fields(cls.sample_config_class)}
