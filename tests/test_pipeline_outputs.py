@@ -210,6 +210,8 @@ def test_sigint_finalises_the_video(tmp_path, models):
     (["--ir", "{garbage}", "--vis", "{clip}"], "cannot open video file"),
     (["--ir", "{clip}", "--vis", "{clip}", "--model", "{garbage_onnx}"], "ONNX Runtime cannot load"),
     (["--ir", "{clip}", "--vis", "{clip}", "--output", "out.xyz"], "unknown extension"),
+    (["--ir", "{clip}", "--vis", "{clip}", "--output", "display://0"], "window" if not os.environ.get("DISPLAY")
+     else "--headless"),
 ])
 def test_bad_inputs_exit_2_with_one_line(tmp_path, clips, models, capsys, args, message):
     static = make_onnx_model(tmp_path / "static.onnx", "mean", size=(128, 160))
@@ -220,7 +222,7 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, clips, models, capsys, args, 
     argv = [a.format(**values) for a in args]
     if "--model" not in argv:
         argv += ["--model", str(models["mean"])]
-    code = fusion(["run", *argv, "--headless"])
+    code = fusion(["run", *argv] + ([] if "display://0" in argv else ["--headless"]))
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
@@ -318,3 +320,29 @@ def test_fuse_one_pair_through_the_api(roadscene, models):
     vis_y, vis_cbcr = split_luminance(vis.astype(np.float32) / 255.0)
     assert np.abs(fused_y - (ir / 255.0 + vis_y) / 2).max() < 0.02
     assert np.abs(fused_cbcr - vis_cbcr).mean() < 0.01             # colour from VIS (clipping aside)
+
+
+def test_gstreamer_outputs_explain_themselves_without_gstreamer(clips, models, capsys):
+    from runtime.sources import gstreamer_available
+    if gstreamer_available():
+        pytest.skip("this OpenCV has GStreamer; the error path cannot be exercised")
+    for uri in ("rtp://127.0.0.1:5004", "rtsp://127.0.0.1:8554/fused"):
+        code = fusion(["run", "--ir", str(clips["ir"]), "--vis", str(clips["vis"]), "--model", str(models["mean"]),
+                       "--output", uri, "--headless"])
+        assert code == 2
+        assert "GStreamer" in capsys.readouterr().err
+
+
+def test_several_outputs_at_once_get_the_same_frames(tmp_path, clips, models):
+    video, folder = tmp_path / "fused.avi", tmp_path / "frames"
+    code = fusion(["run", "--ir", str(clips["ir"]), "--vis", str(clips["vis"]), "--model", str(models["max"]),
+                   "--imgsz", "96x128", "--output", str(video), "--output", str(folder), "--headless",
+                   "--max-frames", "20", "-q"])
+    assert code == 0
+    frames, shape = count_frames(video)
+    images = sorted(folder.glob("*.png"))
+    assert frames == len(images) == 20 and shape == (96, 128)
+    capture = cv2.VideoCapture(str(video))
+    for path in images[:3]:                                         # MJPG-in-AVI keeps them close to the PNGs
+        ok, bgr = capture.read()
+        assert ok and np.abs(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(int) - read_raw(path).astype(int)).mean() < 4
