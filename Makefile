@@ -80,3 +80,23 @@ bench: setup
 	$(BIN)/fusion bench --quick
 bench-full: setup
 	$(BIN)/fusion bench
+
+# Diffusion IR generators (docs/irgen_diffusion.md): the whole train-irgen -> synth-ir loop of sd-img2img, sd-text
+# and flux-fill on tiny random base folders built in-process (no weights needed; the images mean nothing), 20 LoRA
+# steps each on the CPU. Real runs take --base PATH to a local SD 1.5/2.1 or FLUX.1-Fill-dev diffusers folder.
+SMOKE_OUT ?= build/irgen-diffusion-smoke
+.PHONY: irgen-diffusion-smoke
+irgen-diffusion-smoke: setup
+	rm -rf $(SMOKE_OUT)
+	$(BIN)/python -m teacher.irgen.diffusion_tiny sd $(SMOKE_OUT)/tiny-sd
+	$(BIN)/python -m teacher.irgen.diffusion_tiny flux-fill $(SMOKE_OUT)/tiny-flux
+	for gen in sd-img2img sd-text flux-fill; do base=$(SMOKE_OUT)/tiny-sd; [ $$gen = flux-fill ] && base=$(SMOKE_OUT)/tiny-flux; \
+	  OMP_NUM_THREADS=1 $(BIN)/fusion teacher train-irgen --generator $$gen --base $$base --data $(DATA)/roadscene \
+	    --names $(DATA)/roadscene/train.txt --config configs/irgen_diffusion/tiny_cpu.yaml --out $(SMOKE_OUT)/$$gen \
+	    --device cpu || exit 1; done
+	OMP_NUM_THREADS=1 $(BIN)/fusion teacher synth-ir --generator sd-img2img --weights $(SMOKE_OUT)/sd-img2img \
+	  --rgb $(DATA)/roadscene --names $(DATA)/roadscene/test.txt --out $(SMOKE_OUT)/synth-sd --device cpu --steps 2
+	OMP_NUM_THREADS=1 $(BIN)/fusion teacher synth-ir --generator flux-fill --weights $(SMOKE_OUT)/flux-fill \
+	  --rgb $(DATA)/roadscene --names $(DATA)/roadscene/test.txt --out $(SMOKE_OUT)/synth-flux --device cpu --steps 2
+	OMP_NUM_THREADS=1 $(BIN)/fusion teacher synth-ir --generator sd-text --weights $(SMOKE_OUT)/sd-text --count 4 \
+	  --prompt "an infrared thermal frame of a street at night" --out $(SMOKE_OUT)/synth-text --device cpu --steps 2
