@@ -374,7 +374,7 @@ class FusionPipeline:
         self.primary_role = "vis"
         self.live = False
         self.recorded = 0
-        self._overlay_cache: dict = {}
+        self._threads: List[threading.Thread] = []
 
     # -------------------------------------------------------------------------------------------------- public API
     def stop(self) -> None:
@@ -430,8 +430,9 @@ class FusionPipeline:
                 if worker.error is not None and not isinstance(worker.error, (KeyboardInterrupt,)):
                     self._errors.append(worker.error)
         except BaseException:
-            self._abort.set()
-            self._stop.set()
+            self.abort()
+            for thread in self._threads:      # let the output stage leave before its sinks are closed
+                thread.join(2.0)
             raise
         finally:
             self._close_sinks()
@@ -516,6 +517,10 @@ class FusionPipeline:
             for sink in opened:
                 sink.close()
             raise
+        if not opened and self.folder_mode:
+            raise FusionError("folder mode writes one fused image per pair: give --output OUTDIR")
+        if not opened:
+            self._log("no outputs: fusing for the statistics only (add --output to keep the frames)")
         self.sinks = opened
 
     def _live_stats(self) -> dict:
@@ -553,6 +558,7 @@ class FusionPipeline:
                              name="inference", daemon=True),
             threading.Thread(target=self._guard, args=(self._output_stage, q_out), name="output", daemon=True),
         ]
+        self._threads = threads
         for thread in threads:
             thread.start()
         return threads
