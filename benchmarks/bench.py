@@ -495,9 +495,14 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
             from benchmarks.candidates import EngineCandidate
             for precision, engine in engines.items():
                 try:
-                    these.append(EngineCandidate(student_name, engine, precision))
+                    cand = EngineCandidate(student_name, engine, precision)
                 except Exception as exc:  # noqa: BLE001
                     notes.append(f"tensorrt {precision} row absent: {str(exc).splitlines()[0][:200]}")
+                    continue
+                these.append(cand)
+                if qpairs and cand.key not in quality:  # the profile covers the native sizes of the test pairs
+                    _log(f"quality of tensorrt {precision} on {len(qpairs)} test pairs")
+                    quality[cand.key], _ = candidate_quality(cand, qpairs)
             runners = {c.key: c.runner(feeds) for c in these}
             peer_feeds = {"ir": feeds["ir"], "vis": feeds["vis"][:, :1]}
             runners.update({p.key: p.runner(peer_feeds) for p in peers})

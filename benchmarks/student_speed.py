@@ -40,6 +40,17 @@ def _resolve_student(weights: str | None, variant: str | None):
                 f"the default student could not be loaded ({exc}); timing a random-weight nano instead")
 
 
+def _shipped_onnx(imgsz) -> Path | None:
+    """runtime/models/default/model.onnx when it takes imgsz (dynamic, or static at that size), else None."""
+    from benchmarks.bench import _onnx_size
+    from distill.models import default_model_dir
+    path = default_model_dir() / "model.onnx"
+    if not path.is_file():
+        return None
+    size = _onnx_size(path)
+    return path if size is None or tuple(size) == tuple(imgsz) else None
+
+
 def measure_student_speed(model=None, weights: str | None = None, variant: str | None = None,
                           onnx_path: str | os.PathLike | None = None, imgsz: tuple[int, int] = (480, 640),
                           threads: int = 2, runs: int = 30, peer: str = "seafusion", peer_runs: int = 5,
@@ -57,6 +68,8 @@ def measure_student_speed(model=None, weights: str | None = None, variant: str |
     else:
         label = f"student {getattr(getattr(model, 'config', None), 'variant', type(model).__name__)}"
     model = model.eval()
+    if onnx_path is None and label.endswith("(default)"):
+        onnx_path = _shipped_onnx(imgsz)
     vis_channels = int(getattr(getattr(model, "config", None), "vis_channels", 1))
     peer_model = create_peer(peer)
     feeds, source = real_feeds(imgsz, data=data, vis_channels=vis_channels)

@@ -202,3 +202,15 @@ def test_fused_to_gray_matches_an_8bit_file():
     from benchmarks.bench import _fused_to_gray255
     fused = np.array([[[[0.0, 0.5, 1.2, -0.1]]]], dtype=np.float32)
     assert _fused_to_gray255(fused).tolist() == [[0.0, 128.0, 255.0, 0.0]]
+
+
+def test_ddfm_step_cost_with_a_tiny_random_prior_is_labelled(roadscene, test_names):
+    pytest.importorskip("diffusers")
+    from benchmarks.bench import quality_pairs
+    from benchmarks.ddfm_probe import step_cost
+    name, ir, vis, ir255, vis255 = quality_pairs(roadscene, 1, 1)[0]
+    crop = (name, ir[..., :48, :64].copy(), vis[..., :48, :64].copy(), ir255[:48, :64], vis255[:48, :64])
+    row = step_cost(None, crop, steps=3)
+    assert row["model"] == "teacher ddfm (tiny random prior)" and row["unit"] == "step"
+    assert "SAMPLER + EM STEP ONLY" in row["detail"]
+    assert len(row["seconds"]) == 2 and row["per_unit_s"] > 0 and row["steps"] == 100
