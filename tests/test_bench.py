@@ -214,3 +214,18 @@ def test_ddfm_step_cost_with_a_tiny_random_prior_is_labelled(roadscene, test_nam
     assert row["model"] == "teacher ddfm (tiny random prior)" and row["unit"] == "step"
     assert "SAMPLER + EM STEP ONLY" in row["detail"]
     assert len(row["seconds"]) == 2 and row["per_unit_s"] > 0 and row["steps"] == 100
+
+
+def test_a_fresh_machine_without_the_dataset_still_gets_a_table(monkeypatch, tmp_path):
+    """No ../shared/data: latency on noise, peers still side by side, and notes saying what is missing and why."""
+    from benchmarks.bench import BenchConfig, run_benchmark
+    from benchmarks.report import markdown_table
+    monkeypatch.setenv("FUSION_DATA", str(tmp_path / "absent"))
+    result = run_benchmark(BenchConfig(variant="tiny-test", imgsz=[[32, 48]], backends=["onnxruntime",
+                                       "onnxruntime-int8"], threads=1, runs=2, warmup=1, peer_runs=1,
+                                       peers=["seafusion", "densefuse"], e2e=False))
+    assert [(r["model"], r["precision"]) for r in result.rows] == [
+        ("tiny-test (random weights)", "fp32"), ("seafusion", "fp32"), ("densefuse", "fp32")]
+    notes = " ".join(result.notes)
+    assert "no dataset found" in notes and "onnxruntime int8 row absent" in notes and "teacher rows absent" in notes
+    assert "| seafusion (random weights) |" in markdown_table(result)
