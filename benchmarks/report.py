@@ -63,8 +63,7 @@ def markdown_table(result: BenchResult, metrics: Iterable[str] = TABLE_METRICS) 
                        f"({t['student_backend']}) takes {t['student_s_per_pair'] * 1000:.1f} ms on the same pairs: "
                        f"**{t['speedup']:,.0f}x faster**")
         elif t.get("unit") == "step":
-            out.append(f"- {name}: {t['per_unit_s']:.3f} s per sampling step ({t.get('detail', '')}); a full sample "
-                       f"takes {t.get('steps', '?')} such steps")
+            out.append(f"- {name}: {t['per_unit_s']:.3f} s per sampling step ({t.get('detail', '')})")
     if result.e2e:
         out += ["", "End to end (runtime pipeline, capture to fused output):", "",
                 "| clip | backend | mode | frames | resolution | FPS | latency p50 ms | latency p90 ms |",
@@ -77,7 +76,10 @@ def markdown_table(result: BenchResult, metrics: Iterable[str] = TABLE_METRICS) 
         out.append(f"Quality: means over {cfg.get('quality_count')} pairs of test.txt at native size "
                    f"(distill/metrics.py); peers have random weights, so latency only.")
     m = result.machine
-    out.append(f"Machine: {m.get('cpu')} ({m.get('cpu_count')} cores, {m.get('threads')} threads used)"
+    load = ""
+    if m.get("load_avg_start") is not None:
+        load = f", load average {m['load_avg_start']} -> {m.get('load_avg_end')} during the run"
+    out.append(f"Machine: {m.get('cpu')} ({m.get('cpu_count')} cores, {m.get('threads')} threads used{load})"
                f"{', GPU ' + m['gpu'] if m.get('gpu') else ', no GPU'}; torch {m.get('torch')}, onnxruntime "
                f"{m.get('onnxruntime')}{', tensorrt ' + m['tensorrt'] if m.get('tensorrt') else ''}; "
                f"{m.get('date_utc')} UTC; {result.seconds:.0f} s.")
