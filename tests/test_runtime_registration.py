@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from runtime.cli import main as fusion
+from runtime.color import split_luminance
 from runtime.errors import FusionError
 from runtime.imageio import read_ir, read_raw, read_vis, write_image
 from runtime.registration import (Registration, homography_from_points, load_homography, overlap_rect,
@@ -160,3 +161,38 @@ def test_bad_homography_file_exits_2(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "homography" in err[0]
+
+
+def test_calibrate_cli_refines_on_images_and_writes_a_preview(tmp_path, roadscene):
+    """`fusion calibrate --refine` on a real pair: a thermal view made with a known homography, point pairs clicked
+    ~2 px off; the saved homography is the ECC-refined one and the preview is the VIS frame with IR edges."""
+    vis = read_raw(roadscene / "vi" / "FLIR_04625.jpg")
+    ir = read_raw(roadscene / "ir" / "FLIR_04625.jpg")
+    ir = ir if ir.ndim == 2 else ir[:, :, 0]
+    height, width = vis.shape[:2]
+    h_true = np.array([[1.5, 0.0, 0.05 * width], [0.0, 1.5, 0.04 * height], [0, 0, 1.0]])
+    ir_size = (int(width * 0.6), int(height * 0.6))
+    write_image(tmp_path / "ir.png", cv2.warpPerspective(ir, np.linalg.inv(h_true), ir_size))
+    write_image(tmp_path / "vis.png", vis)
+    rng = np.random.default_rng(3)
+    ir_points = rng.uniform([10, 10], [ir_size[0] - 10, ir_size[1] - 10], size=(6, 2))
+    vis_points = cv2.perspectiveTransform(ir_points.reshape(-1, 1, 2), h_true).reshape(-1, 2)
+    vis_points += rng.normal(0, 2.0, vis_points.shape)
+    np.savetxt(tmp_path / "points.txt", np.hstack([ir_points, vis_points]), fmt="%.2f")
+    out = tmp_path / "h.json"
+    assert fusion(["calibrate", "--points", str(tmp_path / "points.txt"), "--ir", str(tmp_path / "ir.png"),
+                   "--vis", str(tmp_path / "vis.png"), "--refine", "--out", str(out),
+                   "--preview", str(tmp_path / "preview.png")]) == 0
+    record = json.loads(out.read_text())
+    assert record["refined"] == "ecc-edges" and record["ir_size"] == list(ir_size)
+    assert record["ecc_correlation"] > 0.5
+    # Where the VIS content really is: H_true composed with the pair's own residual misalignment (see above).
+    pair_residual, _ = refine_homography_ecc(np.eye(3), ir.astype(np.float32) / 255,
+                                             split_luminance(vis.astype(np.float32) / 255)[0])
+    truth = pair_residual @ h_true
+    points_only = homography_from_points(ir_points, vis_points)
+    refined = np.array(record["homography"])
+    assert _corner_error(refined, truth, ir_size) < 2.0
+    assert _corner_error(refined, truth, ir_size) < _corner_error(points_only, truth, ir_size)
+    preview = read_raw(tmp_path / "preview.png")
+    assert preview.shape == vis.shape and ((preview == (255, 0, 255)).all(axis=2)).mean() > 0.01
