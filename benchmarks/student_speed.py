@@ -40,6 +40,13 @@ def _resolve_student(weights: str | None, variant: str | None):
                 f"the default student could not be loaded ({exc}); timing a random-weight nano instead")
 
 
+def _load():
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def _shipped_onnx(imgsz) -> Path | None:
     """runtime/models/default/model.onnx when it takes imgsz (dynamic, or static at that size), else None."""
     from benchmarks.bench import _onnx_size
@@ -62,6 +69,7 @@ def measure_student_speed(model=None, weights: str | None = None, variant: str |
                                     real_feeds, set_torch_threads, time_interleaved)
     from benchmarks.peers import PEER_PAPERS, create_peer
     set_torch_threads(threads)
+    load_start = _load()
     note = ""
     if model is None:
         model, label, note = _resolve_student(weights, variant)
@@ -84,6 +92,7 @@ def measure_student_speed(model=None, weights: str | None = None, variant: str |
     student_ms, peer_ms = stats["student"].p50_ms, stats[peer].p50_ms
     report = {
         "imgsz": list(imgsz), "threads": threads, "input": source, "note": note,
+        "load_avg": [load_start, _load()],
         "student": {"label": label, "onnx": str(onnx_path) if onnx_path else "exported (opset 17)",
                     "params": count_params(model), "gmacs": count_gmacs(model, imgsz, vis_channels),
                     **stats["student"].to_dict()},
@@ -107,7 +116,8 @@ def format_report(report: dict) -> str:
     h, w = report["imgsz"]
     s, p = report["student"], report["peer"]
     lines = [
-        f"ONNX Runtime CPU, {report['threads']} threads, {w}x{h}, batch 1; input: {report['input']}",
+        f"ONNX Runtime CPU, {report['threads']} threads, {w}x{h}, batch 1; input: {report['input']}; load average "
+        f"{report['load_avg'][0]} -> {report['load_avg'][1]}",
         "",
         "| model | params | GMACs | p50 ms | p90 ms | runs | speed-up |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
