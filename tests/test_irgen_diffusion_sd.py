@@ -178,9 +178,35 @@ def test_shipped_configs_load(config):
     from teacher.irgen.flux import FluxTrainConfig
     from teacher.irgen.sd import SDImg2ImgTrainConfig, SDTextTrainConfig
     path = Path(__file__).resolve().parents[1] / "configs" / "irgen_diffusion" / config
-    classes = {"sd_img2img.yaml": [SDImg2ImgTrainConfig], "sd_text.yaml": [SDTextTrainConfig],
+    classes = {"sd_img2img.yaml": [SDImg2ImgTrainConfig], "sd_img2img_controlnet.yaml": [SDImg2ImgTrainConfig],
+               "sd_text.yaml": [SDTextTrainConfig],
                "flux_fill.yaml": [FluxTrainConfig], "flux_fill_tqd.yaml": [FluxTrainConfig],
                "tiny_cpu.yaml": [SDImg2ImgTrainConfig, SDTextTrainConfig, FluxTrainConfig]}[config]
     for cls in classes:
         cfg = load_config(cls, path)
         assert cfg.data.crop % 16 == 0 or config == "tiny_cpu.yaml"
+
+
+def test_sd_img2img_with_controlnet_on_rgb_edges(sd_base, roadscene, two_names, train_names, tmp_path):
+    from teacher.irgen.sd import SDImg2ImgGenerator, control_condition
+    out = tmp_path / "control"
+    assert fusion(["teacher", "train-irgen", "--generator", "sd-img2img", "--base", str(sd_base), "--data",
+                   str(roadscene), "--names", str(two_names), "--out", str(out), *TINY, "--set", "train.steps=2",
+                   "--set", "train.sample_every=0", "--set", "sample.resolution=32", "--set", "control.enabled=true",
+                   "--set", "control.condition=edges"]) == 0
+    assert (out / "controlnet" / "config.json").is_file()
+    assert (out / "controlnet" / "diffusion_pytorch_model.safetensors").is_file()
+    full = read_rgb(next((roadscene / "vi").glob(f"{train_names[0]}.*")))
+    top, left = full.shape[0] // 2 - 24, full.shape[1] // 2 - 36
+    rgb = full[top:top + 48, left:left + 72]  # the middle of a road scene: cars, lane marks, edges
+    edges = control_condition(rgb, "edges")
+    assert edges.shape == rgb.shape and set(np.unique(edges)) <= {0.0, 1.0} and 0 < edges.mean() < 0.5
+
+    generator = SDImg2ImgGenerator.from_pretrained(out)
+    assert type(generator.pipe).__name__ == "StableDiffusionControlNetImg2ImgPipeline"
+    assert generator.settings()["control"]["condition"] == "edges"
+    controlled = generator.generate(rgb, seed=0)
+    generator.control.scale = 0.0  # ControlNet residuals off: only the LoRA UNet remains
+    uncontrolled = generator.generate(rgb, seed=0)
+    assert controlled.shape == rgb.shape[:2]
+    assert np.abs(controlled - uncontrolled).max() > 1e-4, "the trained ControlNet has no effect"

@@ -512,7 +512,8 @@ def run_training(job: TrainingJob, cfg, args: argparse.Namespace, accelerator, o
         sample_now = cfg.train.sample_every and done % cfg.train.sample_every == 0
         if job.sample_fn is not None and accelerator.is_main_process and (sample_now or done == steps):
             model.eval()
-            job.sample_fn(out / "samples" / f"step_{done:06d}.png")
+            with accelerator.autocast():  # fp32 trainable parts beside a bf16 base, as in training
+                job.sample_fn(out / "samples" / f"step_{done:06d}.png")
             model.train()
     progress.close()
     accelerator.wait_for_everyone()

@@ -80,13 +80,84 @@ class PriorConfig:
 
 
 @dataclass
+class ControlConfig:
+    """A ControlNet on the RGB frame (trained with the LoRA), so the layout is enforced, not only suggested by the
+    img2img initial latents."""
+
+    enabled: bool = False
+    condition: str = "edges"  # edges (Canny on the RGB luminance), luminance, or rgb
+    weights: str | None = None  # a ControlNet folder to start from (e.g. a canny ControlNet); default: UNet copy
+    scale: float = 1.0  # controlnet_conditioning_scale when sampling
+
+
+@dataclass
 class SDImg2ImgTrainConfig:
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(rank=16, alpha=16.0))
     data: DiffusionDataConfig = field(default_factory=DiffusionDataConfig)
     optim: DiffusionOptimConfig = field(default_factory=DiffusionOptimConfig)
     train: DiffusionLoopConfig = field(default_factory=DiffusionLoopConfig)
     loss: SDLossConfig = field(default_factory=SDLossConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     sample: SDImg2ImgSampleConfig = field(default_factory=SDImg2ImgSampleConfig)
+
+
+CONTROL_FOLDER = "controlnet"
+CONDITIONS = ("edges", "luminance", "rgb")
+
+
+def control_condition(rgb: np.ndarray, kind: str) -> np.ndarray:
+    """RGB (H,W,3) float [0,1] -> the ControlNet condition image (H,W,3) float [0,1]."""
+    import cv2
+
+    from runtime.color import luminance
+    if kind == "rgb":
+        return np.asarray(rgb, dtype=np.float32)
+    y = luminance(np.asarray(rgb, dtype=np.float32))
+    if kind == "edges":
+        # Thresholds from the frame's own gradient distribution (90th percentile, hysteresis at half of it), not
+        # fixed ones: hazy or dark road frames give no edges at Canny's usual 100/200.
+        gray = (np.clip(y, 0, 1) * 255 + 0.5).astype(np.uint8)
+        magnitude = np.abs(cv2.Sobel(gray, cv2.CV_32F, 1, 0)) + np.abs(cv2.Sobel(gray, cv2.CV_32F, 0, 1))
+        high = max(float(np.percentile(magnitude, 90)), 8.0)
+        y = cv2.Canny(gray, high / 2, high, L2gradient=False).astype(np.float32) / 255
+    elif kind != "luminance":
+        raise FusionError(f"control.condition must be one of {', '.join(CONDITIONS)}, got '{kind}'")
+    return np.repeat(y[..., None], 3, axis=2)
+
+
+def build_controlnet(pipe, cfg: ControlConfig, dtype):
+    """A ControlNet from cfg.weights, or initialised from the UNet's encoder (its zero convolutions make it a no-op
+    until trained); the condition embedding downsamples by the VAE factor."""
+    import math as _math
+
+    from diffusers import ControlNetModel
+    if cfg.weights:
+        try:
+            return ControlNetModel.from_pretrained(cfg.weights, dtype=dtype, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise FusionError(f"control.weights {cfg.weights} is not a diffusers ControlNet folder (config.json + "
+                              f"diffusion_pytorch_model.safetensors): {str(exc).splitlines()[0]}") from None
+    levels = int(round(_math.log2(pipe.vae_scale_factor))) + 1
+    return ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(16, 32, 96, 256)[:levels]
+                                     ).to(dtype=dtype)
+
+
+def controlled_unet(unet, controlnet):
+    """UNet + ControlNet as one module (one thing for accelerate/DDP to wrap and for checkpoints to hold)."""
+    from torch import nn
+
+    class ControlledUNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unet, self.controlnet = unet, controlnet
+
+        def forward(self, noisy, timesteps, embeds, condition):
+            down, mid = self.controlnet(noisy, timesteps, encoder_hidden_states=embeds, controlnet_cond=condition,
+                                        return_dict=False)
+            return self.unet(noisy, timesteps, encoder_hidden_states=embeds, down_block_additional_residuals=down,
+                             mid_block_additional_residual=mid).sample
+
+    return ControlledUNet()
 
 
 @dataclass
@@ -132,6 +203,33 @@ def encode_prompts(pipe, prompts: list[str], device):
         return pipe.text_encoder(tokens)[0]
 
 
+def with_controlnet(pipe, controlnet):
+    """The img2img pipeline's components (same UNet, LoRA included) in a ControlNet img2img pipeline."""
+    from diffusers import StableDiffusionControlNetImg2ImgPipeline
+    control_pipe = StableDiffusionControlNetImg2ImgPipeline(
+        vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
+        controlnet=controlnet, scheduler=pipe.scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    control_pipe.set_progress_bar_config(disable=True)
+    return control_pipe
+
+
+def save_model_folder(model, folder: Path) -> None:
+    """diffusers save_pretrained into a temporary sibling, then swapped in, so the folder is never half-written."""
+    import os
+    import shutil
+    import tempfile
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    old = folder.parent / f".{folder.name}-old"
+    if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def _cuda_dtype(device: str):
     import torch
     if str(device).startswith("cuda"):
@@ -147,11 +245,12 @@ class _SDGenerator(IRGenerator):
     sample_config_class: type = SDImg2ImgSampleConfig
     train_config_class: type = SDImg2ImgTrainConfig
 
-    def __init__(self, pipe, sample, info: dict, device: str = "cpu"):
-        self.pipe = pipe
+    def __init__(self, pipe, sample, info: dict, device: str = "cpu", control: ControlConfig | None = None):
+        self.pipe = pipe  # with a ControlNet: a StableDiffusionControlNetImg2ImgPipeline
         self.sample = sample
         self.info = info
         self.device = device
+        self.control = control if control is not None and control.enabled else None
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser, verb: str) -> None:
@@ -168,18 +267,24 @@ class _SDGenerator(IRGenerator):
         else:
             info = read_info(folder, cls.name)
             base, has_lora = resolve_base(args, info, "sd"), True
-        pipe = load_sd_pipeline(base, cls.pipeline_class, _cuda_dtype(device))
+        dtype = _cuda_dtype(device)
+        pipe = load_sd_pipeline(base, cls.pipeline_class, dtype)
         if has_lora:
             load_lora_quietly(pipe, folder)
+        control = config_from_dict(ControlConfig, info.get("control", {}))
+        if control.enabled:
+            pipe = with_controlnet(pipe, build_controlnet(pipe, dataclasses.replace(
+                control, weights=str(folder / CONTROL_FOLDER)), dtype))
         place_pipeline(pipe, device, args)
         sample = dict(info.get("sample", {}))
         overrides = sampler_overrides(args)
         known = {f.name for f in dataclasses.fields(cls.sample_config_class)}
         sample.update({k: v for k, v in overrides.items() if k in known})
-        return cls(pipe, config_from_dict(cls.sample_config_class, sample), info, device)
+        return cls(pipe, config_from_dict(cls.sample_config_class, sample), info, device, control)
 
     def settings(self) -> dict[str, Any]:
         return {"generator": self.name, "base": self.info.get("base"), "lora": self.info.get("lora"),
+                "control": dataclasses.asdict(self.control) if self.control else None,
                 "sample": dataclasses.asdict(self.sample), "scheduler": type(self.pipe.scheduler).__name__}
 
     # -------------------------------------------------------------------------------------------- training
@@ -219,11 +324,23 @@ class _SDGenerator(IRGenerator):
         unet, vae = pipe.unet, pipe.vae
         for module in (unet, vae, pipe.text_encoder):
             module.requires_grad_(False)
+        control = getattr(cfg, "control", None)
+        control = control if control is not None and control.enabled else None
+        trained = unet
+        if control is not None:
+            control_condition(np.zeros((8, 8, 3), np.float32), control.condition)  # a bad name fails now
+            controlnet = build_controlnet(pipe, control, dtype)  # from the UNet before it carries a LoRA
+            controlnet.requires_grad_(True)
         add_lora(unet, cfg.lora)
-        cast_training_params(unet, dtype=torch.float32)  # frozen base in bf16, trainable LoRA in fp32
+        if control is not None:
+            trained = controlled_unet(unet, controlnet)
+        cast_training_params(trained, dtype=torch.float32)  # frozen base in bf16, trainable LoRA (+ControlNet) fp32
         if cfg.train.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
+            if control is not None:
+                controlnet.enable_gradient_checkpointing()
         pipe.to(device)
+        trained.to(device)
         prompt_embeds = encode_prompts(pipe, [cfg.sample.prompt], device)
         class_embeds = encode_prompts(pipe, [cfg.prior.class_prompt], device) if class_data else None
         noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -257,7 +374,12 @@ class _SDGenerator(IRGenerator):
                                       generator=generator).to(device)
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
             target = noise if prediction == "epsilon" else noise_scheduler.get_velocity(latents, noise, timesteps)
-            predicted = model(noisy, timesteps, embeds.to(dtype)).sample
+            if control is not None:
+                condition = np.stack([control_condition(np.moveaxis(crop, 0, -1), control.condition).transpose(2, 0, 1)
+                                      for crop in batch["rgb"]])
+                predicted = model(noisy, timesteps, embeds.to(dtype), torch.from_numpy(condition).to(device, dtype))
+            else:
+                predicted = model(noisy, timesteps, embeds.to(dtype)).sample
             per_sample = ((predicted.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
             weights = timestep_weights_min_snr(alphas_cumprod, timesteps, cfg.loss.snr_gamma, prediction)
             if weights is not None:
@@ -275,13 +397,18 @@ class _SDGenerator(IRGenerator):
 
         info = {"generator": cls.name, "base": str(base.resolve()), "lora": config_to_dict(cfg.lora),
                 "sample": config_to_dict(cfg.sample), "seed": args.seed}
+        if control is not None:
+            info["control"] = {**config_to_dict(control), "weights": None}
 
         def save_fn(folder: Path, step: int) -> None:
-            save_lora_folder(type(pipe), "unet", accelerator.unwrap_model(unet), folder, {**info, "steps": step})
+            if control is not None:
+                save_model_folder(controlnet, folder / CONTROL_FOLDER)
+            save_lora_folder(type(pipe), "unet", unet, folder, {**info, "steps": step})
 
-        generator = cls(pipe, cfg.sample, info, str(device))
+        sampling_pipe = with_controlnet(pipe, controlnet) if control is not None else pipe
+        generator = cls(sampling_pipe, cfg.sample, info, str(device), control)
         sample_fn = (lambda path: generator.sample_grid(path, items[:cfg.train.sample_count], args.seed))
-        job = TrainingJob(name=cls.name, model=unet, loss_fn=loss_fn, save_fn=save_fn, sample_fn=sample_fn)
+        job = TrainingJob(name=cls.name, model=trained, loss_fn=loss_fn, save_fn=save_fn, sample_fn=sample_fn)
         return run_training(job, cfg, args, accelerator, out)
 
     @classmethod
@@ -321,9 +448,15 @@ class SDImg2ImgGenerator(_SDGenerator):
         s = self.sample
         # img2img runs int(steps * strength) steps: ask for enough that at least one is left.
         steps = max(s.steps, math.ceil(1 / max(s.strength, 1e-3)))
+        extra = {}
+        if self.control is not None:
+            condition = control_condition(resize_to(rgb, wh, ww), self.control.condition)
+            extra = {"control_image": torch.from_numpy(np.ascontiguousarray(condition.transpose(2, 0, 1)))[None],
+                     "controlnet_conditioning_scale": self.control.scale}
         out = self.pipe(prompt=prompt or s.prompt, image=image, strength=s.strength, num_inference_steps=steps,
                         guidance_scale=s.guidance, negative_prompt=s.negative_prompt or None,
-                        generator=torch.Generator(device="cpu").manual_seed(seed), output_type="np").images[0]
+                        generator=torch.Generator(device="cpu").manual_seed(seed), output_type="np",
+                        **extra).images[0]
         return resize_to(to_gray(out), h, w)
 
     def sample_grid(self, path: Path, items: list[dict[str, np.ndarray]], seed: int) -> None:
