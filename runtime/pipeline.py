@@ -519,8 +519,6 @@ class FusionPipeline:
             raise
         if not opened and self.folder_mode:
             raise FusionError("folder mode writes one fused image per pair: give --output OUTDIR")
-        if not opened:
-            self._log("no outputs: fusing for the statistics only (add --output to keep the frames)")
         self.sinks = opened
 
     def _live_stats(self) -> dict:
@@ -593,6 +591,8 @@ class FusionPipeline:
             for sink in self.sinks:
                 if hasattr(sink, "fps") and rate:
                     sink.fps = rate
+        if not self.sinks:
+            self._log("no outputs: fusing for the statistics only (add --output to keep the frames)")
         self._log(f"IR:  {ir_source.describe()}\nVIS: {vis_source.describe()}\n"
                   f"model: {self.backend.describe()}  pairing on {self.primary_role.upper()} within "
                   f"{config.sync_ms:g} ms")

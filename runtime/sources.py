@@ -29,6 +29,15 @@ import numpy as np
 from runtime.errors import FusionError
 from runtime.imageio import IMAGE_EXTENSIONS, read_raw
 
+if not os.environ.get("FUSION_DEBUG"):
+    # OpenCV and FFmpeg print their own warnings for every failed open or dropped connection; the runtime reports
+    # those itself, in one line, so keep the terminal for that (FUSION_DEBUG=1 brings them back).
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    except AttributeError:
+        pass
+
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".ts", ".wmv", ".flv")
 ROLES = ("ir", "vis")
 
