@@ -357,19 +357,25 @@ def teacher_costs(cfg: BenchConfig, pairs: list, notes: list, student=None) -> L
     return rows
 
 
+def _teacher_device() -> str:
+    """Teachers run where a user would run them: on the GPU when there is one."""
+    return "cuda" if _gpu_available() else "cpu"
+
+
 def _em_cost(pairs: list) -> dict:
     from teacher.registry import load_teacher_class
-    teacher = load_teacher_class("em", "fusion")()
+    device = _teacher_device()
+    teacher = load_teacher_class("em", "fusion")(device=device)
     outputs, seconds, iterations = [], [], []
     for name, ir, vis, _, _ in pairs:
         _log(f"teacher em on {name} ({ir.shape[3]}x{ir.shape[2]})")
         t0 = time.perf_counter()
-        fused = teacher.fuse(ir[0, 0], vis[0, 0])
+        fused = teacher.fuse(ir[0, 0], vis[0, 0])  # returns a CPU array: the time includes the device sync
         seconds.append(time.perf_counter() - t0)
         iterations.append(getattr(getattr(teacher, "last_result", None), "iterations", None))
         outputs.append(fused[None, None])
     iters = [i for i in iterations if i is not None]
-    return {"model": "teacher em", "backend": "torch-cpu", "precision": "fp32", "unit": "pair",
+    return {"model": "teacher em", "backend": f"torch-{device}", "precision": "fp32", "unit": "pair",
             "seconds": seconds, "per_unit_s": statistics.median(seconds), "pairs": [p[0] for p in pairs],
             "metrics": score_outputs(pairs, outputs),
             "detail": f"EM to convergence, median {statistics.median(iters):.0f} iterations" if iters else ""}
@@ -378,7 +384,7 @@ def _em_cost(pairs: list) -> dict:
 def _ddfm_step_cost(cfg: BenchConfig, pair) -> dict:
     """One DDFM sampling step (diffusion prior forward + EM likelihood step) on one native-size pair."""
     from benchmarks import ddfm_probe
-    return ddfm_probe.step_cost(cfg.ddfm_prior or None, pair)
+    return ddfm_probe.step_cost(cfg.ddfm_prior or None, pair, device=_teacher_device())
 
 
 # ------------------------------------------------------------------------------------------------------ main
@@ -552,8 +558,11 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
 
     # ---- teachers, on the first quality pairs, against the student on the same pairs
     teacher = {}
-    reference = next((c for c in candidates if c.backend == "onnxruntime-cpu" and c.precision == "fp32"),
-                     candidates[0] if candidates else None)
+    # The student on the same kind of device as the teacher: fp32 on the GPU when there is one, else ORT CPU.
+    on_gpu = [c for c in candidates if c.device == "gpu" and c.precision == "fp32"]
+    reference = (on_gpu[0] if on_gpu and _teacher_device() == "cuda" else
+                 next((c for c in candidates if c.backend == "onnxruntime-cpu" and c.precision == "fp32"),
+                      candidates[0] if candidates else None))
     for t in teacher_costs(cfg, qpairs, notes, reference):
         resolution = "native" if cfg.teacher_scale == 1.0 else f"native x{cfg.teacher_scale:g}"
         rows.append({"model": t["model"], "role": "teacher", "backend": t["backend"], "precision": t["precision"],
