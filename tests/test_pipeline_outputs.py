@@ -346,3 +346,17 @@ def test_several_outputs_at_once_get_the_same_frames(tmp_path, clips, models):
     for path in images[:3]:                                         # MJPG-in-AVI keeps them close to the PNGs
         ok, bgr = capture.read()
         assert ok and np.abs(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(int) - read_raw(path).astype(int)).mean() < 4
+
+
+def test_rgb_student_models_are_fed_rgb(tmp_path, real_pairs):
+    """A 3-channel student (vis (N,3,H,W) in, RGB out): the runtime feeds it RGB and writes its output as is."""
+    model = make_onnx_model(tmp_path / "rgb.onnx", "max", channels=3)
+    out = tmp_path / "out"
+    assert fusion(["run", "--ir", str(real_pairs / "ir"), "--vis", str(real_pairs / "vi"), "--output", str(out),
+                   "--model", str(model), "-q"]) == 0
+    for stem in STEMS:
+        fused = read_raw(out / f"{stem}.png").astype(int)
+        vis = read_raw(real_pairs / "vi" / f"{stem}.jpg").astype(int)
+        ir = read_raw(real_pairs / "ir" / f"{stem}.jpg").astype(int)
+        ir = ir if ir.ndim == 2 else ir[:, :, 0]
+        assert np.abs(fused - np.maximum(vis, ir[:, :, None])).max() <= 1

@@ -18,15 +18,17 @@ from runtime.sources import Frame, Source, SourceLost
 
 
 # ---------------------------------------------------------------------------------------------------- ONNX models
-def make_onnx_model(path: Path, op: str = "vis", size: Optional[tuple[int, int]] = None) -> Path:
-    """A fusion model in the project's ONNX contract (inputs ir, vis (N,1,H,W); output fused), built with
-    onnx.helper: op "vis" returns the VIS luminance, "ir" the IR, "max" the pixel-wise maximum, "mean" the mean."""
+def make_onnx_model(path: Path, op: str = "vis", size: Optional[tuple[int, int]] = None, channels: int = 1) -> Path:
+    """A fusion model in the project's ONNX contract (inputs ir (N,1,H,W), vis (N,C,H,W); output fused (N,C,H,W)),
+    built with onnx.helper: op "vis" returns the VIS input, "ir" the IR, "max" the pixel-wise maximum, "mean" the
+    mean (IR broadcast over the VIS channels)."""
     import onnx
     from onnx import TensorProto, helper
     shape = ["N", 1, "H", "W"] if size is None else [1, 1, size[0], size[1]]
+    vis_shape = [shape[0], channels, shape[2], shape[3]]
     inputs = [helper.make_tensor_value_info("ir", TensorProto.FLOAT, shape),
-              helper.make_tensor_value_info("vis", TensorProto.FLOAT, shape)]
-    output = helper.make_tensor_value_info("fused", TensorProto.FLOAT, shape)
+              helper.make_tensor_value_info("vis", TensorProto.FLOAT, vis_shape)]
+    output = helper.make_tensor_value_info("fused", TensorProto.FLOAT, vis_shape if op != "ir" else shape)
     half = helper.make_tensor("half", TensorProto.FLOAT, [], [0.5])
     nodes = {
         "vis": [helper.make_node("Identity", ["vis"], ["fused"])],
