@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 from runtime.errors import FusionError
@@ -23,11 +24,11 @@ BACKEND_CHOICES = ("torch", "onnxruntime", "onnxruntime-int8", "onnxruntime-cuda
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.description = ("Benchmark the student on every backend and precision available here (torch, ONNX Runtime "
+    parser.description = textwrap.fill("Benchmark the student on every backend and precision available here (torch, ONNX Runtime "
                           "fp32/INT8 on the CPU, ONNX Runtime CUDA, TensorRT fp16/INT8) at each --imgsz, beside the "
                           "SeAFusion and DenseFuse peers, with quality on test pairs, the teacher's cost and the "
                           "runtime pipeline end to end. Only measurements are printed; rows that cannot run here "
-                          "are left out with a note saying why.")
+                          "are left out with a note saying why.", width=100)
     parser.epilog = __doc__.split("\n\n")[1]
     model = parser.add_argument_group("model")
     model.add_argument("--weights", default=None, help="student folder or 'default' (runtime/models/default; a "
