@@ -146,3 +146,16 @@ def test_cli_exports_with_settings_json_and_fails_cleanly(tmp_path, roadscene, c
     assert fusion_main(["export", "--weights", str(folder), "--format", "onnx", "--precision", "fp16"]) == 2
     assert fusion_main(["export", "--weights", str(folder), "--data", str(tmp_path / "nodata")]) == 2
     assert "real pairs" in capsys.readouterr().err
+
+
+def test_rgb_student_exports_three_channel_vis(tmp_path, roadscene):
+    model = random_student(vis_channels=3)
+    inputs = load_inputs(roadscene, roadscene / "train.txt", 2, SIZE, vis_channels=3)
+    assert inputs[0].vis.shape == (1, 3, *SIZE) and not np.allclose(inputs[0].vis[0, 0], inputs[0].vis[0, 2])
+    out = tmp_path / "rgb.onnx"
+    report = export_onnx(model, out, imgsz=SIZE, check_pairs=inputs)
+    assert report["parity"]["max_abs"] <= 1e-4
+    meta = read_onnx_metadata(out)
+    assert meta["colour_convention"] == "RGB" and meta["vis_channels"] == "3"
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[1].shape == [1, 3, *SIZE] and session.get_outputs()[0].shape == [1, 3, *SIZE]
