@@ -83,6 +83,7 @@ class RunConfig:
     queue_size: int = 0                 # depth of each inter-stage queue (0: 1 for live sources, 2 for files)
     reconnect_max_s: float = 5.0        # longest wait between reconnection attempts
     on_loss: str = "passthrough"        # while a camera is lost: passthrough (show the other) | pause
+    resume: bool = False                # folder mode: skip pairs whose fused image already exists
     verbose: bool = True
 
 
@@ -375,6 +376,7 @@ class FusionPipeline:
         self.live = False
         self.recorded = 0
         self._threads: List[threading.Thread] = []
+        self._progress = None
 
     # -------------------------------------------------------------------------------------------------- public API
     def stop(self) -> None:
@@ -436,6 +438,8 @@ class FusionPipeline:
             raise
         finally:
             self._close_sinks()
+            if self._progress is not None:
+                self._progress.close()
         report = self.report()
         if self._owns_backend and self.backend is not None:
             self.backend.close()
@@ -594,7 +598,7 @@ class FusionPipeline:
         if not self.sinks:
             self._log("no outputs: fusing for the statistics only (add --output to keep the frames)")
         self._log(f"IR:  {ir_source.describe()}\nVIS: {vis_source.describe()}\n"
-                  f"model: {self.backend.describe()}  pairing on {self.primary_role.upper()} within "
+                  f"model: {self.backend.label()}  pairing on {self.primary_role.upper()} within "
                   f"{config.sync_ms:g} ms")
         buffers = {}
         for role, source, rate in (("ir", ir_source, config.ir_fps), ("vis", vis_source, config.vis_fps)):
@@ -675,8 +679,17 @@ class FusionPipeline:
     # -------------------------------------------------------------------------------------------------- stages
     def _folder_reader(self, out_queue: queue.Queue) -> None:
         pairs = discover_pairs(ir_dir=self.config.ir, vis_dir=self.config.vis)
-        self._log(f"folder mode: {len(pairs)} pairs from {self.config.ir} and {self.config.vis}; model: "
-                  f"{self.backend.describe()}")
+        total = len(pairs)
+        if self.config.resume:
+            from runtime.sinks import ImageFolderSink
+            folders = [sink for sink in self.sinks if isinstance(sink, ImageFolderSink)]
+            pairs = [p for p in pairs if not all((f.folder / f"{p.name}{f.ext}").is_file() for f in folders)]
+            self.stats.count("skipped_done", total - len(pairs))
+        self._log(f"folder mode: {len(pairs)} pairs to fuse ({total - len(pairs)} already done) from "
+                  f"{self.config.ir} and {self.config.vis}; model: {self.backend.label()}")
+        if self.config.verbose:
+            from tqdm import tqdm
+            self._progress = tqdm(total=len(pairs), unit="pair", desc="fusing", leave=False)
         for index, pair in enumerate(pairs):
             if self._stop.is_set() or (self.config.max_frames and index >= self.config.max_frames):
                 break
@@ -789,6 +802,8 @@ class FusionPipeline:
             self.stats.add("output", time.perf_counter() - t1)
             self.stats.add("latency", now - packet.t_capture)
             self.stats.output_done(now)
+            if self._progress is not None:
+                self._progress.update(1)
 
     def _output_info(self, packet: Packet) -> OutputInfo:
         info = OutputInfo(packet.index, packet.name, mode=packet.mode, pair_error_ms=packet.pair_error_ms)

@@ -21,7 +21,7 @@ from runtime.errors import FusionError
 FIELDS = ("ir", "vis", "model", "backend", "device", "threads", "imgsz", "output_size", "sync_ms", "primary",
           "homography", "clahe", "realtime", "loop", "fps", "ir_fps", "vis_fps", "output_fps", "max_frames",
           "duration_s", "record_pairs", "stats", "headless", "bind", "overlay", "image_ext", "queue_size",
-          "reconnect_max_s", "on_loss")
+          "reconnect_max_s", "on_loss", "resume")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -73,6 +73,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                      help="longest wait between camera reconnection attempts, seconds (default 5)")
     run.add_argument("--on-loss", choices=("passthrough", "pause"),
                      help="while a camera is lost: show the other one (default) or pause the output")
+    run.add_argument("--resume", action="store_true", default=None,
+                     help="folder mode: skip pairs whose fused image is already in the output folder")
     run.add_argument("--config", help="YAML file of run settings (configs/runtime/*.yaml); flags override it")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, repeatable")

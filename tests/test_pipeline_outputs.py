@@ -360,3 +360,17 @@ def test_rgb_student_models_are_fed_rgb(tmp_path, real_pairs):
         ir = read_raw(real_pairs / "ir" / f"{stem}.jpg").astype(int)
         ir = ir if ir.ndim == 2 else ir[:, :, 0]
         assert np.abs(fused - np.maximum(vis, ir[:, :, None])).max() <= 1
+
+
+def test_folder_mode_resume_skips_finished_pairs(tmp_path, real_pairs, models):
+    out = tmp_path / "out"
+    args = ["run", "--ir", str(real_pairs / "ir"), "--vis", str(real_pairs / "vi"), "--output", str(out),
+            "--model", str(models["mean"]), "-q"]
+    assert fusion(args + ["--max-frames", "2"]) == 0
+    first = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    assert len(first) == 2
+    assert fusion(args + ["--resume", "--stats", str(tmp_path / "s.json")]) == 0
+    report = json.loads((tmp_path / "s.json").read_text())
+    assert report["frames"] == 1 and report["counters"]["skipped_done"] == 2
+    assert sorted(p.stem for p in out.glob("*.png")) == sorted(STEMS)
+    assert all(out.joinpath(name).stat().st_mtime_ns == mtime for name, mtime in first.items())   # untouched

@@ -47,6 +47,11 @@ class Backend:
     def close(self) -> None:
         """Release what the backend holds (GPU buffers, sessions)."""
 
+    def label(self) -> str:
+        """One line for logs: backend, provider, model file, input size."""
+        size = f"{self.input_size[0]}x{self.input_size[1]}" if self.input_size else "any size"
+        return f"{self.name} ({self.provider}) {self.model_path}, input {size}"
+
     def describe(self) -> dict:
         return {"backend": self.name, "provider": self.provider, "model": self.model_path,
                 "input_size": list(self.input_size) if self.input_size else "dynamic",
