@@ -16,7 +16,9 @@
 Training: the UNet is frozen and a peft LoRA on its attention projections (to_q/k/v/out) learns the standard
 noise-prediction (or v-prediction, for SD 2.x 768) loss on VAE latents of the IR images, conditioned on a fixed prompt.
 At sampling time `sd-img2img` noises the RGB frame's latents to `strength` and denoises them with the LoRA UNet, so the
-scene layout comes from the RGB frame and the appearance from the thermal domain. Weights: the LoRA in the diffusers
+scene layout comes from the RGB frame and the appearance from the thermal domain. With `control.enabled` a ControlNet
+on the frame's edges (or luminance, or RGB) is trained beside the LoRA and conditions every denoising step, so the
+layout is enforced rather than only suggested by the initial latents. Weights: the LoRA in the diffusers
 layout (pytorch_lora_weights.safetensors) + irgen.json (base folder, LoRA and sampler settings). `--weights` may also
 be a complete diffusers SD folder (for example a fully fine-tuned DreamBooth model), used as is.
 """
