@@ -431,6 +431,13 @@ def make_accelerator(cfg, device: str, out: Path):
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
     precision = resolve_precision(cfg.train.mixed_precision, device)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        # accelerate keeps one process-wide state and refuses a second Accelerator with other settings (CPU, then
+        # bf16 on CUDA, in one Python session or test run); a single process may safely start afresh.
+        from accelerate.state import AcceleratorState
+        reset = getattr(AcceleratorState, "_reset_state", None)
+        if reset is not None:
+            reset(True)
     return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.optim.grad_accum,
                        cpu=not str(device).startswith("cuda"),
                        project_config=ProjectConfiguration(project_dir=str(out)))
