@@ -377,6 +377,8 @@ class FusionPipeline:
         self.recorded = 0
         self._threads: List[threading.Thread] = []
         self._progress = None
+        self._fit_aspect = False
+        self._sizes: dict = {}
 
     # -------------------------------------------------------------------------------------------------- public API
     def stop(self) -> None:
@@ -494,6 +496,8 @@ class FusionPipeline:
             self.model_size = None      # each pair at its own size
         else:
             self.model_size = (480, 640)
+            # A model that takes any size gets the camera's aspect ratio (640 wide), not a squashed 4:3 frame.
+            self._fit_aspect = True
         output_size = self.config.output_size
         self.output_native = output_size == "native" or (output_size == "auto" and self.folder_mode)
 
@@ -833,8 +837,8 @@ class FusionPipeline:
             self._prepare_passthrough(packet)
             return
         ir, vis = self.registration.apply(packet.ir.image, packet.vis.image)
-        native_hw = vis.shape[:2]
-        model_hw = self.model_size or native_hw
+        native_hw = tuple(vis.shape[:2])
+        model_hw, out_native = self._sizes_for(native_hw)
         ir_small = ir_to_float(self._resize(ir, model_hw), clahe=self.config.clahe)
         vis_small = vis_to_float(self._resize(vis, model_hw))
         channels = self.backend.vis_channels
@@ -846,17 +850,39 @@ class FusionPipeline:
         else:
             y_small, cbcr_small = split_luminance(vis_small)
             packet.model_vis = np.ascontiguousarray(y_small[None, None], dtype=np.float32)
-            if self.output_native and tuple(native_hw) != tuple(model_hw):
+            if out_native and native_hw != model_hw:
                 packet.cbcr = split_luminance(vis_to_float(vis))[1]
             else:
                 packet.cbcr = cbcr_small
         packet.model_ir = np.ascontiguousarray(ir_small[None, None], dtype=np.float32)
-        packet.out_size = tuple(native_hw) if self.output_native else tuple(model_hw)
+        packet.out_size = native_hw if out_native else model_hw
+
+    def _sizes_for(self, native_hw: tuple) -> tuple:
+        """(model input (H, W), whether the output is at the native size) for frames of `native_hw`, cached.
+
+        Dynamic models at the default size keep the frame's aspect ratio (640 wide, height rounded to the model's
+        multiple). A fixed-size model fed a frame of another aspect ratio returns its output to the native size
+        (output_size auto), so the fused stream is never squashed."""
+        sizes = self._sizes.get(native_hw)
+        if sizes is None:
+            model_hw = self.model_size or native_hw
+            if self._fit_aspect:
+                multiple = max(8, int(getattr(self.backend, "multiple", 1) or 1))
+                width = model_hw[1]
+                height = max(multiple, int(round(width * native_hw[0] / native_hw[1] / multiple)) * multiple)
+                model_hw = (height, width)
+            out_native = self.output_native
+            if self.config.output_size == "auto" and not out_native:
+                aspect_model, aspect_native = model_hw[1] / model_hw[0], native_hw[1] / native_hw[0]
+                out_native = abs(aspect_model / aspect_native - 1.0) > 0.02
+            sizes = self._sizes[native_hw] = (tuple(model_hw), out_native)
+        return sizes
 
     def _prepare_passthrough(self, packet: Packet) -> None:
         frame = packet.ir if packet.ir is not None else packet.vis
         img = frame.image
-        size = self.model_size if (self.model_size and not self.output_native) else img.shape[:2]
+        model_hw, out_native = self._sizes_for(tuple(img.shape[:2]))
+        size = tuple(img.shape[:2]) if out_native else model_hw
         img = self._resize(img, size)
         packet.passthrough = ir_to_float(img) if packet.ir is not None else vis_to_float(img)
         packet.out_size = tuple(size)

@@ -45,7 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="auto: TensorRT engine with a GPU, else ONNX Runtime (best provider), else torch")
     model.add_argument("--device", choices=("auto", "cpu"), help="cpu forces ONNX Runtime/torch onto the CPU")
     model.add_argument("--threads", type=int, help="inference threads (default: the runtime's choice)")
-    model.add_argument("--imgsz", help="model input HxW (default 480x640, or the model's fixed size), or 'native'")
+    model.add_argument("--imgsz", help="model input HxW (default: the model's fixed size, else 640 wide at the frame's aspect ratio), "
+                            "or 'native'")
     model.add_argument("--output-size", choices=("auto", "model", "native"),
                        help="fused frames at the model size or the (cropped) VIS size; auto: native in folder mode")
     sync = parser.add_argument_group("timing and registration")

@@ -374,3 +374,17 @@ def test_folder_mode_resume_skips_finished_pairs(tmp_path, real_pairs, models):
     assert report["frames"] == 1 and report["counters"]["skipped_done"] == 2
     assert sorted(p.stem for p in out.glob("*.png")) == sorted(STEMS)
     assert all(out.joinpath(name).stat().st_mtime_ns == mtime for name, mtime in first.items())   # untouched
+
+
+def test_wide_cameras_are_not_squashed(tmp_path, models):
+    """16:9 frames: a dynamic model runs at 640 wide with the frame's aspect ratio; a fixed 4:3 model's output goes
+    back to the native size. Either way the fused video keeps the camera's geometry."""
+    ir = write_clip(tmp_path / "ir.mp4", 6, 9, size=(72, 128), colour=False)
+    vis = write_clip(tmp_path / "vis.mp4", 20, 30, size=(72, 128))
+    static = make_onnx_model(tmp_path / "static.onnx", "mean", size=(48, 64))
+    for model, expected in ((models["mean"], (360, 640)), (static, (72, 128))):
+        out = tmp_path / f"{Path(model).stem}.mp4"
+        assert fusion(["run", "--ir", str(ir), "--vis", str(vis), "--model", str(model), "--output", str(out),
+                       "--headless", "-q"]) == 0
+        frames, shape = count_frames(out)
+        assert frames > 0 and shape == expected
