@@ -140,8 +140,14 @@ class CaptureSource(Source):
             raise (SourceLost if self._opened_once else FusionError)(self._open_error())
         if self.y16:
             # Radiometric thermal cameras: ask for raw 16-bit Y16 and keep OpenCV from converting it to 8-bit BGR.
+            # A camera without Y16 keeps its own format, and then OpenCV's conversion must stay on (raw YUYV bytes
+            # would otherwise come through as a garbled frame).
             capture.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*"Y16 "))
-            capture.set(cv2.CAP_PROP_CONVERT_RGB, 0)
+            granted = int(capture.get(cv2.CAP_PROP_FOURCC)) & 0xFFFFFFFF
+            if granted == cv2.VideoWriter_fourcc(*"Y16 "):
+                capture.set(cv2.CAP_PROP_CONVERT_RGB, 0)
+            else:
+                self.y16 = False
         if self.width and self.height:
             capture.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
             capture.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
