@@ -23,7 +23,7 @@ from runtime.errors import FusionError
 
 MODEL_PRESETS = {
     # name: (block_out_channels, layers_per_block, attention on the last N levels)
-    "tiny": ((32, 64), 1, 1),
+    "tiny": ((32, 32, 64, 64), 1, 1),  # attention only at 1/8 resolution: DDFM runs priors on whole frames
     "small": ((64, 128, 128, 256), 2, 1),
     "base": ((128, 128, 256, 256, 512), 2, 2),
 }

@@ -43,7 +43,7 @@ def test_train_prior_writes_a_loadable_prior_and_resumes(frames, tmp_path, capsy
     assert _train(frames, out, "--steps", "2", "--save-every", "1") == 0
     assert json.loads((out / "training_state" / "state.json").read_text())["step"] == 2
     prior = DiffusionPrior.from_pretrained(out)
-    assert prior.kind == "diffusers" and prior.channels == 3 and prior.multiple == 2
+    assert prior.kind == "diffusers" and prior.channels == 3 and prior.multiple == 8
     pipeline = DDPMPipeline.from_pretrained(str(out))
     assert pipeline.unet.config.sample_size == 16
     # Existing folder: refuse without --resume; continue with it.
