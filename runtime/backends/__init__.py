@@ -105,7 +105,13 @@ class OnnxRuntimeBackend(Backend):
             # The other pipeline stages share these cores: ONNX Runtime's worker threads must not burn them
             # spinning between frames.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = best_providers(ort.get_available_providers(), device)
+        providers: list = best_providers(ort.get_available_providers(), device)
+        if "TensorrtExecutionProvider" in providers:
+            # Without a cache the TensorRT EP rebuilds its engines at every start (minutes on a Jetson).
+            cache = path.parent / ".trt_cache"
+            providers[providers.index("TensorrtExecutionProvider")] = (
+                "TensorrtExecutionProvider", {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+                                              "trt_fp16_enable": True})
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
