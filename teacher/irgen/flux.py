@@ -386,8 +386,15 @@ class FluxFillGenerator(IRGenerator):
         vae.to(device)
 
         generator_obj = cls(pipe, cfg.sample, {}, str(device), adapter)
-        # Encode the fixed prompt once on the CPU, then keep the text encoders (T5-XXL: ~9 GB) off the GPU.
+        # Encode the fixed prompt once (on the GPU when there is one), then keep the text encoders (T5-XXL: ~9 GB)
+        # on the CPU for the rest of the run: training and sample grids use the cached embeddings.
+        pipe.text_encoder.to(device)
+        pipe.text_encoder_2.to(device)
         embeds, pooled = generator_obj.prompt_embeddings(cfg.sample.prompt)
+        pipe.text_encoder.to("cpu")
+        pipe.text_encoder_2.to("cpu")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         generator_obj._prompt_cache = {k: (e.to(device), p.to(device))
                                        for k, (e, p) in generator_obj._prompt_cache.items()}
         embeds, pooled = embeds.to(device, dtype), pooled.to(device, dtype)
