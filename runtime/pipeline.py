@@ -269,7 +269,8 @@ class CaptureWorker(threading.Thread):
                 self.stats.count(f"reconnects_{self.role}")
                 self.stats.source_state(self.role, reconnects=reconnects)
                 continue
-            self.stats.add("capture", time.perf_counter() - t0)
+            # A camera's read blocks until its next frame: that is waiting, not work.
+            self.stats.add("capture_wait" if self.source.live else "capture", time.perf_counter() - t0)
             if frame is None:
                 if self.loop and not self.source.live:
                     self._offset = self._last_media + 1.0 / (self.fps_override or self.source.fps or 30.0)

@@ -12,7 +12,8 @@ from typing import Deque, Dict, Optional
 
 import numpy as np
 
-STAGES = ("capture", "pair_wait", "preprocess", "inference", "postprocess", "output")
+STAGES = ("capture", "capture_wait", "pair_wait", "preprocess", "inference", "postprocess", "output")
+WAITING = ("capture_wait", "pair_wait")   # reported, but not work
 PERCENTILES = (50, 90, 99)
 
 
@@ -113,7 +114,7 @@ class StatsRecorder:
             # Work per output frame: the total time each stage spent working, divided by the frames that came
             # out (capture reads both cameras, at their own rates; waiting for a partner frame is not work).
             frame_ms = 1000.0 / fps
-            per_frame = {name: 1000.0 * totals.get(name, 0.0) / frames for name in STAGES if name != "pair_wait"}
+            per_frame = {name: 1000.0 * totals.get(name, 0.0) / frames for name in STAGES if name not in WAITING}
             other = sum(v for name, v in per_frame.items() if name != "inference")
             report["work_per_frame_ms"] = {k: round(v, 3) for k, v in per_frame.items()}
             report["frame_time_ms"] = round(frame_ms, 3)

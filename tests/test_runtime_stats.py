@@ -1,0 +1,37 @@
+"""Run statistics: percentiles, throughput from output times, work per frame outside inference."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime.stats import StatsRecorder, format_report, summarize
+
+
+def test_summarize_matches_numpy_in_milliseconds():
+    values = np.random.default_rng(0).exponential(0.02, 500)
+    s = summarize(values)
+    assert s["count"] == 500
+    assert s["p50"] == pytest.approx(np.percentile(values, 50) * 1000, abs=1e-3)
+    assert s["p99"] == pytest.approx(np.percentile(values, 99) * 1000, abs=1e-3)
+    assert s["max"] == pytest.approx(values.max() * 1000, abs=1e-3)
+    assert summarize([]) == {"count": 0}
+
+
+def test_report_throughput_and_share_outside_inference():
+    stats = StatsRecorder()
+    for i in range(11):                       # 11 frames, one every 50 ms -> 20 fps
+        stats.add("capture", 0.002)
+        stats.add("capture_wait", 0.030)      # a camera's blocking read: waiting, not work
+        stats.add("preprocess", 0.003)
+        stats.add("inference", 0.035)
+        stats.add("postprocess", 0.004)
+        stats.add("output", 0.006)
+        stats.output_done(now=100.0 + 0.05 * i)
+    report = stats.snapshot()
+    assert report["frames"] == 11 and report["fps"] == pytest.approx(20.0)
+    assert report["frame_time_ms"] == pytest.approx(50.0)
+    assert report["non_inference_ms"] == pytest.approx(15.0)          # 2 + 3 + 4 + 6, not the 30 ms of waiting
+    assert report["non_inference_share"] == pytest.approx(0.30)
+    assert report["inference_share"] == pytest.approx(0.70)
+    text = format_report(report)
+    assert "20.0 fps" in text and "inference 70%" in text
