@@ -31,9 +31,9 @@ EXTRAS = {
         "matplotlib>=3.7",
     ],
     "teacher": TORCH + [
-        "diffusers>=0.30",
-        "transformers>=4.40",
-        "peft>=0.11",
+        "diffusers>=0.35",
+        "transformers>=5.0",
+        "peft>=0.15",
         "accelerate>=0.30",
         "scipy>=1.10",
     ],

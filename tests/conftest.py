@@ -10,8 +10,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FUSION_SHARED_DATA", REPO.parent / "shared" / "data"))
 ROADSCENE = SHARED_DATA / "roadscene"
 
-# Keep the suite deterministic and polite on a 2-core machine.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# One intra-op thread: deterministic, and immune to the large slowdowns torch suffers when its threads
+# are oversubscribed on a busy 2-core machine.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _require(path: Path) -> Path:
