@@ -100,3 +100,15 @@ irgen-diffusion-smoke: setup
 	  --rgb $(DATA)/roadscene --names $(DATA)/roadscene/test.txt --out $(SMOKE_OUT)/synth-flux --device cpu --steps 2
 	OMP_NUM_THREADS=1 $(BIN)/fusion teacher synth-ir --generator sd-text --weights $(SMOKE_OUT)/sd-text --count 4 \
 	  --prompt "an infrared thermal frame of a street at night" --out $(SMOKE_OUT)/synth-text --device cpu --steps 2
+
+# Distillation (docs/distill.md): the shipped default student. EM targets for the training split (`targets`), the nano
+# student trained on them (about half an hour on 2 CPU cores; rerun to resume), its EMA weights copied into
+# runtime/models/default/ and exported there to a dynamic-size ONNX model (opset 17, checked in ONNX Runtime).
+DISTILL_CONFIG ?= configs/distill/default.yaml
+DISTILL_RUN    ?= runs/distill/default
+DEFAULT_MODEL  ?= runtime/models/default
+weights: setup targets
+	$(BIN)/fusion distill train --config $(DISTILL_CONFIG) run_dir=$(DISTILL_RUN)
+	mkdir -p $(DEFAULT_MODEL)
+	cp $(DISTILL_RUN)/best/config.json $(DISTILL_RUN)/best/model.safetensors $(DEFAULT_MODEL)/
+	$(BIN)/fusion export --weights $(DEFAULT_MODEL) --format onnx --dynamic --out $(DEFAULT_MODEL)/model.onnx

@@ -540,10 +540,16 @@ def train(cfg: TrainConfig, feature_teacher=None) -> dict:
         progress.close()
     if writer is not None:
         writer.close()
-    if dist_info.world > 1:
-        torch.distributed.barrier()
     summary = {"step": step, "best_score": best_score, "val": last_val, "run_dir": str(run_dir),
-               "train_minutes": round((time.time() - started) / 60, 2)}
+               "train_minutes": round((time.time() - started) / 60, 2), "world_size": dist_info.world}
+    if dist_info.world > 1:
+        # every rank must end with the same weights (DDP averages the gradients); record that it did
+        checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1).to(device)
+        gathered = [torch.zeros_like(checksum) for _ in range(dist_info.world)]
+        torch.distributed.all_gather(gathered, checksum)
+        values = [float(g) for g in gathered]
+        summary["ranks_in_sync"] = max(values) - min(values) < 1e-6 * max(1.0, abs(values[0]))
+        torch.distributed.barrier()
     if dist_info.main:
         from runtime.imageio import write_json
         write_json(run_dir / "summary.json", summary)

@@ -1,0 +1,139 @@
+"""Distillation training on real RoadScene pairs with em teacher targets: the loss decreases, a resumed run ends
+exactly where an uninterrupted one does, the CLI writes the run folder, and DDP trains on two CPU processes (gloo)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill.train import load_train_config, train
+
+REPO = Path(__file__).resolve().parents[1]
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def em_dataset(tmp_path_factory, roadscene, train_names):
+    """4 real training pairs with em teacher targets computed here (EM capped at 30 iterations to keep it fast;
+    the shipped model trains on converged targets)."""
+    from runtime.color import split_luminance
+    from runtime.imageio import discover_pairs, read_pair, write_image
+    from teacher.registry import load_teacher_class
+    root = tmp_path_factory.mktemp("em_data")
+    teacher = load_teacher_class("em", "fusion")(max_iter=30)
+    names = train_names[:4]
+    for sub in ("ir", "vi"):
+        (root / sub).mkdir()
+    for pair in discover_pairs(roadscene, names=names):
+        shutil.copy(pair.ir, root / "ir")
+        shutil.copy(pair.vis, root / "vi")
+        ir, vis = read_pair(pair)
+        write_image(root / "TEACHER_FUSED" / f"{pair.name}.png", teacher.fuse(ir, split_luminance(vis)[0]))
+    (root / "train.txt").write_text("\n".join(names) + "\n")
+    return root
+
+
+def _overrides(root: Path, run_dir: Path, steps: int, **extra) -> list[str]:
+    values = {"run_dir": run_dir, "steps": steps, "data.root": root, "data.names": "train.txt",
+              "data.teacher_dir": "''", "data.val_fraction": 0.25, "data.batch_size": 1, "data.augment.crop": 64,
+              "model.variant": "tiny-test", "optim.warmup_steps": 2, "optim.lr": 0.01, "val_every": 1000,
+              "save_every": 1000, "log_every": 2, "image_every": 1000, "threads": 2,
+              "loss.warmup_l1_steps": 2, "device": "cpu", **extra}
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def _config(root, run_dir, steps, **extra):
+    return load_train_config(str(REPO / "configs" / "distill" / "default.yaml"), _overrides(root, run_dir, steps,
+                                                                                            **extra))
+
+
+def test_loss_decreases_and_run_folder_is_complete(em_dataset, tmp_path):
+    run = tmp_path / "run"
+    summary = train(_config(em_dataset, run, 40, val_every=40, **{"data.augment.misalign_prob": 0.0}))
+    records = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    losses = [r["l1"] for r in records if "l1" in r]
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+    # validation pairs come from train.txt, the teacher is em: the student beats its starting point (the average)
+    assert summary["val"]["l1"] < 0.12
+    for path in ("config.yaml", "best/config.json", "best/model.safetensors", "last/trainer_state.json",
+                 "last/optimizer.safetensors", "last/ema.safetensors", "summary.json"):
+        assert (run / path).is_file(), path
+    assert any((run / "tb").iterdir())
+    from distill.models import load_student
+    assert load_student(run / "best").config.variant == "tiny-test"
+
+
+def test_resume_continues_where_an_uninterrupted_run_would_be(em_dataset, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    import distill.train as train_module
+    straight = tmp_path / "straight"
+    train(_config(em_dataset, straight, 10, save_every=5))
+
+    # the same run, killed while computing step 7 (after the step-5 checkpoint), then started again
+    real_loader, served = train_module.epoch_loader, []
+
+    def interrupted_loader(*args):
+        for batch in real_loader(*args):
+            if len(served) == 6:
+                raise KeyboardInterrupt
+            served.append(1)
+            yield batch
+    resumed = tmp_path / "resumed"
+    monkeypatch.setattr(train_module, "epoch_loader", interrupted_loader)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(em_dataset, resumed, 10, save_every=5))
+    assert json.loads((resumed / "last" / "trainer_state.json").read_text())["step"] == 5   # mid-epoch
+    monkeypatch.setattr(train_module, "epoch_loader", real_loader)
+    summary = train(_config(em_dataset, resumed, 10, save_every=5))
+    assert summary["step"] == 10
+    for name in ("model.safetensors", "ema.safetensors"):
+        a = load_file(str(straight / "last" / name))
+        b = load_file(str(resumed / "last" / name))
+        for key in a:
+            assert torch.allclose(a[key], b[key], atol=1e-5), (name, key)
+
+
+def test_cli_trains_and_refuses_the_test_split(em_dataset, tmp_path, capsys):
+    from runtime.cli import main
+    run = tmp_path / "cli_run"
+    code = main(["distill", "train", "--config", str(REPO / "configs" / "distill" / "default.yaml"),
+                 *_overrides(em_dataset, run, 4)])
+    assert code == 0
+    assert "best weights:" in capsys.readouterr().out
+    assert (run / "config.yaml").read_text().count("variant: tiny-test") == 1
+    shutil.copy(em_dataset / "train.txt", em_dataset / "test.txt")
+    try:
+        code = main(["distill", "train", "--config", str(REPO / "configs" / "distill" / "default.yaml"),
+                     *_overrides(em_dataset, tmp_path / "bad", 4, **{"data.names": "test.txt"})])
+    finally:
+        (em_dataset / "test.txt").unlink()
+    assert code == 2
+    assert "test.txt is for evaluation only" in capsys.readouterr().err
+
+
+def test_unknown_config_key_is_reported(tmp_path):
+    from runtime.errors import FusionError
+    with pytest.raises(FusionError, match="unknown config key"):
+        load_train_config(None, ["optim.lrr=1"])
+
+
+def test_ddp_two_cpu_processes_gloo(em_dataset, tmp_path):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "distill.train", "--config", str(REPO / "configs" / "distill" / "default.yaml"),
+           *_overrides(em_dataset, run, 4, threads=1, **{"data.val_fraction": 0.0})]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 process(es)" in result.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["step"] == 4
+    assert summary["ranks_in_sync"] is True
+    assert (run / "best" / "model.safetensors").is_file()
