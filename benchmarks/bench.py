@@ -451,6 +451,9 @@ def peer_candidates(cfg: BenchConfig, work: Path, notes: list) -> list:
 
 
 def run_benchmark(cfg: BenchConfig) -> BenchResult:
+    from runtime.errors import require
+    for module in ("torch", "thop", "onnx", "onnxruntime", "matplotlib"):  # one clear message, not a traceback
+        require(module, "fusion bench")
     from benchmarks.latency import count_gmacs, count_params, real_feeds, set_torch_threads, time_interleaved
     from benchmarks.peers import create_peer
     from runtime.config import config_to_dict

@@ -78,7 +78,10 @@ def _init_distributed(device: str):
     """Join the torchrun / accelerate process group when launched by one (for the final barrier); else None."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "MASTER_ADDR" not in os.environ:
         return None
+    import torch
     import torch.distributed as dist
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))  # one GPU per rank, or NCCL collectives hang
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     return dist

@@ -229,3 +229,19 @@ def test_a_fresh_machine_without_the_dataset_still_gets_a_table(monkeypatch, tmp
     notes = " ".join(result.notes)
     assert "no dataset found" in notes and "onnxruntime int8 row absent" in notes and "teacher rows absent" in notes
     assert "| seafusion (random weights) |" in markdown_table(result)
+
+
+def test_a_missing_extra_is_one_sentence(monkeypatch):
+    import builtins
+    from benchmarks.bench import BenchConfig, run_benchmark
+    from runtime.errors import MissingExtraError
+    real_import = builtins.__import__
+
+    def no_thop(name, *args, **kwargs):
+        if name == "thop":
+            raise ImportError("No module named 'thop'")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_thop)
+    monkeypatch.delitem(__import__("sys").modules, "thop", raising=False)
+    with pytest.raises(MissingExtraError, match=r"fusion bench needs 'thop'.*irvis-fusion\[train\]"):
+        run_benchmark(BenchConfig())

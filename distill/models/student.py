@@ -171,6 +171,11 @@ class DualBranchFusionNet(nn.Module):
             raise ValueError(f"ir {tuple(ir.shape)} and vis {tuple(vis.shape)} differ in batch or size")
 
     def forward(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_features(ir, vis)[0]
+
+    def forward_with_features(self, ir: torch.Tensor, vis: torch.Tensor):
+        """(fused (N, C, H, W), [fused features at 1/2, 1/4, ... resolution]) - the features feed feature
+        distillation when a teacher exposes its own."""
         if not torch.jit.is_tracing():
             self._check_inputs(ir, vis)
         height, width = ir.shape[-2], ir.shape[-1]
@@ -187,4 +192,9 @@ class DualBranchFusionNet(nn.Module):
         c = self.config.out_channels
         gain_ir, gain_vis, offset = coefficients[:, :c], coefficients[:, c:2 * c], coefficients[:, 2 * c:]
         fused_image = gain_ir * ir_p + gain_vis * vis_p + offset
-        return fused_image[:, :, :height, :width].clamp(0.0, 1.0)
+        return fused_image[:, :, :height, :width].clamp(0.0, 1.0), fused
+
+    @property
+    def feature_channels(self) -> List[int]:
+        """Channels of the fused features returned by forward_with_features."""
+        return list(self.encoder_ir.channels)
