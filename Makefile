@@ -41,6 +41,33 @@ irgen-eval: setup
 	  --train-names $(IRGEN_DATA)/train.txt --pred tqd=$(IRGEN_OUT)/synth/tqd-test \
 	  --pred decomp=$(IRGEN_OUT)/synth/decomp-test --out $(IRGEN_OUT)/eval --grid 6
 
+# Student from synthetic pairs (docs/irgen.md): synth-ir for the 171 TRAIN RGB frames, em targets on synth-IR + real
+# VIS, the configs/irgen/student_cpu.yaml student trained on them and, with the same config, on the real pairs
+# (`targets`); both evaluated on the REAL 50 test pairs beside the em teacher. Every step resumes: rerun to finish.
+IRGEN_STUDENT_GENS ?= tqd
+IRGEN_RUNS ?= runs/irgen
+IRGEN_TEST_TEACHER ?= build/teacher/roadscene_test/em
+.PHONY: irgen-student
+irgen-student: setup targets
+	$(BIN)/fusion teacher fuse --teacher em --data $(IRGEN_DATA) --names $(IRGEN_DATA)/test.txt \
+	  --out $(IRGEN_TEST_TEACHER) --resume --threads 1 --device cpu
+	$(BIN)/fusion distill train --config configs/irgen/student_cpu.yaml run_dir=$(IRGEN_RUNS)/student-real
+	$(BIN)/fusion distill eval --weights $(IRGEN_RUNS)/student-real/best --data $(IRGEN_DATA) --names test.txt \
+	  --teacher-dir $(IRGEN_TEST_TEACHER) --threads 1 --no-profile --out $(IRGEN_RUNS)/eval/student-real
+	for g in $(IRGEN_STUDENT_GENS); do syn=$(IRGEN_OUT)/synth/$$g-train; \
+	  $(BIN)/fusion teacher synth-ir --generator $$g --weights $(IRGEN_OUT)/$$g --rgb $(IRGEN_DATA)/vi \
+	    --names $(IRGEN_DATA)/train.txt --out $$syn --resume || exit 1; \
+	  $(BIN)/fusion teacher fuse --teacher em --data $$syn --names $(IRGEN_DATA)/train.txt \
+	    --out $$syn/TEACHER_FUSED --resume --threads 1 --device cpu || exit 1; \
+	  $(BIN)/fusion distill train --config configs/irgen/student_cpu.yaml data.root=$$syn \
+	    data.teacher_dir=$$syn/TEACHER_FUSED run_dir=$(IRGEN_RUNS)/student-synth-$$g || exit 1; \
+	  $(BIN)/fusion distill eval --weights $(IRGEN_RUNS)/student-synth-$$g/best --data $(IRGEN_DATA) --names test.txt \
+	    --teacher-dir $(IRGEN_TEST_TEACHER) --threads 1 --no-profile --out $(IRGEN_RUNS)/eval/student-synth-$$g \
+	    || exit 1; done
+	$(BIN)/python -m teacher.irgen.compare_students --run real=$(IRGEN_RUNS)/eval/student-real \
+	  $(foreach g,$(IRGEN_STUDENT_GENS),--run synth-$(g)=$(IRGEN_RUNS)/eval/student-synth-$(g)) \
+	  --out $(IRGEN_RUNS)/eval/students.md
+
 # Export (docs/export.md): INT8 QDQ model of the default student beside its model.onnx, calibrated on the training
 # split, with the INT8-vs-fp32 report on test.txt in runtime/models/default/model.int8.onnx.json.
 .PHONY: export-int8

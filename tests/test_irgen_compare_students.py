@@ -1,0 +1,51 @@
+"""teacher.irgen.compare_students: the real-vs-synthetic student table built from `fusion distill eval` summaries."""
+import json
+
+import pytest
+
+from runtime.errors import FusionError
+from teacher.irgen import compare_students
+
+TEACHER = {"EN": 7.4, "SD": 49.9, "SF": 9.36, "AG": 3.7, "MI": 4.18, "SCD": 0.94, "VIF": 0.65, "Qabf": 0.49,
+           "SSIM": 0.95, "PSNR": 13.5, "CC": 0.46, "MSE": 3750.0}
+
+
+def _summary(folder, student, teacher=TEACHER, count=50):
+    folder.mkdir(parents=True)
+    rows = {"student (nano)": student, "teacher (em)": teacher, "mean": {k: 1.0 for k in TEACHER}}
+    (folder / "metrics.json").write_text(json.dumps({"weights": str(folder), "count": count, "rows": rows}))
+    return folder
+
+
+def test_rows_side_by_side_with_one_teacher_row(tmp_path, capsys):
+    real = _summary(tmp_path / "real", {**TEACHER, "EN": 7.1, "Qabf": 0.45})
+    synth = _summary(tmp_path / "synth", {**TEACHER, "EN": 6.9, "Qabf": 0.41})
+    out = tmp_path / "students.md"
+    assert compare_students.main(["--run", f"real={real}", "--run", f"synth-tqd={synth}", "--out", str(out)]) == 0
+    table = out.read_text()
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert [line.split("|")[1].strip() for line in lines[1:]] == ["student (real)", "student (synth-tqd)",
+                                                                  "teacher (em)"]
+    header = [c.strip() for c in lines[0].split("|")[2:-1]]
+    assert header == list(compare_students.COLUMNS)          # PSNR/CC/MSE left out, baseline rows left out
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert saved["rows"]["student (synth-tqd)"]["Qabf"] == pytest.approx(0.41)
+    assert saved["count"] == 50 and saved["runs"]["real"]["folder"] == str(real)
+    assert capsys.readouterr().out == table
+
+
+def test_refuses_different_splits_and_teachers(tmp_path):
+    real = _summary(tmp_path / "real", TEACHER)
+    other_split = _summary(tmp_path / "split", TEACHER, count=49)
+    with pytest.raises(FusionError, match="same split"):
+        compare_students.compare([("real", real), ("synth", other_split)])
+    other_teacher = _summary(tmp_path / "teacher", TEACHER, teacher={**TEACHER, "VIF": 0.5})
+    with pytest.raises(FusionError, match="different teacher"):
+        compare_students.compare([("real", real), ("synth", other_teacher)])
+
+
+def test_missing_or_malformed_runs_are_one_line_errors(tmp_path, capsys):
+    assert compare_students.main(["--run", f"real={tmp_path / 'nowhere'}"]) == 2
+    assert "run `fusion distill eval" in capsys.readouterr().err
+    assert compare_students.main(["--run", str(tmp_path)]) == 2
+    assert "LABEL=DIR" in capsys.readouterr().err
