@@ -32,7 +32,7 @@ TEACHER_FOLDER_NAMES = ("TEACHER_FUSED",)
 
 
 # ----------------------------------------------------------------------------------------------------------- reading
-def _looks_truncated(path: Path) -> bool:
+def looks_truncated(path: Path) -> bool:
     """True when a JPEG lacks its end-of-image marker or a PNG its IEND chunk (OpenCV decodes such files partially
     and only prints a warning, which would let a grey-padded image into a dataset)."""
     suffix = path.suffix.lower()
@@ -56,7 +56,7 @@ def read_raw(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FusionError(f"image not found: {path}")
-    if _looks_truncated(path):
+    if looks_truncated(path):
         raise FusionError(f"image is truncated or corrupt: {path} (re-export or remove it)")
     data = np.fromfile(str(path), dtype=np.uint8)
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
