@@ -249,8 +249,18 @@ def compare_models(reference_path, candidate_path, inputs, reference_outputs=Non
     return result
 
 
+def to_metric_gray(img: np.ndarray) -> np.ndarray:
+    """(H, W) float in [0, 1] -> the 8-bit gray levels (float32 0..255, integer-valued) that the evaluation of saved
+    images sees (`distill.metrics.read_gray_for_metrics`). MI and EN histogram exact pixel values, so float inputs
+    (a resized IR frame, an unrounded VIS luminance) would give every pixel its own bin and inflate MI."""
+    return np.round(np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0) * np.float32(255.0))
+
+
 def metric_deltas(inputs, reference_outputs, candidate_outputs) -> dict:
-    """Mean fusion metrics (distill/metrics.py) of the reference and candidate outputs and their differences."""
+    """Mean fusion metrics (distill/metrics.py) of the reference and candidate outputs and their differences.
+
+    Sources and outputs are quantised to 8 bits first (`to_metric_gray`), as they are when fused images are saved
+    and evaluated with `fusion eval`, so these numbers compare with the published tables and with `fusion eval`."""
     try:
         from distill.metrics import METRIC_NAMES, fusion_metrics
     except ImportError as exc:
@@ -258,12 +268,11 @@ def metric_deltas(inputs, reference_outputs, candidate_outputs) -> dict:
     sums_ref: dict[str, float] = {}
     sums_new: dict[str, float] = {}
     for item, ref, new in zip(inputs, reference_outputs, candidate_outputs):
-        ir = item.ir[0, 0].astype(np.float64) * 255.0
-        vis = item.vis[0].mean(axis=0) if item.vis.shape[1] == 1 else _luma(item.vis[0])
-        vis = vis.astype(np.float64) * 255.0
+        ir = to_metric_gray(item.ir[0, 0])
+        vis = to_metric_gray(item.vis[0, 0] if item.vis.shape[1] == 1 else _luma(item.vis[0]))
         for sums, out in ((sums_ref, ref), (sums_new, new)):
-            fused = out[0].mean(axis=0) if out.shape[1] == 1 else _luma(out[0])
-            values = fusion_metrics(ir, vis, np.round(np.clip(fused, 0, 1) * 255.0))
+            fused = to_metric_gray(out[0, 0] if out.shape[1] == 1 else _luma(out[0]))
+            values = fusion_metrics(ir, vis, fused)
             for key, value in values.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
     count = max(len(inputs), 1)

@@ -131,3 +131,31 @@ def test_runtime_loads_what_export_writes(tmp_path, fp32_model, calib_inputs):
         outputs[path.name] = backend(item.ir, item.vis)
     assert outputs["model.onnx"].shape == outputs["m.int8.onnx"].shape == (1, 1, *SIZE)
     assert np.abs(outputs["model.onnx"] - outputs["m.int8.onnx"]).mean() < 0.02
+
+
+def test_metric_deltas_score_8bit_images_as_fusion_eval_does(tmp_path, roadscene):
+    """The report's metrics equal `fusion eval` of the saved 8-bit outputs against the dataset's own files (MI and
+    EN histogram exact values: scoring float sources would inflate MI)."""
+    from distill.metrics import evaluate_folder, fusion_metrics
+    from export.quantize import metric_deltas
+    from runtime.imageio import write_image
+    inputs = load_inputs(roadscene, roadscene / "test.txt", 2, None)  # native sizes, as with --dynamic
+    reference = [np.clip(0.5 * i.ir + 0.5 * i.vis + 0.003, 0, 1).astype(np.float32) for i in inputs]
+    ripple = [0.01 * np.sin(np.arange(r.size, dtype=np.float32)).reshape(r.shape) for r in reference]
+    candidate = [np.clip(r + w, 0, 1) for r, w in zip(reference, ripple)]
+    report = metric_deltas(inputs, reference, candidate)
+    assert report["pairs"] == 2 and set(report["fp32"]) == set(report["int8"]) == set(report["delta"])
+    for label, outputs in (("fp32", reference), ("int8", candidate)):
+        folder = tmp_path / label
+        for item, out in zip(inputs, outputs):
+            write_image(folder / f"{item.name}.png", out[0, 0])
+        scored = evaluate_folder(roadscene / "ir", roadscene / "vi", folder, names=[i.name for i in inputs])
+        for metric, value in scored["mean"].items():
+            assert report[label][metric] == pytest.approx(value, rel=1e-6, abs=1e-9), (label, metric)
+    assert report["delta"]["MI"] == pytest.approx(report["int8"]["MI"] - report["fp32"]["MI"])
+    # the unquantised sources are scored differently (the bug this guards against)
+    item, out = inputs[0], reference[0]
+    float_mi = fusion_metrics(item.ir[0, 0] * 255.0, item.vis[0, 0] * 255.0,
+                              np.round(out[0, 0] * 255.0))["MI"]
+    scored_mi = evaluate_folder(roadscene / "ir", roadscene / "vi", tmp_path / "fp32", names=[item.name])["mean"]["MI"]
+    assert float_mi > scored_mi + 0.1
