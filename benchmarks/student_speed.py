@@ -40,6 +40,19 @@ def _resolve_student(weights: str | None, variant: str | None):
                 f"the default student could not be loaded ({exc}); timing a random-weight nano instead")
 
 
+def student_gmacs(model, imgsz: tuple[int, int], vis_channels: int = 1) -> tuple[float, float]:
+    """(GMACs, thop-only GMACs) of one forward pass at imgsz. thop counts convs and linear layers but not the
+    cross-attention matrix products of a registered student, so those are added the way `fusion distill eval`
+    does (distill.evaluate.count_macs); any other module is counted by thop alone."""
+    from benchmarks.latency import count_gmacs
+    if getattr(getattr(model, "config", None), "stages", None) is not None:
+        from distill.evaluate import count_macs
+        macs = count_macs(model, *imgsz)
+        return macs["gmacs"], macs["thop_gmacs"]
+    gmacs = count_gmacs(model, imgsz, vis_channels)
+    return gmacs, gmacs
+
+
 def _load():
     try:
         return round(os.getloadavg()[0], 2)
@@ -90,11 +103,12 @@ def measure_student_speed(model=None, weights: str | None = None, variant: str |
         runners = {"student": ort_runner(sessions["student"], feeds), peer: ort_runner(sessions[peer], peer_feeds)}
         stats = time_interleaved(runners, runs={"student": runs, peer: peer_runs}, warmup=warmup)
     student_ms, peer_ms = stats["student"].p50_ms, stats[peer].p50_ms
+    gmacs, thop_gmacs = student_gmacs(model, imgsz, vis_channels)
     report = {
         "imgsz": list(imgsz), "threads": threads, "input": source, "note": note,
         "load_avg": [load_start, _load()],
         "student": {"label": label, "onnx": str(onnx_path) if onnx_path else "exported (opset 17)",
-                    "params": count_params(model), "gmacs": count_gmacs(model, imgsz, vis_channels),
+                    "params": count_params(model), "gmacs": gmacs, "thop_gmacs": thop_gmacs,
                     **stats["student"].to_dict()},
         "peer": {"name": peer, "paper": PEER_PAPERS[peer], "params": count_params(peer_model),
                  "gmacs": count_gmacs(peer_model, imgsz, 1), **stats[peer].to_dict()},
@@ -127,6 +141,9 @@ def format_report(report: dict) -> str:
         f"{fmt_ms(p['p50_ms'])} | {fmt_ms(p['p90_ms'])} | {p['runs']} | 1.0x |",
         "",
     ]
+    if s.get("thop_gmacs") is not None and s["thop_gmacs"] != s["gmacs"]:
+        lines += [f"student GMACs: {s['thop_gmacs']:.3f} convs/linear (thop) + "
+                  f"{s['gmacs'] - s['thop_gmacs']:.3f} cross-attention matmuls", ""]
     lines += [f"- [{'x' if ok else ' '}] {goal}" for goal, ok in report["goals"].items()]
     if report.get("note"):
         lines += ["", f"note: {report['note']}"]

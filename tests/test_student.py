@@ -169,3 +169,40 @@ def test_default_model_loads_when_shipped(roadscene, test_names):
     assert out.shape[-2:] == ir.shape
     # a trained model is not the plain average it starts as
     assert float((out - (ir_t + vis_t) / 2).abs().mean()) > 1e-3
+
+
+def test_shipped_onnx_matches_the_shipped_weights(roadscene, test_names):
+    """runtime/models/default/model.onnx is what the runtime runs: it must be the export of the shipped safetensors
+    (not a stale one), and dynamic in H and W (a real pair at its native size and an odd crop)."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx_path = default_model_dir() / "model.onnx"
+    if not (onnx_path.is_file() and (default_model_dir() / "model.safetensors").is_file()):
+        pytest.skip("no default model shipped here (make weights)")
+    from runtime.color import split_luminance
+    from runtime.imageio import discover_pairs, read_pair
+    model = load_student("default")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    ir, vis = read_pair(discover_pairs(roadscene, names=test_names[:1])[0])
+    vis_y = np.ascontiguousarray(split_luminance(vis)[0])
+    for crop in (np.s_[:, :], np.s_[11:48, 5:58]):
+        ir_t = torch.from_numpy(np.ascontiguousarray(ir[crop]))[None, None]
+        vis_t = torch.from_numpy(np.ascontiguousarray(vis_y[crop]))[None, None]
+        with torch.no_grad():
+            expected = model(ir_t, vis_t).numpy()
+        got = session.run(["fused"], {"ir": ir_t.numpy(), "vis": vis_t.numpy()})[0]
+        assert got.shape == expected.shape == (1, 1, *ir[crop].shape)
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_speed_script_counts_the_attention_matmuls():
+    # thop sees only convs/linear layers; the speed budget must include the cross-attention products too
+    pytest.importorskip("thop")
+    from benchmarks.student_speed import student_gmacs
+    from distill.evaluate import attention_macs
+    model = create_student("tiny-test")
+    gmacs, thop_gmacs = student_gmacs(model, (64, 96))
+    extra = attention_macs(model, 64, 96)
+    assert extra > 0
+    assert gmacs == pytest.approx(thop_gmacs + extra / 1e9, rel=1e-9)
