@@ -36,9 +36,20 @@ def run_train(args) -> int:
     require("torch", "`fusion distill train`")
     cfg = load_train_config(args.config, args.overrides)
     summary = train(cfg)
-    print(f"best weights: {summary['run_dir']}/best  (step {summary['step']}, best validation score "
-          f"{summary['best_score']:.4f})")
+    print(f"best weights: {summary['run_dir']}/best  ({_best_step(summary)}best validation score "
+          f"{summary['best_score']:.4f}; the run is at step {summary['step']})")
     return 0
+
+
+def _best_step(summary: dict) -> str:
+    """'step N, ' for the step the best checkpoint was saved at (its config.json metadata), else ''."""
+    import json
+    from pathlib import Path
+    try:
+        meta = json.loads((Path(summary["run_dir"]) / "best" / "config.json").read_text()).get("metadata", {})
+        return f"saved at step {int(meta['step'])}, "
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def configure_eval(parser: argparse.ArgumentParser) -> None:

@@ -75,6 +75,12 @@ def test_resume_continues_where_an_uninterrupted_run_would_be(em_dataset, tmp_pa
     import distill.train as train_module
     straight = tmp_path / "straight"
     train(_config(em_dataset, straight, 10, save_every=5))
+    # rerunning a finished run (what a second `make weights` does) trains nothing and touches nothing
+    log_before = (straight / "train_log.jsonl").read_text()
+    stamp = (straight / "last" / "model.safetensors").stat().st_mtime_ns
+    assert train(_config(em_dataset, straight, 10, save_every=5))["step"] == 10
+    assert (straight / "train_log.jsonl").read_text() == log_before
+    assert (straight / "last" / "model.safetensors").stat().st_mtime_ns == stamp
 
     # the same run, killed while computing step 7 (after the step-5 checkpoint), then started again
     real_loader, served = train_module.epoch_loader, []
