@@ -41,32 +41,40 @@ irgen-eval: setup
 	  --train-names $(IRGEN_DATA)/train.txt --pred tqd=$(IRGEN_OUT)/synth/tqd-test \
 	  --pred decomp=$(IRGEN_OUT)/synth/decomp-test --out $(IRGEN_OUT)/eval --grid 6
 
-# Student from synthetic pairs (docs/irgen.md): synth-ir for the 171 TRAIN RGB frames, em targets on synth-IR + real
-# VIS, the configs/irgen/student_cpu.yaml student trained on them and, with the same config, on the real pairs
-# (`targets`); both evaluated on the REAL 50 test pairs beside the em teacher. Every step resumes: rerun to finish.
-IRGEN_STUDENT_GENS ?= tqd
+# Student from synthetic pairs (docs/irgen.md): for each of IRGEN_STUDENT_GENS, IR for the 171 TRAIN RGB frames (a
+# trained generator through synth-ir, or a `*-luminance` baseline as the control), em targets on that IR + the real
+# VIS, and the configs/irgen/student_cpu.yaml student trained on them; the same student on the real pairs (`targets`);
+# all evaluated on the REAL 50 test pairs beside the em teacher, once per seed of IRGEN_STUDENT_SEEDS (seed 0 in
+# runs/irgen/student-<data>, seed S in runs/irgen/student-<data>-seedS). Every step resumes: rerun to finish.
+IRGEN_STUDENT_GENS ?= tqd decomp inverted-luminance
+IRGEN_STUDENT_SEEDS ?= 0 1
 IRGEN_RUNS ?= runs/irgen
 IRGEN_TEST_TEACHER ?= build/teacher/roadscene_test/em
+irgen_suffix = $(if $(filter 0,$(1)),,-seed$(1))
 .PHONY: irgen-student
 irgen-student: setup targets
 	$(BIN)/fusion teacher fuse --teacher em --data $(IRGEN_DATA) --names $(IRGEN_DATA)/test.txt \
 	  --out $(IRGEN_TEST_TEACHER) --resume --threads 1 --device cpu
-	$(BIN)/fusion distill train --config configs/irgen/student_cpu.yaml run_dir=$(IRGEN_RUNS)/student-real
-	$(BIN)/fusion distill eval --weights $(IRGEN_RUNS)/student-real/best --data $(IRGEN_DATA) --names test.txt \
-	  --teacher-dir $(IRGEN_TEST_TEACHER) --threads 1 --no-profile --out $(IRGEN_RUNS)/eval/student-real
 	for g in $(IRGEN_STUDENT_GENS); do syn=$(IRGEN_OUT)/synth/$$g-train; \
-	  $(BIN)/fusion teacher synth-ir --generator $$g --weights $(IRGEN_OUT)/$$g --rgb $(IRGEN_DATA)/vi \
-	    --names $(IRGEN_DATA)/train.txt --out $$syn --resume || exit 1; \
+	  case $$g in *-luminance) $(BIN)/python -m teacher.irgen.baseline_dataset --kind $$g --rgb $(IRGEN_DATA)/vi \
+	      --names $(IRGEN_DATA)/train.txt --out $$syn --resume || exit 1;; \
+	    *) $(BIN)/fusion teacher synth-ir --generator $$g --weights $(IRGEN_OUT)/$$g --rgb $(IRGEN_DATA)/vi \
+	      --names $(IRGEN_DATA)/train.txt --out $$syn --resume || exit 1;; esac; \
 	  $(BIN)/fusion teacher fuse --teacher em --data $$syn --names $(IRGEN_DATA)/train.txt \
-	    --out $$syn/TEACHER_FUSED --resume --threads 1 --device cpu || exit 1; \
-	  $(BIN)/fusion distill train --config configs/irgen/student_cpu.yaml data.root=$$syn \
-	    data.teacher_dir=$$syn/TEACHER_FUSED run_dir=$(IRGEN_RUNS)/student-synth-$$g || exit 1; \
-	  $(BIN)/fusion distill eval --weights $(IRGEN_RUNS)/student-synth-$$g/best --data $(IRGEN_DATA) --names test.txt \
-	    --teacher-dir $(IRGEN_TEST_TEACHER) --threads 1 --no-profile --out $(IRGEN_RUNS)/eval/student-synth-$$g \
-	    || exit 1; done
-	$(BIN)/python -m teacher.irgen.compare_students --run real=$(IRGEN_RUNS)/eval/student-real \
-	  $(foreach g,$(IRGEN_STUDENT_GENS),--run synth-$(g)=$(IRGEN_RUNS)/eval/student-synth-$(g)) \
-	  --out $(IRGEN_RUNS)/eval/students.md
+	    --out $$syn/TEACHER_FUSED --resume --threads 1 --device cpu || exit 1; done
+	for s in $(IRGEN_STUDENT_SEEDS); do suf=; [ $$s = 0 ] || suf=-seed$$s; \
+	  for data in real $(addprefix synth-,$(IRGEN_STUDENT_GENS)); do run=student-$$data$$suf; \
+	    case $$data in real) paths=;; *) syn=$(IRGEN_OUT)/synth/$${data#synth-}-train; \
+	      paths="data.root=$$syn data.teacher_dir=$$syn/TEACHER_FUSED";; esac; \
+	    $(BIN)/fusion distill train --config configs/irgen/student_cpu.yaml seed=$$s $$paths \
+	      run_dir=$(IRGEN_RUNS)/$$run || exit 1; \
+	    [ $(IRGEN_RUNS)/eval/$$run/metrics.json -nt $(IRGEN_RUNS)/$$run/best/model.safetensors ] || \
+	    $(BIN)/fusion distill eval --weights $(IRGEN_RUNS)/$$run/best --data $(IRGEN_DATA) --names test.txt \
+	      --teacher-dir $(IRGEN_TEST_TEACHER) --threads 1 --no-profile --out $(IRGEN_RUNS)/eval/$$run || exit 1; \
+	  done; done
+	$(BIN)/python -m teacher.irgen.compare_students --out $(IRGEN_RUNS)/eval/students.md \
+	  $(foreach s,$(IRGEN_STUDENT_SEEDS),$(foreach d,real $(addprefix synth-,$(IRGEN_STUDENT_GENS)),\
+	    --run $(d)$(call irgen_suffix,$(s))=$(IRGEN_RUNS)/eval/student-$(d)$(call irgen_suffix,$(s))))
 
 # Export (docs/export.md): INT8 QDQ model of the default student beside its model.onnx, calibrated on the training
 # split, with the INT8-vs-fp32 report on test.txt in runtime/models/default/model.int8.onnx.json.

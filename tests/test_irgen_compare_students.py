@@ -49,3 +49,38 @@ def test_missing_or_malformed_runs_are_one_line_errors(tmp_path, capsys):
     assert "run `fusion distill eval" in capsys.readouterr().err
     assert compare_students.main(["--run", str(tmp_path)]) == 2
     assert "LABEL=DIR" in capsys.readouterr().err
+
+
+# --- teacher.irgen.baseline_dataset: the luminance "IR" control folder ------------------------------------------
+
+def test_baseline_dataset_is_a_usable_pair_folder(tmp_path, roadscene, train_names):
+    import numpy as np
+
+    from runtime.color import luminance
+    from runtime.imageio import discover_pairs, read_ir, read_vis
+    from teacher.irgen import baseline_dataset
+
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(train_names[:3]) + "\n")
+    out = tmp_path / "inv"
+    argv = ["--kind", "inverted-luminance", "--rgb", str(roadscene / "vi"), "--names", str(names), "--out", str(out)]
+    assert baseline_dataset.main(argv) == 0
+    pairs = discover_pairs(out)                               # the layout the teachers and the student read
+    assert sorted(p.name for p in pairs) == sorted(train_names[:3])
+    vis = read_vis(roadscene / "vi" / f"{train_names[0]}.jpg")
+    ir = read_ir(out / "ir" / f"{train_names[0]}.png")
+    assert ir.shape == vis.shape[:2]
+    assert np.abs(ir - (1.0 - luminance(vis))).max() <= 1.0 / 255 + 1e-6   # 8-bit rounding only
+    assert baseline_dataset.main(argv) == 2                   # finished work is never overwritten silently...
+    assert baseline_dataset.main(argv + ["--resume"]) == 0    # ...and a resumed run keeps it
+    assert (out / "manifest.json").is_file()
+
+
+def test_baseline_dataset_kinds():
+    import numpy as np
+
+    from teacher.irgen.baseline_dataset import baseline_ir
+    rgb = np.random.default_rng(0).random((8, 8, 3), dtype=np.float32)
+    assert np.allclose(baseline_ir(rgb, "vis-luminance") + baseline_ir(rgb, "inverted-luminance"), 1.0)
+    with pytest.raises(FusionError, match="unknown baseline kind"):
+        baseline_ir(rgb, "thermal")
