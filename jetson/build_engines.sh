@@ -3,14 +3,17 @@
 # built them, so they are built on the device, never shipped).
 #
 #   jetson/build_engines.sh                          # fp16 engine of runtime/models/default/model.onnx -> model.engine
-#   jetson/build_engines.sh --precision all          # fp16 and int8 (int8 needs the calibration cache)
+#   jetson/build_engines.sh --precision all          # fp16 and int8 (int8: a calibration cache or a TensorRT QDQ ONNX)
 #   jetson/build_engines.sh --precision int8 --dla 0 # INT8 on DLA core 0, GPU fallback for unsupported layers
 #   jetson/build_engines.sh --via fusion             # the same through `fusion export --format engine`
 #   jetson/build_engines.sh --dry-run                # print the commands only
 #
 # The dynamic ONNX gets one optimisation profile: MIN..MAX with its optimum at --imgsz (the camera's size).
-# INT8 uses the calibration cache shipped beside the model (made from training pairs by `fusion export --format
-# engine --precision int8`); trtexec without a cache would use made-up ranges, so this script refuses.
+# INT8 comes from a calibration cache (implicit INT8 of model.onnx; `fusion export --format engine --precision int8
+# --data DIR` writes one from training pairs) or from a QDQ ONNX quantised for TensorRT (explicit INT8; `fusion export
+# --format onnx-int8 --qdq-target tensorrt`). The shipped model.int8.onnx is quantised for ONNX Runtime on the CPU
+# (asymmetric uint8, which TensorRT cannot build), so it is never used here. With neither, trtexec would quantise
+# with made-up ranges, so this script refuses.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,6 +24,8 @@ IMGSZ="480x640"
 MIN_IMGSZ="64x64"
 MAX_IMGSZ="1088x1920"
 CALIB=""
+INT8_ONNX=""
+DATA=""
 DLA=""
 VIA="trtexec"
 INSTALL="fp16"
@@ -40,6 +45,10 @@ options:
   --max-imgsz HxW      largest size the engine accepts (default 1088x1920)
   --calib FILE         INT8 calibration cache (default: model.int8.engine.calib, model.engine.calib or calib.cache
                        beside the ONNX, as written by fusion export --format engine --precision int8)
+  --int8-onnx FILE     INT8 from this QDQ ONNX quantised for TensorRT (symmetric) instead of a cache (default when
+                       no cache: model.int8.trt.onnx or model.int8.onnx beside the ONNX whose FILE.json record
+                       says "qdq_target": "tensorrt")
+  --data DIR           pairs (ir/, vi/, train.txt) `fusion export` calibrates INT8 on (--via fusion)
   --dla CORE           build for this DLA core (Xavier / Orin), with GPU fallback
   --install P          which engine becomes model.engine, the one `fusion run` picks (default fp16; none: no link)
   --workspace MIB      builder workspace (default 1024)
@@ -57,6 +66,8 @@ while [ $# -gt 0 ]; do
         --min-imgsz) MIN_IMGSZ="$2"; shift ;;
         --max-imgsz) MAX_IMGSZ="$2"; shift ;;
         --calib) CALIB="$2"; shift ;;
+        --int8-onnx) INT8_ONNX="$2"; shift ;;
+        --data) DATA="$2"; shift ;;
         --dla) DLA="$2"; shift ;;
         --install) INSTALL="$2"; shift ;;
         --workspace) WORKSPACE_MIB="$2"; shift ;;
@@ -86,12 +97,23 @@ done
 MODEL_DIR="$(dirname "$ONNX")"
 if [ -d "$MODEL_DIR" ]; then MODEL_DIR="$(cd "$MODEL_DIR" && pwd)"; fi
 OUT_DIR="${OUT_DIR:-$MODEL_DIR}"
-# The cache `fusion export --format engine --precision int8` writes beside its engine (E.calib), else calib.cache.
-if [ -z "$CALIB" ]; then
-    CALIB="$MODEL_DIR/calib.cache"
-    for candidate in "$MODEL_DIR/model.int8.engine.calib" "$MODEL_DIR/model.engine.calib"; do
+# A QDQ ONNX TensorRT can build: its export record (FILE.json) says it was quantised for TensorRT (symmetric).
+is_trt_qdq() {
+    [ -f "$1" ] && [ -f "$1.json" ] && grep -Eq '"qdq_target": *"tensorrt"' "$1.json"
+}
+
+# INT8 source when none is given: the cache `fusion export --format engine --precision int8` writes beside its
+# engine (E.calib) or calib.cache, else a TensorRT QDQ ONNX beside the model; a dry run prints the calib.cache line.
+if [ -z "$CALIB" ] && [ -z "$INT8_ONNX" ]; then
+    for candidate in "$MODEL_DIR/model.int8.engine.calib" "$MODEL_DIR/model.engine.calib" "$MODEL_DIR/calib.cache"; do
         if [ -f "$candidate" ]; then CALIB="$candidate"; break; fi
     done
+    if [ -z "$CALIB" ]; then
+        for candidate in "$MODEL_DIR/model.int8.trt.onnx" "$MODEL_DIR/model.int8.onnx"; do
+            if is_trt_qdq "$candidate"; then INT8_ONNX="$candidate"; break; fi
+        done
+    fi
+    if [ -z "$CALIB" ] && [ -z "$INT8_ONNX" ]; then CALIB="$MODEL_DIR/calib.cache"; fi
 fi
 
 run() {
@@ -124,18 +146,24 @@ engine_name() {
 }
 
 trtexec_build() {
-    local precision="$1" engine="$2" exe
+    local precision="$1" engine="$2" exe source="$ONNX"
     exe="$(find_trtexec)"
     if [ -z "$exe" ]; then
         [ "$DRY_RUN" -eq 1 ] || die "trtexec not found (apt install tensorrt; it lives in /usr/src/tensorrt/bin)"
         exe="trtexec"
     fi
-    local cmd=("$exe" "--onnx=$ONNX" "--saveEngine=$engine"
+    if [ "$precision" = "int8" ] && [ -n "$INT8_ONNX" ]; then
+        [ -f "$INT8_ONNX" ] || [ "$DRY_RUN" -eq 1 ] || die "no INT8 ONNX at $INT8_ONNX"
+        source="$INT8_ONNX"
+    fi
+    local cmd=("$exe" "--onnx=$source" "--saveEngine=$engine"
                "--minShapes=$(shapes "$MIN_IMGSZ")" "--optShapes=$(shapes "$IMGSZ")" "--maxShapes=$(shapes "$MAX_IMGSZ")"
                "--memPoolSize=workspace:${WORKSPACE_MIB}M" "--skipInference" "--fp16")
-    if [ "$precision" = "int8" ]; then
+    if [ "$precision" = "int8" ] && [ -n "$INT8_ONNX" ]; then
+        cmd+=("--int8")     # explicit INT8: the scales are the Q/DQ nodes', no calibration
+    elif [ "$precision" = "int8" ]; then
         if [ ! -f "$CALIB" ] && [ "$DRY_RUN" -eq 0 ]; then
-            die "INT8 needs the calibration cache $CALIB; make it from training pairs with: fusion export --weights default --format engine --precision int8 --dynamic (or pass --calib FILE)"
+            die "INT8 needs a calibration cache or a QDQ ONNX quantised for TensorRT beside $ONNX and there is neither (the shipped model.int8.onnx is quantised for the CPU: asymmetric uint8, which TensorRT cannot build); make one from training pairs with \`fusion export --weights default --format engine --precision int8 --dynamic --data DIR\` (writes the cache) or \`fusion export --weights default --format onnx-int8 --qdq-target tensorrt --dynamic --data DIR --out $MODEL_DIR/model.int8.trt.onnx\`, or pass --calib FILE / --int8-onnx FILE"
         fi
         cmd+=("--int8" "--calib=$CALIB")
     fi
@@ -152,6 +180,9 @@ fusion_build() {
                --onnx "$ONNX" --out "$engine")
     if [ -n "$DLA" ]; then
         cmd+=(--dla "$DLA")
+    fi
+    if [ -n "$DATA" ]; then
+        cmd+=(--data "$DATA")
     fi
     run "${cmd[@]}"
 }

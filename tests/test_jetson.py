@@ -132,6 +132,10 @@ def test_build_engines_dla_and_fusion_export_equivalent(tmp_path):
     parser = argparse.ArgumentParser()
     configure(parser)
     parser.parse_args(via.stdout.splitlines()[0].split()[3:])
+    data = _engines("--onnx", str(onnx), "--via", "fusion", "--precision", "int8", "--data", "/data/pairs")
+    line = data.stdout.splitlines()[0]
+    assert line.endswith("--data /data/pairs")      # the pairs INT8 is calibrated on
+    parser.parse_args(line.split()[3:])
 
 
 @pytest.mark.parametrize("args,message", [
@@ -154,7 +158,57 @@ def test_int8_without_a_calibration_cache_is_refused(tmp_path):
     done = _run(["bash", str(JETSON / "build_engines.sh"), "--onnx", str(onnx), "--precision", "int8"],
                 TRTEXEC=str(fake))
     assert done.returncode == 2
-    assert "INT8 needs the calibration cache" in done.stderr and "should-not-run" not in done.stdout
+    assert "INT8 needs a calibration cache or a QDQ ONNX quantised for TensorRT" in done.stderr
+    assert "should-not-run" not in done.stdout
+
+
+def _int8_record(path: Path, target: str) -> Path:
+    """A QDQ ONNX (bytes only: dry runs never read it) with the export record `fusion export --format onnx-int8`
+    writes beside it (FILE.json, settings.qdq_target)."""
+    import json
+    path.write_bytes(b"qdq onnx")
+    path.with_name(path.name + ".json").write_text(json.dumps({"format": "onnx-int8",
+                                                              "settings": {"qdq_target": target}}, indent=2))
+    return path
+
+
+def test_int8_from_a_tensorrt_qdq_onnx_needs_no_cache(tmp_path):
+    """A QDQ ONNX quantised for TensorRT beside the model is explicit INT8: built from that file, no --calib."""
+    onnx = tmp_path / "model.onnx"
+    qdq = _int8_record(tmp_path / "model.int8.trt.onnx", "tensorrt")
+    line = _engines("--onnx", str(onnx), "--precision", "int8").stdout.splitlines()[0]
+    assert f"--onnx={qdq} " in line and line.endswith("--fp16 --int8") and "--calib" not in line
+    explicit = tmp_path / "elsewhere.onnx"
+    line = _engines("--onnx", str(onnx), "--precision", "int8", "--int8-onnx", str(explicit)).stdout.splitlines()[0]
+    assert f"--onnx={explicit} " in line and "--calib" not in line
+
+
+def test_the_shipped_cpu_int8_onnx_is_never_given_to_tensorrt(tmp_path):
+    """The shipped model.int8.onnx is quantised for ONNX Runtime on the CPU (asymmetric uint8, which TensorRT
+    cannot build): without a cache the script refuses and says how to make an INT8 source TensorRT takes."""
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"not really onnx")
+    _int8_record(tmp_path / "model.int8.onnx", "cpu")
+    done = _run(["bash", str(JETSON / "build_engines.sh"), "--onnx", str(onnx), "--precision", "int8"],
+                TRTEXEC="/bin/true")
+    assert done.returncode == 2
+    assert "--qdq-target tensorrt" in done.stderr and "model.int8.onnx is quantised for the CPU" in done.stderr
+    dry = _engines("--onnx", str(onnx), "--precision", "int8").stdout
+    assert "model.int8.onnx" not in dry and f"--calib={tmp_path}/calib.cache" in dry
+    # a cache wins over any QDQ ONNX
+    (tmp_path / "model.int8.engine.calib").write_bytes(b"TRT-8601-EntropyCalibration2\n")
+    _int8_record(tmp_path / "model.int8.trt.onnx", "tensorrt")
+    line = _engines("--onnx", str(onnx), "--precision", "int8").stdout.splitlines()[0]
+    assert f"--onnx={onnx} " in line and line.endswith(f"--calib={tmp_path}/model.int8.engine.calib")
+
+
+def test_shipped_int8_onnx_record_says_what_it_was_quantised_for():
+    """The jetson kit decides from the export record beside model.int8.onnx; it must say its QDQ target."""
+    import json
+    record = REPO / "runtime" / "models" / "default" / "model.int8.onnx.json"
+    if not record.is_file():
+        pytest.skip("no INT8 ONNX shipped beside the default model")
+    assert json.loads(record.read_text())["settings"]["qdq_target"] in ("cpu", "tensorrt")
 
 
 def test_bench_builds_engines_with_the_same_trtexec_recipe():
