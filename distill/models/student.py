@@ -10,8 +10,8 @@ The last step is a local affine model of the sources (as in HDRNet's guided upsa
 every pixel, how much of each source's intensity and detail to keep and what offset to add, while the full-
 resolution detail itself comes straight from the sources. It lets the network run at 1/2 resolution and below, and
 the full-resolution work is a bilinear upsampling of three channels and a few multiply-adds: the speed budget (640x480
-in about 10 ms on two CPU cores) has no room for full-resolution convolutions, and the output cannot show
-checkerboard patterns from learned upsampling.
+in at most 30 ms on two CPU cores; the nano default measures about 22 ms in ONNX Runtime, docs/distill.md) has no room
+for full-resolution convolutions, and the output cannot show checkerboard patterns from learned upsampling.
 
 Any H, W: the input is padded (edge replication) to the network's multiple and the output cropped back; padding
 amounts are computed from the input shape, so ONNX exports keep dynamic H and W.
