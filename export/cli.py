@@ -159,7 +159,7 @@ def run_export(args: argparse.Namespace) -> int:
 def export_onnx_command(args: argparse.Namespace) -> int:
     _set_threads()
     from export.onnx_export import export_onnx, summarize_parity, weights_metadata
-    from export.pairs import load_inputs
+    from export.pairs import load_inputs, shown_path
     model, folder = _load(args.weights)
     out = Path(args.out) if args.out else _default_out(folder, "onnx", "fp32")
     channels = model.config.vis_channels
@@ -171,7 +171,7 @@ def export_onnx_command(args: argparse.Namespace) -> int:
                          metadata=weights_metadata(folder), check_pairs=pairs, simplify=args.simplify,
                          tolerance=args.tolerance, batch=args.batch)
     report["command"] = " ".join(["fusion", "export"] + sys.argv[2:]) if sys.argv[1:2] == ["export"] else None
-    report["weights"] = str(folder)
+    report["weights"] = shown_path(folder)
     _write_report(out, report)
     _echo(f"parity: {summarize_parity(report['parity'])}")
     print(out)

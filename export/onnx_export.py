@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from export.pairs import shown_path
 from runtime.errors import FusionError, require
 
 INPUT_NAMES = ("ir", "vis")
@@ -88,7 +89,7 @@ def weights_metadata(folder: str | os.PathLike) -> dict[str, str]:
         "architecture": str(data.get("architecture", "unknown")),
         "architecture_hash": _short_hash(data.get("config", {})),
         "training_config_hash": training_hash or "none",
-        "weights_source": str(folder),
+        "weights_source": shown_path(folder),
     }
     weights = folder / "model.safetensors"
     if weights.is_file():
@@ -297,7 +298,7 @@ def export_onnx(model, out_path: str | os.PathLike, imgsz: tuple[int, int] | Non
             make_readable(tmp)
             parity = check_parity(tmp, model, check_pairs, tolerance, dynamic_batch=dynamic)
     report = {
-        "path": str(out_path),
+        "path": shown_path(out_path),
         "format": "onnx",
         "settings": {"imgsz": None if dynamic else list(imgsz), "dynamic": dynamic, "batch": batch,
                      "opset": opset, "simplify": simplify, "tolerance": tolerance,

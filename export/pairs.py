@@ -18,6 +18,18 @@ from runtime.errors import FusionError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def shown_path(path: str | os.PathLike) -> str:
+    """A path as reports and model metadata record it: relative to the repository when inside it or beside it (like
+    ../shared/data), so files shipped in the repository do not carry the build machine's absolute paths."""
+    resolved = Path(path).resolve()
+    if resolved == REPO_ROOT or REPO_ROOT in resolved.parents:
+        return resolved.relative_to(REPO_ROOT).as_posix()
+    beside = REPO_ROOT.parent
+    if beside != Path(beside.anchor) and beside in resolved.parents:
+        return "../" + resolved.relative_to(beside).as_posix()
+    return str(resolved)
+
+
 def default_data_dir() -> Path:
     """The dataset used for checks when --data is not given: $FUSION_DATA, else ../shared/data/roadscene."""
     env = os.environ.get("FUSION_DATA")

@@ -313,7 +313,7 @@ def quantize_command(args) -> int:
     """`fusion export --format onnx-int8`: fp32 export (parity-checked), calibration, recipe choice, report."""
     from export.cli import _default_out, _echo, _load, _set_threads, _write_report
     from export.onnx_export import export_onnx, make_readable, summarize_parity, weights_metadata
-    from export.pairs import default_data_dir, load_inputs, split_file
+    from export.pairs import default_data_dir, load_inputs, shown_path, split_file
 
     _set_threads()
     model, folder = _load(args.weights)
@@ -384,11 +384,11 @@ def quantize_command(args) -> int:
             make_readable(tmp)
     goal_met = bool(test["psnr_db"] >= args.psnr_goal)
     report = {
-        "path": str(out), "format": "onnx-int8", "weights": str(folder),
-        "settings": {**fp32_report["settings"], "calib": str(calib_data), "calib_names": str(calib_names),
+        "path": shown_path(out), "format": "onnx-int8", "weights": shown_path(folder),
+        "settings": {**fp32_report["settings"], "calib": shown_path(calib_data), "calib_names": _shown(calib_names),
                      "calib_count": len(calib_inputs), "calib_imgsz": list(imgsz), "calib_method": args.calib_method,
                      "qdq_target": args.qdq_target, "int8_ops": args.int8_ops, "psnr_goal_db": args.psnr_goal,
-                     "test_names": str(test_names)},
+                     "test_names": _shown(test_names)},
         "metadata": fp32_report["metadata"],
         "fp32_parity": fp32_report["parity"],
         "recipes_tried": tried, "chosen": done["label"], "excluded_nodes": done["excluded_nodes"],
@@ -410,6 +410,12 @@ def quantize_command(args) -> int:
     return 0
 
 
+def _shown(names) -> str:
+    """A names argument (a split file or a list of stems) as the report records it."""
+    from export.pairs import shown_path
+    return shown_path(names) if isinstance(names, (str, os.PathLike)) else ",".join(names)
+
+
 def _check_disjoint(calib_names, test_names) -> None:
     """Refuse to calibrate on test pairs."""
     from runtime.imageio import read_names
@@ -419,3 +425,30 @@ def _check_disjoint(calib_names, test_names) -> None:
     if overlap:
         raise FusionError(f"{len(overlap)} calibration pair(s) are in the test split ({', '.join(overlap[:3])}); "
                           f"calibrate on training pairs only (--calib-names) so the INT8 report stays honest")
+
+
+def _speed_main(argv=None) -> int:
+    """`python -m export.quantize FP32.onnx INT8.onnx [--imgsz 480x640] [--threads 2] [--runs 50]`: re-time a pair of
+    models interleaved on one real test pair (e.g. under `flock` on a shared machine) and print the JSON."""
+    import argparse
+    import json
+
+    from export.pairs import default_data_dir, load_inputs, parse_imgsz, split_file
+    parser = argparse.ArgumentParser(prog="python -m export.quantize", description=_speed_main.__doc__)
+    parser.add_argument("fp32")
+    parser.add_argument("int8")
+    parser.add_argument("--imgsz", default="480x640", help="input HxW (one real test pair resized and cropped)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--data", default=None, help="dataset folder (default: $FUSION_DATA or ../shared/data/roadscene)")
+    args = parser.parse_args(argv)
+    data = Path(args.data) if args.data else default_data_dir()
+    item = load_inputs(data, split_file(data, "test"), 1, parse_imgsz(args.imgsz))[0]
+    result = cpu_speed(args.fp32, args.int8, item.feeds(), runs=args.runs, threads=args.threads, warmup=args.warmup)
+    print(json.dumps({"fp32": str(args.fp32), "int8": str(args.int8), "pair": item.name, **result}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_speed_main())

@@ -242,7 +242,7 @@ def engine_command(args) -> int:
     """`fusion export --format engine`."""
     from export.cli import _echo, _load, _set_threads, _write_report
     from export.onnx_export import export_onnx, summarize_parity, weights_metadata
-    from export.pairs import default_data_dir, load_inputs, parse_imgsz, split_file
+    from export.pairs import default_data_dir, load_inputs, parse_imgsz, shown_path, split_file
     from export.trtexec import dynamic_profile, format_command, script_text, trtexec_argv
     from runtime.backends.tensorrt_engine import current_environment
     from runtime.imageio import write_text
@@ -329,7 +329,7 @@ def engine_command(args) -> int:
     _echo(f"latency ({latency['input_shape']}, copies included): median {latency['median_ms']:.3f} ms, p90 "
           f"{latency['p90_ms']:.3f} ms over {latency['runs']} runs")
     report = {
-        "path": str(out), "format": "engine", "weights": str(folder),
+        "path": shown_path(out), "format": "engine", "weights": shown_path(folder),
         "settings": {"precision": precision, "imgsz": list(imgsz), "dynamic": args.dynamic, "batch": args.batch,
                      "workspace_mib": args.workspace, "dla_core": args.dla, "profile": profile,
                      "int8_mode": args.int8_mode if precision == "int8" else None, "source_onnx": str(source),

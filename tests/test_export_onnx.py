@@ -159,3 +159,10 @@ def test_rgb_student_exports_three_channel_vis(tmp_path, roadscene):
     assert meta["colour_convention"] == "RGB" and meta["vis_channels"] == "3"
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[1].shape == [1, 3, *SIZE] and session.get_outputs()[0].shape == [1, 3, *SIZE]
+
+
+def test_reports_record_repository_relative_paths(tmp_path):
+    from export.pairs import REPO_ROOT, shown_path
+    assert shown_path(REPO_ROOT / "runtime" / "models" / "default") == "runtime/models/default"
+    assert shown_path(REPO_ROOT.parent / "shared" / "data" / "roadscene") == "../shared/data/roadscene"
+    assert shown_path(tmp_path / "m.onnx") == str((tmp_path / "m.onnx").resolve())
