@@ -531,7 +531,10 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
             warm = {c.key: cfg.warmup for c in these} | {p.key: 1 for p in peers}
             _log(f"timing {len(runners)} rows at {label} ({source})")
             stats = time_interleaved(runners, runs=runs, warmup=warm)
-            params, gmacs = count_params(model), count_gmacs(model, hw, vis_channels)
+            # Registered students: thop's convs + linears plus the cross-attention matrix products thop cannot
+            # see (the count `fusion distill eval` and benchmarks.student_speed report); peers: thop alone.
+            from benchmarks.student_speed import student_gmacs
+            params, gmacs = count_params(model), student_gmacs(model, hw, vis_channels)[0]
             peer_cost = {name: (count_params(create_peer(name)), count_gmacs(create_peer(name), hw, 1))
                          for name in cfg.peers}
             reference = {p.device: stats[p.key].p50_ms for p in peers if p.model == "seafusion"}

@@ -136,6 +136,11 @@ def test_rows_cover_backends_and_the_peer_with_quality_where_due(small_run):
     assert ort_row["EN"] == pytest.approx(torch_row["EN"], abs=1e-3)
     assert "EN" not in rows[("densefuse", "onnxruntime-cpu", "fp32")]  # random-weight peer: latency only
     assert rows[("densefuse", "onnxruntime-cpu", "fp32")]["gmacs"] == pytest.approx(87_984 * 64 * 80 / 1e9)
+    # the student's GMACs include the cross-attention products thop cannot see (as `fusion distill eval` counts)
+    from distill.evaluate import count_macs
+    from distill.models import create_student
+    macs = count_macs(create_student("tiny-test"), 64, 80)
+    assert torch_row["gmacs"] == pytest.approx(macs["gmacs"]) and ort_row["gmacs"] == torch_row["gmacs"]
 
 
 def test_notes_explain_absent_rows(small_run):
