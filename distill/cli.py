@@ -20,7 +20,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                   description="Fuse a split with a student, write the images, print the metric "
                                               "table with the teacher and baselines, save a picture grid."))
     configure_profile(sub.add_parser("profile", help="params, GMACs and ONNX Runtime CPU latency of a student",
-                                     description="Params and GMACs (thop) and ONNX Runtime CPU latency at a size."))
+                                     description="Params, GMACs (thop convs/linear + cross-attention matmuls) and "
+                                                 "ONNX Runtime CPU latency at a size."))
 
 
 def configure_train(parser: argparse.ArgumentParser) -> None:

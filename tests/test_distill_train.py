@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import requires_gpu
 
 from distill.train import load_train_config, train
 
@@ -143,3 +144,14 @@ def test_ddp_two_cpu_processes_gloo(em_dataset, tmp_path):
     assert summary["world_size"] == 2 and summary["step"] == 4
     assert summary["ranks_in_sync"] is True
     assert (run / "best" / "model.safetensors").is_file()
+
+
+@requires_gpu
+def test_cuda_amp_training_steps(em_dataset, tmp_path):
+    """The GPU path: AMP (bf16 where supported, else fp16 with a grad scaler) trains, checkpoints and resumes."""
+    run = tmp_path / "cuda"
+    summary = train(_config(em_dataset, run, 6, device="cuda", save_every=3, **{"optim.amp": "true"}))
+    assert summary["step"] == 6 and summary["val"]["l1"] < 0.5
+    assert train(_config(em_dataset, run, 8, device="cuda", save_every=3, **{"optim.amp": "true"}))["step"] == 8
+    from distill.models import load_student
+    assert load_student(run / "best").config.variant == "tiny-test"
