@@ -152,6 +152,14 @@ def run_fuse(args) -> int:
     teacher = teacher_cls.from_args(args)
     _check_same_producer(out_dir, args.teacher, teacher.settings())
     out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / ("manifest.json" if shard is None else f"manifest.{shard.label}.json")
+    if not todo and manifest_path.exists():
+        # Everything is there: keep the manifest of the run that made it (its timings), do not rewrite it empty.
+        print(f"{args.teacher}: nothing to do, all {already} pair(s) already in {out_dir}", file=sys.stderr)
+        if dist is not None:
+            dist.barrier()
+            dist.destroy_process_group()
+        return 0
     record = dict(teacher=args.teacher, settings=teacher.settings(), model_hash=_model_hash(teacher),
                   data=str(args.data) if args.data else {"ir": str(args.ir), "vis": str(args.vis)},
                   names=str(args.names) if args.names else None, device=device, seed=args.seed,

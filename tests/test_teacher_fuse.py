@@ -80,6 +80,17 @@ def test_resume_redoes_nothing_finished_and_refuses_to_overwrite(small_dataset, 
     assert "another --out" in capsys.readouterr().err
 
 
+def test_resume_of_a_finished_folder_keeps_its_manifest(small_dataset, tmp_path, capsys):
+    data, _ = small_dataset
+    out = tmp_path / "out"
+    assert fuse("--teacher", "mean", "--data", data, "--out", out) == 0
+    before = (out / "manifest.json").read_bytes()
+    assert json.loads(before)["seconds_per_pair_median"] is not None
+    assert fuse("--teacher", "mean", "--data", data, "--out", out, "--resume") == 0
+    assert "nothing to do" in capsys.readouterr().err
+    assert (out / "manifest.json").read_bytes() == before  # the build's timings survive a no-op rerun
+
+
 def test_shards_by_hand_are_disjoint_and_complete(small_dataset, tmp_path):
     data, names = small_dataset
     seen = []
