@@ -788,7 +788,7 @@ class FusionPipeline:
                 self.stop()           # live pipelines still have frames in flight: drain them unwritten
                 continue
             t0 = time.perf_counter()
-            rgb = to_uint8(self._postprocess(packet))
+            rgb = unit_to_uint8(self._postprocess(packet))
             t1 = time.perf_counter()
             self.stats.add("postprocess", t1 - t0)
             if rgb.ndim == 2:
@@ -927,6 +927,18 @@ def split_ycrcb(vis_rgb: np.ndarray) -> np.ndarray:
     """RGB float32 (H, W, 3) in [0, 1] -> YCrCb float32 (H, W, 3): Y, Cr, Cb with chroma centred on 0.5
     (= runtime.color.split_luminance, channels in OpenCV's order)."""
     return cv2.cvtColor(np.asarray(vis_rgb, dtype=np.float32), cv2.COLOR_RGB2YCrCb)
+
+
+def unit_to_uint8(img: np.ndarray) -> np.ndarray:
+    """float in [0, 1] -> uint8 in one OpenCV pass: the same values as runtime.imageio.to_uint8 (x255, rounded half
+    to even, saturated), 0.05 ms instead of 0.3-3 ms at 640x480. Only for images already in [0, 1] (everything
+    `_postprocess` returns): OpenCV takes |x| first, so negatives would not clip to 0; anything else goes to
+    to_uint8."""
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype not in (np.float32, np.float64):
+        return to_uint8(img)
+    return cv2.convertScaleAbs(img, alpha=255.0)
 
 
 def merge_ycrcb(y: np.ndarray, ycrcb: np.ndarray) -> np.ndarray:

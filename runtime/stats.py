@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict, deque
+from itertools import islice
 from typing import Deque, Dict, Optional
 
 import numpy as np
@@ -79,8 +80,10 @@ class StatsRecorder:
         return (len(times) - 1) / max(times[-1] - times[0], 1e-9)
 
     def recent_ms(self, series: str, n: int = 30) -> float:
+        # The newest n only: copying the whole series (up to `window` samples) per frame for the overlay cost
+        # milliseconds a frame once a long run had filled it.
         with self._lock:
-            values = list(self._series.get(series, ()))[-n:]
+            values = list(islice(reversed(self._series.get(series, ())), n))
         return float(np.median(values) * 1000.0) if values else 0.0
 
     def snapshot(self) -> dict:

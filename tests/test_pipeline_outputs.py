@@ -411,3 +411,17 @@ def test_runtime_colour_path_matches_the_shared_colour_code(roadscene):
         rgb = merge_ycrcb(fused_y, ycrcb)
         assert rgb.dtype == np.float32 and rgb.min() >= 0.0 and rgb.max() <= 1.0
         assert np.abs(rgb - expected).max() < 5e-4
+
+
+def test_fast_uint8_conversion_is_to_uint8(roadscene):
+    """The output stage's one-pass OpenCV conversion gives to_uint8's values (round half to even, saturated) on
+    everything the pipeline hands it: [0, 1] floats, exact half levels and the ends included."""
+    from runtime.imageio import to_uint8
+    from runtime.pipeline import unit_to_uint8
+    rng = np.random.default_rng(1)
+    half_levels = (np.arange(256, dtype=np.float32) + 0.5) / 255.0
+    for img in (rng.random((37, 53, 3), dtype=np.float32), np.clip(half_levels, 0, 1).reshape(16, 16),
+                np.array([[0.0, 1.0, 1e-9, 1 - 1e-9]], dtype=np.float64), read_vis(roadscene / "vi" / "FLIR_00060.jpg")):
+        assert np.array_equal(unit_to_uint8(img), to_uint8(img))
+    raw = read_raw(roadscene / "vi" / "FLIR_00060.jpg")
+    assert unit_to_uint8(raw) is raw

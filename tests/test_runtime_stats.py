@@ -35,3 +35,14 @@ def test_report_throughput_and_share_outside_inference():
     assert report["inference_share"] == pytest.approx(0.70)
     text = format_report(report)
     assert "20.0 fps" in text and "inference 70%" in text
+
+
+def test_overlay_reads_only_the_newest_samples():
+    """recent_ms is the median of the newest n samples, however long the run (it must not copy the whole series)."""
+    from runtime.stats import StatsRecorder
+    stats = StatsRecorder(window=1000)
+    for i in range(1000):
+        stats.add("inference", 1.0 if i < 990 else 0.010)
+    assert stats.recent_ms("inference", n=10) == pytest.approx(10.0)
+    assert stats.recent_ms("inference", n=20) == pytest.approx(505.0)
+    assert stats.recent_ms("missing") == 0.0
