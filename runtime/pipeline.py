@@ -83,6 +83,7 @@ class RunConfig:
     reconnect_max_s: float = 5.0        # longest wait between reconnection attempts
     on_loss: str = "passthrough"        # while a camera is lost: passthrough (show the other) | pause
     resume: bool = False                # folder mode: skip pairs whose fused image already exists
+    names: Optional[str] = None         # folder mode: a split file (one name per line) choosing and ordering pairs
     verbose: bool = True
 
 
@@ -370,6 +371,11 @@ class FusionPipeline:
         self.sinks: List[Sink] = []
         self.registration = Registration.from_file(config.homography, crop=config.crop)
         self.folder_mode = ir_source is None and vis_source is None and _is_dir(config.ir) and _is_dir(config.vis)
+        if config.names and not self.folder_mode:
+            raise FusionError("--names picks pairs of image folders; it needs --ir and --vis to be folders")
+        if config.names and not Path(config.names).is_file():
+            raise FusionError(f"--names {config.names} is not a file; give a list of pair names, one per line "
+                              f"(like a dataset's test.txt)")
         self.model_size: Optional[tuple[int, int]] = None
         self.output_native = False
         self.workers: List[CaptureWorker] = []
@@ -683,7 +689,7 @@ class FusionPipeline:
 
     # -------------------------------------------------------------------------------------------------- stages
     def _folder_reader(self, out_queue: queue.Queue) -> None:
-        pairs = discover_pairs(ir_dir=self.config.ir, vis_dir=self.config.vis)
+        pairs = discover_pairs(ir_dir=self.config.ir, vis_dir=self.config.vis, names=self.config.names or None)
         total = len(pairs)
         if self.config.resume:
             from runtime.sinks import ImageFolderSink

@@ -4,6 +4,7 @@
     fusion-run --ir v4l2:///dev/video1 --vis csi://0 --homography h.json --headless --output mjpeg://:8090
     fusion-run --ir ir.mp4 --vis vis.mp4 --output fused.mp4 --headless --stats stats.json
     fusion run --ir data/ir --vis data/vi --output fused/               # folder mode: one image per pair
+    fusion run --ir data/ir --vis data/vi --names data/test.txt --output fused/   # only the listed pairs
 
 Only numpy, OpenCV and ONNX Runtime are imported unless `--backend torch` is asked for.
 """
@@ -21,7 +22,7 @@ from runtime.errors import FusionError
 FIELDS = ("ir", "vis", "model", "backend", "device", "threads", "imgsz", "output_size", "sync_ms", "primary",
           "homography", "clahe", "realtime", "loop", "fps", "ir_fps", "vis_fps", "output_fps", "max_frames",
           "duration_s", "record_pairs", "stats", "headless", "bind", "overlay", "image_ext", "queue_size",
-          "reconnect_max_s", "on_loss", "resume")
+          "reconnect_max_s", "on_loss", "resume", "names")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +77,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                      help="while a camera is lost: show the other one (default) or pause the output")
     run.add_argument("--resume", action="store_true", default=None,
                      help="folder mode: skip pairs whose fused image is already in the output folder")
+    run.add_argument("--names", metavar="FILE",
+                     help="folder mode: fuse only the pairs listed in FILE, in its order (a split file such as test.txt)")
     run.add_argument("--config", help="YAML file of run settings (configs/runtime/*.yaml); flags override it")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, repeatable")

@@ -425,3 +425,18 @@ def test_fast_uint8_conversion_is_to_uint8(roadscene):
         assert np.array_equal(unit_to_uint8(img), to_uint8(img))
     raw = read_raw(roadscene / "vi" / "FLIR_00060.jpg")
     assert unit_to_uint8(raw) is raw
+
+
+def test_folder_mode_names_picks_pairs(tmp_path, real_pairs, models, clips):
+    """--names FILE fuses only the listed pairs (a split file such as test.txt, with or without extensions); a
+    missing list or --names with non-folder sources is one sentence and exit code 2."""
+    names = tmp_path / "subset.txt"
+    names.write_text(f"{STEMS[-1]}.jpg\n{STEMS[0]}\n")
+    out = tmp_path / "out"
+    args = ["run", "--ir", str(real_pairs / "ir"), "--vis", str(real_pairs / "vi"), "--output", str(out),
+            "--model", str(models["mean"]), "-q"]
+    assert fusion(args + ["--names", str(names)]) == 0
+    assert sorted(p.stem for p in out.glob("*.png")) == sorted([STEMS[-1], STEMS[0]])
+    assert fusion(args + ["--names", str(tmp_path / "absent.txt")]) == 2
+    assert fusion(["run", "--ir", str(clips["ir"]), "--vis", str(clips["vis"]), "--model", str(models["mean"]),
+                   "--names", str(names), "--headless", "-q"]) == 2
