@@ -208,7 +208,8 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
         cache = None
         if cache_dir is not None:
             ops = "-".join(recipe.op_types) or "all"
-            cache = Path(cache_dir) / f"ranges-{recipe.method}-{'sym' if symmetric else 'asym'}-{ops}.json"
+            method_key = f"percentile{recipe.percentile:g}" if recipe.method == "percentile" else recipe.method
+            cache = Path(cache_dir) / f"ranges-{method_key}-{'sym' if symmetric else 'asym'}-{ops}.json"
         reader = calibration_reader(calib_inputs)
         with atomic_path(out_path) as tmp:
             quantize_static(
