@@ -115,13 +115,24 @@ def plot_latency_quality(result: BenchResult, path, metric: str = "Qabf") -> Pat
     target = float(result.config.get("target_ms", 30.0))
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     scored = [r for r in result.rows if r.get("role") != "peer" and finite(r.get(metric))]
-    markers = {"student": "o", "teacher": "*"}
+    # Students in a legend (one colour per backend + precision, one marker shape per resolution): their rows share
+    # the quality of their backend (measured at native size), so labels next to the points would overprint.
+    shapes = ["o", "s", "^", "D", "v", "P"]
+    resolutions = list(dict.fromkeys(r["resolution"] for r in scored if r.get("role") != "teacher"))
+    kinds = list(dict.fromkeys((r["backend"], r["precision"]) for r in scored if r.get("role") != "teacher"))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for row in scored:
-        ax.scatter(row["p50_ms"], row[metric], marker=markers.get(row["role"], "s"),
-                   s=120 if row["role"] == "teacher" else 50, zorder=3)
-        label = (f"{row['model']}" if row["role"] == "teacher" else
-                 f"{row['backend']} {row['precision']} {row['resolution']}")
-        ax.annotate(label, (row["p50_ms"], row[metric]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        if row.get("role") == "teacher":
+            ax.scatter(row["p50_ms"], row[metric], marker="*", s=140, color="black", zorder=3)
+            ax.annotate(row["model"], (row["p50_ms"], row[metric]), textcoords="offset points", xytext=(6, 4),
+                        fontsize=7)
+            continue
+        kind = kinds.index((row["backend"], row["precision"]))
+        ax.scatter(row["p50_ms"], row[metric], marker=shapes[resolutions.index(row["resolution"]) % len(shapes)],
+                   s=55, color=colours[kind % len(colours)], zorder=3,
+                   label=f"{row['model']} {row['backend']} {row['precision']} {row['resolution']}")
+    if any(r.get("role") != "teacher" for r in scored):
+        ax.legend(fontsize=7, loc="best", framealpha=0.85)
     ymin, ymax = ax.get_ylim() if scored else (0.0, 1.0)
     for row in result.rows:
         if row.get("role") == "peer" and row["backend"].endswith("cpu") or (
