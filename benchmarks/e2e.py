@@ -44,9 +44,13 @@ def run_e2e(cfg, model_path, backend: str = "onnxruntime", device: str = "cpu") 
     rows: List[dict] = []
     notes: List[str] = []
     size = meta.get("vis", {}).get("size")
+    # The pipeline as `fusion run` runs it: its own choice of inference threads (one on a 2-core machine, leaving a
+    # core to capture and colour), not the bench's --threads, which is for timing the model alone.
+    from runtime.backends import default_threads
+    threads = default_threads()
     for mode, realtime in (("throughput", False), ("camera rate", True)):
         run_config = RunConfig(ir=str(ir), vis=str(vis), outputs=[], model=str(model_path), backend=backend,
-                               device=device, threads=cfg.threads, max_frames=cfg.e2e_frames, headless=True,
+                               device=device, threads=0, max_frames=cfg.e2e_frames, headless=True,
                                realtime=realtime, verbose=False, overlay="off")
         try:
             report = FusionPipeline(run_config).run()
@@ -59,6 +63,6 @@ def run_e2e(cfg, model_path, backend: str = "onnxruntime", device: str = "cpu") 
         rows.append({"clip": f"{ir.name} + {vis.name}", "backend": f"{backend}-{device}", "mode": mode,
                      "frames": report.get("frames", 0), "fps": float(report.get("fps", 0.0)),
                      "latency_p50_ms": latency.get("p50"), "latency_p90_ms": latency.get("p90"),
-                     "resolution": f"{size[0]}x{size[1]}" if size else "-",
+                     "resolution": f"{size[0]}x{size[1]}" if size else "-", "threads": threads,
                      "inference_share": report.get("inference_share")})
     return rows, notes

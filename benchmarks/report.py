@@ -65,12 +65,14 @@ def markdown_table(result: BenchResult, metrics: Iterable[str] = TABLE_METRICS) 
         elif t.get("unit") == "step":
             out.append(f"- {name}: {t['per_unit_s']:.3f} s per sampling step ({t.get('detail', '')})")
     if result.e2e:
-        out += ["", "End to end (runtime pipeline, capture to fused output):", "",
-                "| clip | backend | mode | frames | resolution | FPS | latency p50 ms | latency p90 ms |",
-                "| --- | --- | --- | ---: | --- | ---: | ---: | ---: |"]
+        out += ["", "End to end (runtime pipeline as `fusion run` runs it, with its own inference thread count; capture "
+                "to fused output):", "",
+                "| clip | backend | threads | mode | frames | resolution | FPS | latency p50 ms | latency p90 ms |",
+                "| --- | --- | ---: | --- | ---: | --- | ---: | ---: | ---: |"]
         for e in result.e2e:
-            out.append(f"| {e['clip']} | {e['backend']} | {e['mode']} | {e['frames']} | {e.get('resolution', '-')} | "
-                       f"{e['fps']:.1f} | {_ms(e.get('latency_p50_ms'))} | {_ms(e.get('latency_p90_ms'))} |")
+            out.append(f"| {e['clip']} | {e['backend']} | {e.get('threads', '-')} | {e['mode']} | {e['frames']} | "
+                       f"{e.get('resolution', '-')} | {e['fps']:.1f} | {_ms(e.get('latency_p50_ms'))} | "
+                       f"{_ms(e.get('latency_p90_ms'))} |")
     out.append("")
     if metrics:
         out.append(f"Quality: means over {cfg.get('quality_count')} pairs of test.txt at native size "

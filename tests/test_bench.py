@@ -153,6 +153,9 @@ def test_end_to_end_ran_the_runtime_pipeline_on_the_sample_clips(small_run):
     modes = {e["mode"]: e for e in small_run.e2e}
     assert set(modes) == {"throughput", "camera rate"}, small_run.notes
     assert all(e["frames"] == 3 and e["fps"] > 0 for e in modes.values())
+    # as `fusion run` runs it: the runtime's own thread count, not the bench's --threads (1 here)
+    from runtime.backends import default_threads
+    assert all(e["threads"] == default_threads() for e in modes.values())
 
 
 def test_report_table_json_and_plot(small_run, tmp_path):
