@@ -174,3 +174,12 @@ def test_percentile_ranges_are_cached_per_percentile(tmp_path, calib_inputs):
     scales = lambda p: sorted(float(np.max(onnx.numpy_helper.to_array(i))) for i in onnx.load(str(p)).graph.initializer  # noqa: E731
                               if i.name.endswith("_scale") and not i.dims)
     assert scales(a) != scales(b)  # a lower percentile clips harder: the second model did not reuse the first's ranges
+
+
+def test_recipe_study_labels_match_the_auto_order_and_render():
+    from export.recipe_study import RECIPES, markdown
+    auto = [recipe for label, recipe, _ in RECIPES if "(auto:" in label]
+    assert auto == recipes_to_try("auto")  # the documented table names the recipes `--calib-method auto` tries
+    table = markdown([{"label": "x", "calibration_pairs": 64, "heldout_psnr_db": 49.454, "test_psnr_db": 48.2,
+                       "test_min_psnr_db": 38.95}, {"label": "y", "error": "sizes differ"}])
+    assert "| x | 64 | 49.45 dB | 48.20 dB (38.95) |" in table and "failed: sizes differ" in table
