@@ -15,8 +15,10 @@ The recipe is chosen on training pairs held out from calibration, so the test sp
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -211,7 +213,8 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
             method_key = f"percentile{recipe.percentile:g}" if recipe.method == "percentile" else recipe.method
             cache = Path(cache_dir) / f"ranges-{method_key}-{'sym' if symmetric else 'asym'}-{ops}.json"
         reader = calibration_reader(calib_inputs)
-        with atomic_path(out_path) as tmp:
+        # ONNX Runtime's calibrators print progress to stdout, which belongs to the command's result (the path).
+        with atomic_path(out_path) as tmp, contextlib.redirect_stdout(sys.stderr):
             quantize_static(
                 str(source), str(tmp), calibration_data_reader=reader, quant_format=QuantFormat.QDQ,
                 per_channel=recipe.per_channel, op_types_to_quantize=list(recipe.op_types) or None,

@@ -9,7 +9,6 @@ reported on the test split at native sizes (never chosen on). Prints one Markdow
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import tempfile
 import time
@@ -71,8 +70,7 @@ def study(fp32_path, data, imgsz=(480, 640), calib_count=64, only=None, log=prin
             cache = work / f"ranges-{calib_set}"
             cache.mkdir(exist_ok=True)
             try:
-                with contextlib.redirect_stdout(sys.stderr):  # ONNX Runtime's calibrators print progress
-                    quantize_int8(fp32_path, out, inputs, recipe, cache_dir=cache, preprocessed=pre)
+                quantize_int8(fp32_path, out, inputs, recipe, cache_dir=cache, preprocessed=pre)
             except ValueError as exc:  # ONNX Runtime's histogram calibrators need inputs of one size
                 rows.append({"index": index, "label": label, "error": str(exc).split(".")[0]})
                 log(f"{index}: {label}: failed ({rows[-1]['error']})")

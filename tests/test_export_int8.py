@@ -161,7 +161,7 @@ def test_metric_deltas_score_8bit_images_as_fusion_eval_does(tmp_path, roadscene
     assert float_mi > scored_mi + 0.1
 
 
-def test_percentile_ranges_are_cached_per_percentile(tmp_path, calib_inputs):
+def test_percentile_ranges_are_cached_per_percentile(tmp_path, calib_inputs, capsys):
     # the shipped student (dynamic ONNX): a random one has constant activations numpy cannot histogram
     from export.pairs import REPO_ROOT
     shipped = REPO_ROOT / "runtime" / "models" / "default" / "model.onnx"
@@ -170,6 +170,7 @@ def test_percentile_ranges_are_cached_per_percentile(tmp_path, calib_inputs):
     a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
     quantize_int8(shipped, a, calib_inputs[:2], QuantRecipe("percentile", percentile=99.999), cache_dir=tmp_path)
     quantize_int8(shipped, b, calib_inputs[:2], QuantRecipe("percentile", percentile=90.0), cache_dir=tmp_path)
+    assert capsys.readouterr().out == ""  # calibration progress goes to stderr: stdout is the command's result
     assert len(list(tmp_path.glob("ranges-percentile*.json"))) == 2
     scales = lambda p: sorted(float(np.max(onnx.numpy_helper.to_array(i))) for i in onnx.load(str(p)).graph.initializer  # noqa: E731
                               if i.name.endswith("_scale") and not i.dims)
