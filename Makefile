@@ -81,6 +81,8 @@ irgen-student: setup targets
 .PHONY: export-int8
 export-int8: setup
 	$(BIN)/fusion export --weights default --format onnx-int8 --dynamic
+	$(BIN)/fusion export --weights default --format onnx-int8 --qdq-target tensorrt --dynamic \
+	  --out runtime/models/default/model.int8.trt.onnx
 
 # Teacher (docs/teacher.md): EM fusion targets for the training split, resumable (rerun to finish an interrupted
 # build); the distillation stage reads them from build/teacher/roadscene/TEACHER_FUSED/<stem>.png.
