@@ -140,6 +140,8 @@ def ort_session(path: str | os.PathLike, threads: int = 2, optimize: bool = True
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # Idle workers must not spin: on a shared CPU a spinning 2-thread session ran 3-4x slower than with waiting workers.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
