@@ -84,3 +84,18 @@ def test_baseline_dataset_kinds():
     assert np.allclose(baseline_ir(rgb, "vis-luminance") + baseline_ir(rgb, "inverted-luminance"), 1.0)
     with pytest.raises(FusionError, match="unknown baseline kind"):
         baseline_ir(rgb, "thermal")
+
+
+def test_seed_replicates_are_summarised_as_mean_and_sd(tmp_path):
+    runs = {"real": 0.70, "real-seed1": 0.72, "real-seed2": 0.74, "synth-tqd": 0.60}
+    argv = []
+    for label, vif in runs.items():
+        argv += ["--run", f"{label}={_summary(tmp_path / label, {**TEACHER, 'VIF': vif})}"]
+    out = tmp_path / "students.md"
+    assert compare_students.main(argv + ["--out", str(out)]) == 0
+    summary = [line for line in out.read_text().splitlines() if line.startswith("| student (real) | 3 |")]
+    assert len(summary) == 1 and "0.7200 +- 0.0200" in summary[0]          # VIF: mean, sample sd of 3 seeds
+    single = [line for line in out.read_text().splitlines() if line.startswith("| student (synth-tqd) | 1 |")]
+    assert len(single) == 1 and "+-" not in single[0]                       # one seed: no spread invented
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert saved["per_seed"]["student (real)"]["VIF"] == pytest.approx([0.70, 0.72, 0.74])

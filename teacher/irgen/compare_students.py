@@ -5,6 +5,9 @@ synthetic pairs (synthesised IR + the real VIS), each with em targets. Reads the
     python -m teacher.irgen.compare_students --run real=runs/irgen/eval/student-real \\
         --run synth-tqd=runs/irgen/eval/student-synth-tqd --out runs/irgen/eval/students.md
 
+Runs labelled `NAME-seedS` (and the bare `NAME` for seed 0) are also summarised per NAME as mean +- sample standard
+deviation over seeds, because one 500-step CPU run per condition is within seed noise of another.
+
 Metrics are the fusion metrics of `distill.metrics` (against the REAL IR and VIS of the evaluated split), so the
 comparison asks one question: does training on synthesised IR give a student that fuses real pairs as well?
 """
@@ -12,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import statistics
 import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -62,6 +67,44 @@ def compare(runs: List[Tuple[str, Path]], columns=COLUMNS) -> Tuple[Dict[str, Di
     return rows, info
 
 
+SEED_SUFFIX = re.compile(r"-seed(\d+)$")
+
+
+def seed_groups(rows: Dict[str, Dict[str, float]]) -> Dict[str, List[Dict[str, float]]]:
+    """{"student (NAME)": rows of every seed of NAME}: `student (NAME-seedS)` joins `student (NAME)`."""
+    groups: Dict[str, List[Dict[str, float]]] = {}
+    for label, row in rows.items():
+        match = re.fullmatch(r"student \((.+)\)", label)
+        if match is None:
+            continue
+        name = SEED_SUFFIX.sub("", match.group(1))
+        groups.setdefault(f"student ({name})", []).append(row)
+    return groups
+
+
+def seed_summary_table(rows: Dict[str, Dict[str, float]], teacher: Tuple[str, Dict[str, float]] | None,
+                       columns=COLUMNS) -> str:
+    """Markdown: mean +- sample sd over the seeds of each student (n seeds), then the teacher row as is."""
+    from distill.metrics import format_value
+    lines = ["| seeds: mean +- sd | n | " + " | ".join(columns) + " |",
+             "|---|---:|" + "---:|" * len(columns)]
+    for label, group in seed_groups(rows).items():
+        cells = []
+        for m in columns:
+            values = [r[m] for r in group if m in r]
+            if not values:
+                cells.append("")
+                continue
+            sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+            cells.append(format_value(m, statistics.fmean(values)) +
+                         ("" if len(values) < 2 else " +- " + format_value(m, sd)))
+        lines.append(f"| {label} | {len(group)} | " + " | ".join(cells) + " |")
+    if teacher is not None:
+        lines.append(f"| {teacher[0]} | | " + " | ".join(format_value(m, teacher[1][m]) if m in teacher[1] else ""
+                                                          for m in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m teacher.irgen.compare_students", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", action="append", required=True, metavar="LABEL=DIR",
@@ -78,12 +121,16 @@ def main(argv=None) -> int:
         rows, info = compare(runs)
         from distill.metrics import markdown_table
         table = markdown_table(rows, label=f"{info['count']} real pairs")
+        if any(len(group) > 1 for group in seed_groups(rows).values()):
+            table += "\n" + seed_summary_table(rows, info["teacher"])
         print(table, end="")
         if args.out:
             from runtime.imageio import write_json, write_text
             write_text(args.out, table)
-            write_json(Path(args.out).with_suffix(".json"), {"rows": rows, **{k: v for k, v in info.items()
-                                                                              if k != "teacher"}})
+            seeds = {label: {m: [r[m] for r in group if m in r] for m in COLUMNS}
+                     for label, group in seed_groups(rows).items()}
+            write_json(Path(args.out).with_suffix(".json"), {"rows": rows, "per_seed": seeds,
+                                                             **{k: v for k, v in info.items() if k != "teacher"}})
     except FusionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
