@@ -21,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def shown_path(path: str | os.PathLike) -> str:
     """A path as reports and model metadata record it: relative to the repository when inside it or beside it (like
     ../shared/data), so files shipped in the repository do not carry the build machine's absolute paths."""
-    resolved = Path(path).resolve()
+    resolved = Path(os.path.abspath(path))  # not resolve(): ../shared may be a symlink, and is still "beside"
     if resolved == REPO_ROOT or REPO_ROOT in resolved.parents:
         return resolved.relative_to(REPO_ROOT).as_posix()
     beside = REPO_ROOT.parent
