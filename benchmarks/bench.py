@@ -254,7 +254,7 @@ def quality_pairs(data: Optional[Path], count: int, vis_channels: int) -> list:
     """[(name, ir (1,1,H,W), vis (1,C,H,W), ir255, vis255)] for `count` pairs spread over test.txt."""
     if data is None or count <= 0:
         return []
-    from benchmarks.latency import spread
+    from export.pairs import spread
     from distill.metrics import read_gray_for_metrics
     from runtime.color import luminance
     from runtime.imageio import discover_pairs, read_names, read_pair

@@ -255,16 +255,3 @@ def real_feeds(imgsz: tuple[int, int], data: str | os.PathLike | None = None, sp
                                                                                  dtype=np.float32)},
             f"uniform noise {h}x{w} (no dataset at {root})")
 
-
-def spread(names: Sequence[str], count: int | None) -> list:
-    """`count` names spread evenly over the list (first and last included), deterministic; all when count is None
-    or at least the list length (the same rule as export.pairs.spread, which this package does not depend on)."""
-    names = list(names)
-    if count is None or count >= len(names):
-        return names
-    if count <= 0:
-        return []
-    if count == 1:
-        return names[:1]
-    picks = np.linspace(0, len(names) - 1, count).round().astype(int)
-    return [names[i] for i in dict.fromkeys(picks.tolist())]

@@ -76,17 +76,9 @@ def read_gray_for_metrics(path: str | os.PathLike) -> np.ndarray:
     `round(cv2.cvtColor(cv2.imread(path).astype(float32), COLOR_BGR2GRAY))`: gray files come back unchanged,
     colour files as their BT.601 luminance, 16-bit files as OpenCV's 8-bit reduction (like `cv2.imread`).
     """
-    from runtime.imageio import looks_truncated  # the shared truncation check, so a cut-off JPEG is not scored
+    from runtime.imageio import decode_file  # the shared checks, so a cut-off JPEG is not scored
 
-    path = Path(path)
-    if not path.is_file():
-        raise FusionError(f"image not found: {path}")
-    if looks_truncated(path):
-        raise FusionError(f"image is truncated or corrupt: {path} (re-export or remove it)")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if bgr is None:
-        raise FusionError(f"cannot decode image: {path} (not an image, or a format OpenCV cannot read)")
+    bgr = decode_file(path, cv2.IMREAD_COLOR)
     # cv2's own conversion, not runtime.color: the rounding must match the reference to the last bit.
     return np.round(cv2.cvtColor(bgr.astype(np.float32), cv2.COLOR_BGR2GRAY))
 

@@ -48,20 +48,27 @@ def looks_truncated(path: Path) -> bool:
     return b"\xff\xd9" not in tail
 
 
-def read_raw(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as stored: uint8 or uint16, (H, W) or (H, W, 3) in RGB order (alpha dropped).
-
-    Raises FusionError for a missing, unreadable or truncated file.
-    """
+def decode_file(path: str | os.PathLike, flags: int) -> np.ndarray:
+    """`cv2.imdecode(file bytes, flags)` (OpenCV channel order), or a FusionError for a missing, truncated or
+    undecodable file. The one place that decides whether an image file is good to read."""
     path = Path(path)
     if not path.is_file():
         raise FusionError(f"image not found: {path}")
     if looks_truncated(path):
         raise FusionError(f"image is truncated or corrupt: {path} (re-export or remove it)")
     data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    img = cv2.imdecode(data, flags) if data.size else None
     if img is None:
         raise FusionError(f"cannot decode image: {path} (not an image, or a format OpenCV cannot read)")
+    return img
+
+
+def read_raw(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as stored: uint8 or uint16, (H, W) or (H, W, 3) in RGB order (alpha dropped).
+
+    Raises FusionError for a missing, unreadable or truncated file.
+    """
+    img = decode_file(path, cv2.IMREAD_UNCHANGED)
     if img.ndim == 3:
         if img.shape[2] == 4:
             img = img[:, :, :3]

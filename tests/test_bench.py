@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.latency import (_schedule, count_gmacs, count_params, spread, summarize, time_callable,
-                                time_interleaved)
+from benchmarks.latency import _schedule, count_gmacs, count_params, summarize, time_callable, time_interleaved
 from benchmarks.peers import create_peer
+from export.pairs import spread
 from runtime.errors import FusionError
 
 torch.set_num_threads(1)
