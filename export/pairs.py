@@ -13,6 +13,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from runtime.config import parse_hw
 from runtime.errors import FusionError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -40,21 +41,7 @@ def default_data_dir() -> Path:
 
 def parse_imgsz(text: str | Sequence[int] | None) -> tuple[int, int] | None:
     """'480x640' (H x W), '640' (square) or (H, W) -> (H, W); None stays None."""
-    if text is None:
-        return None
-    if isinstance(text, (tuple, list)):
-        values = [int(v) for v in text]
-    else:
-        parts = str(text).lower().replace(",", "x").split("x")
-        try:
-            values = [int(p) for p in parts if p.strip()]
-        except ValueError:
-            raise FusionError(f"--imgsz must look like HxW (for example 480x640), got '{text}'") from None
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2 or min(values) < 8:
-        raise FusionError(f"--imgsz must be HxW with both sides at least 8 pixels, got '{text}'")
-    return values[0], values[1]
+    return parse_hw(text, minimum=8)
 
 
 def resize_cover_crop(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -172,3 +172,27 @@ def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     """Write the resolved config as YAML, atomically."""
     from runtime.imageio import write_text
     return write_text(path, config_yaml(cfg))
+
+
+def parse_hw(text, *, minimum: int = 8, keywords: Iterable[str] = ()) -> tuple[int, int] | None:
+    """An image size as the CLIs take it: '480x640' (H x W), '640' (square), (H, W), or None -> None; any of
+    `keywords` (such as 'native') -> None too. Raises FusionError with the expected form otherwise."""
+    if text is None:
+        return None
+    keywords = tuple(keywords)
+    if isinstance(text, (tuple, list)):
+        values = [int(v) for v in text]
+    else:
+        lowered = str(text).strip().lower()
+        if lowered in keywords:
+            return None
+        hint = " or 'native'" if "native" in keywords else ""
+        try:
+            values = [int(p) for p in lowered.replace(",", "x").split("x") if p.strip()]
+        except ValueError:
+            raise FusionError(f"--imgsz must look like HxW (for example 480x640){hint}, got '{text}'") from None
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < minimum:
+        raise FusionError(f"--imgsz must be HxW with both sides at least {minimum} pixels, got '{text}'")
+    return values[0], values[1]

@@ -38,6 +38,7 @@ from typing import Any, Callable, Deque, List, Optional
 import cv2
 import numpy as np
 
+from runtime.config import parse_hw
 from runtime.errors import FusionError
 from runtime.imageio import discover_pairs, ir_to_float, read_raw, to_uint8, vis_to_float, write_image, write_json
 from runtime.registration import Registration
@@ -89,19 +90,7 @@ class RunConfig:
 
 def parse_size(text: str) -> Optional[tuple[int, int]]:
     """'480x640' (H x W) -> (480, 640); 'native'/'auto'/'model' -> None."""
-    text = str(text).strip().lower()
-    if text in ("", "native", "auto", "model", "none"):
-        return None
-    parts = text.replace(",", "x").split("x")
-    try:
-        values = [int(p) for p in parts if p.strip()]
-    except ValueError:
-        raise FusionError(f"--imgsz must look like HxW (for example 480x640) or 'native', got '{text}'") from None
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2 or min(values) < 16:
-        raise FusionError(f"--imgsz must be HxW with both sides at least 16 pixels, got '{text}'")
-    return values[0], values[1]
+    return parse_hw(text, minimum=16, keywords=("", "none", "auto", "model", "native"))
 
 
 # ------------------------------------------------------------------------------------------------------ frame buffer

@@ -53,3 +53,13 @@ def test_cli_lists_verbs_and_exit_codes():
     assert _fusion("nonsense").returncode == 2
     listing = _fusion("teacher", "list")
     assert listing.returncode == 0 and "em " in listing.stdout and "fusion" in listing.stdout
+
+
+def test_parse_hw_sizes_keywords_and_errors():
+    from runtime.config import parse_hw
+    assert parse_hw("480x640") == (480, 640) and parse_hw("320") == (320, 320) and parse_hw((2, 3), minimum=1) == (2, 3)
+    assert parse_hw(None) is None and parse_hw("Native", keywords=("native",)) is None
+    with pytest.raises(FusionError, match="or 'native'"):
+        parse_hw("wide", keywords=("native",))
+    with pytest.raises(FusionError, match="at least 16 pixels"):
+        parse_hw("8x640", minimum=16)
