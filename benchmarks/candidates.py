@@ -10,6 +10,7 @@ provider fails to initialise; a row must never claim a GPU it did not use).
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -18,18 +19,20 @@ import numpy as np
 from benchmarks.latency import ort_session
 
 
-class Candidate:
+class Candidate(ABC):
     model: str = ""           # row name: "student nano (default)", "seafusion", ...
     role: str = "student"     # student | peer
     backend: str = ""         # torch-cpu, onnxruntime-cpu, onnxruntime-cuda, tensorrt
     precision: str = "fp32"
     device: str = "cpu"       # cpu | gpu: peers are compared with students on the same kind of device
 
+    @abstractmethod
     def runner(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], object]:
-        raise NotImplementedError
+        """A no-argument callable that runs the model once on `feeds` (what the timer calls)."""
 
+    @abstractmethod
     def infer(self, ir: np.ndarray, vis: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """ir (1, 1, H, W), vis (1, C, H, W) float32 [0, 1] -> the fused output, for the quality columns."""
 
     @property
     def key(self) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import re
-import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -76,14 +76,15 @@ def draw_overlay(rgb: np.ndarray, info: OutputInfo) -> np.ndarray:
     return out
 
 
-class Sink:
+class Sink(ABC):
     uri: str = ""
     kind: str = "sink"
     wants_overlay: bool = False
     stop_requested: bool = False      # a display window closed by the user
 
+    @abstractmethod
     def write(self, rgb: np.ndarray, info: OutputInfo) -> None:
-        raise NotImplementedError
+        """Show, encode or send one fused RGB uint8 frame."""
 
     def close(self) -> None:
         pass

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -54,7 +55,7 @@ class Frame:
     meta: dict = field(default_factory=dict)
 
 
-class Source:
+class Source(ABC):
     """A video source. `read()` returns the next Frame, or None at the end of a finite source.
 
     A live source raises `SourceLost` when the device stops answering; the capture thread then calls `reopen()`
@@ -66,11 +67,13 @@ class Source:
     live: bool = True
     fps: float = 0.0                  # nominal frame rate (0 when unknown)
 
+    @abstractmethod
     def open(self) -> None:
-        raise NotImplementedError
+        """Open the device, stream or file (raises FusionError or SourceLost when it cannot)."""
 
+    @abstractmethod
     def read(self) -> Optional[Frame]:
-        raise NotImplementedError
+        """The next Frame, or None at the end of a finite source."""
 
     def close(self) -> None:
         pass

@@ -13,6 +13,7 @@ Contract for implementers: set `name`, implement `fuse_batch` (torch; the numpy 
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,7 @@ def check_pair_arrays(ir: np.ndarray, vis_y: np.ndarray) -> tuple[np.ndarray, np
     return ir.astype(np.float32, copy=False), vis_y.astype(np.float32, copy=False)
 
 
-class FusionTeacher:
+class FusionTeacher(ABC):
     """A fusion teacher. Subclasses set `name` and implement `fuse_batch`."""
 
     name: str = ""
@@ -53,9 +54,9 @@ class FusionTeacher:
                                     torch.from_numpy(vis_y)[None, None].to(self.device))
         return fused[0, 0].clamp(0, 1).float().cpu().numpy()
 
+    @abstractmethod
     def fuse_batch(self, ir, vis_y):
         """ir, vis_y: torch (N, 1, H, W) float in [0, 1] -> fused (N, 1, H, W) in [0, 1]."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------------------------------------------ metadata
     def settings(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -28,7 +29,7 @@ def default_model_path() -> Path:
     return DEFAULT_MODEL_DIR
 
 
-class Backend:
+class Backend(ABC):
     """A loaded model. `input_size` is (H, W) for fixed-size models, None when any size works."""
 
     name = "backend"
@@ -41,8 +42,9 @@ class Backend:
     def __call__(self, ir: np.ndarray, vis: np.ndarray) -> np.ndarray:
         return self.infer(ir, vis)
 
+    @abstractmethod
     def infer(self, ir: np.ndarray, vis: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """ir (N, 1, H, W), vis (N, C, H, W) float32 in [0, 1] -> fused (N, C_out, H, W) float32 in [0, 1]."""
 
     def close(self) -> None:
         """Release what the backend holds (GPU buffers, sessions)."""
@@ -160,8 +162,8 @@ class TensorRTBackend(Backend):
 
     def __init__(self, path: str | os.PathLike):
         if not cuda_gpu_present():
-            raise FusionError(f"the TensorRT backend needs an NVIDIA GPU and this machine has none; use "
-                              f"--backend onnxruntime with the model's .onnx file")
+            raise FusionError("the TensorRT backend needs an NVIDIA GPU and this machine has none; use "
+                              "--backend onnxruntime with the model's .onnx file")
         try:
             runner_class = _tensorrt_runner_class()
         except ModuleNotFoundError:

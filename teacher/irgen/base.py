@@ -17,13 +17,16 @@ Contract for implementers:
 from __future__ import annotations
 
 import argparse
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from runtime.errors import FusionError
 
-class IRGenerator:
+
+class IRGenerator(ABC):
     """An RGB->IR generator. Subclasses set `name` and implement the methods below."""
 
     name: str = ""
@@ -37,17 +40,17 @@ class IRGenerator:
     @classmethod
     def train(cls, args: argparse.Namespace) -> int:
         """Train from the parsed `train-irgen` arguments; writes weights loadable by `from_pretrained(args.out)`."""
-        raise NotImplementedError(f"{cls.__name__} cannot be trained")
+        raise FusionError(f"{cls.name or cls.__name__} cannot be trained with train-irgen")
 
     @classmethod
+    @abstractmethod
     def from_pretrained(cls, folder: str | Path, device: str = "cpu", args: argparse.Namespace | None = None
                         ) -> "IRGenerator":
         """Load trained weights from a local folder; FusionError saying what the folder must hold when it doesn't."""
-        raise NotImplementedError
 
+    @abstractmethod
     def generate(self, rgb: np.ndarray | None, seed: int = 0, prompt: str | None = None) -> np.ndarray:
         """RGB float32 (H, W, 3) in [0, 1] -> IR float32 (H, W) in [0, 1] of the same size."""
-        raise NotImplementedError
 
     def visualize(self, rgb: np.ndarray, ir: np.ndarray) -> np.ndarray | None:
         """An RGB uint8 (h, w, 3) panel showing the generator's internals for one image (attention maps,
