@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import math
 import sys
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -291,8 +292,9 @@ class _SDGenerator(IRGenerator):
 
     # -------------------------------------------------------------------------------------------- training
     @classmethod
+    @abstractmethod
     def training_items(cls, args) -> list[dict[str, np.ndarray]]:
-        raise NotImplementedError
+        """The training examples of this generator (RGB/IR pairs, or thermal images with their prompts)."""
 
     @classmethod
     def train(cls, args: argparse.Namespace) -> int:
@@ -421,8 +423,9 @@ class _SDGenerator(IRGenerator):
     def prior_data(cls, cfg, pipe, out, device, accelerator):
         return None
 
+    @abstractmethod
     def sample_grid(self, path: Path, items: list[dict[str, np.ndarray]], seed: int) -> None:
-        raise NotImplementedError
+        """Write a picture of samples for `items` to `path` during training."""
 
 
 class SDImg2ImgGenerator(_SDGenerator):
