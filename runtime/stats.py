@@ -139,8 +139,9 @@ def format_report(report: dict) -> str:
             continue
         lines.append(f"  {name:<12}{s['mean']:>9.2f}{s['p50']:>9.2f}{s['p90']:>9.2f}{s['p99']:>9.2f}{s['max']:>9.2f}")
     if "non_inference_share" in report:
-        lines.append(f"  frame time {report['frame_time_ms']:.1f} ms: inference {100 * report['inference_share']:.0f}%,"
-                     f" everything else {100 * report['non_inference_share']:.0f}%")
+        lines.append(f"  work per fused frame, as a share of the frame time ({report['frame_time_ms']:.1f} ms): inference "
+                     f"{100 * report['inference_share']:.0f}%, everything else "
+                     f"{100 * report['non_inference_share']:.0f}% (stages overlap in their own threads)")
     counters = report["counters"]
     interesting = {k: v for k, v in counters.items() if k != "frames_out" and v}
     if interesting:
