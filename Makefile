@@ -47,7 +47,7 @@ irgen-eval: setup
 # all evaluated on the REAL 50 test pairs beside the em teacher, once per seed of IRGEN_STUDENT_SEEDS (seed 0 in
 # runs/irgen/student-<data>, seed S in runs/irgen/student-<data>-seedS). Every step resumes: rerun to finish.
 IRGEN_STUDENT_GENS ?= tqd decomp inverted-luminance
-IRGEN_STUDENT_SEEDS ?= 0 1
+IRGEN_STUDENT_SEEDS ?= 0 1 2 3
 IRGEN_RUNS ?= runs/irgen
 IRGEN_TEST_TEACHER ?= build/teacher/roadscene_test/em
 irgen_suffix = $(if $(filter 0,$(1)),,-seed$(1))
