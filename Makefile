@@ -76,6 +76,41 @@ irgen-student: setup targets
 	  $(foreach s,$(IRGEN_STUDENT_SEEDS),$(foreach d,real $(addprefix synth-,$(IRGEN_STUDENT_GENS)),\
 	    --run $(d)$(call irgen_suffix,$(s))=$(IRGEN_RUNS)/eval/student-$(d)$(call irgen_suffix,$(s))))
 
+# Held-out variant of irgen-student (docs/irgen.md): tqd trained on the first 86 training pairs (sorted names: other
+# drives than the rest), IR synthesised for the other 85 training frames, which the generator never saw; the student
+# trained there on synth-IR vs on the real IR of the same 85 pairs (em targets), both scored on the REAL test pairs.
+IRGEN_HELDOUT ?= $(IRGEN_OUT)/heldout
+IRGEN_HELDOUT_SEEDS ?= 0 1
+.PHONY: irgen-heldout
+irgen-heldout: setup targets
+	mkdir -p $(IRGEN_HELDOUT)
+	sort $(IRGEN_DATA)/train.txt | head -n 86 > $(IRGEN_HELDOUT)/gen_a.txt
+	sort $(IRGEN_DATA)/train.txt | tail -n +87 > $(IRGEN_HELDOUT)/student_b.txt
+	$(BIN)/fusion teacher train-irgen --generator tqd --data $(IRGEN_DATA) --names $(IRGEN_HELDOUT)/gen_a.txt \
+	  --config configs/irgen/tqd_cpu.yaml --out $(IRGEN_HELDOUT)/tqd-a --resume
+	$(BIN)/fusion teacher synth-ir --generator tqd --weights $(IRGEN_HELDOUT)/tqd-a --rgb $(IRGEN_DATA)/vi \
+	  --names $(IRGEN_HELDOUT)/student_b.txt --out $(IRGEN_HELDOUT)/synth-tqd-a-on-b --resume
+	$(BIN)/fusion teacher fuse --teacher em --data $(IRGEN_HELDOUT)/synth-tqd-a-on-b --names $(IRGEN_HELDOUT)/student_b.txt \
+	  --out $(IRGEN_HELDOUT)/synth-tqd-a-on-b/TEACHER_FUSED --resume --threads 1 --device cpu
+	$(BIN)/fusion teacher fuse --teacher em --data $(IRGEN_DATA) --names $(IRGEN_DATA)/test.txt \
+	  --out $(IRGEN_TEST_TEACHER) --resume --threads 1 --device cpu
+	for s in $(IRGEN_HELDOUT_SEEDS); do for data in real synth; do run=heldout/student-b-$$data-seed$$s; \
+	    case $$data in real) paths="data.teacher_dir=$(TEACHER_OUT)";; *) syn=$(IRGEN_HELDOUT)/synth-tqd-a-on-b; \
+	      paths="data.root=$$syn data.teacher_dir=$$syn/TEACHER_FUSED";; esac; \
+	    $(BIN)/fusion distill train --config configs/irgen/student_cpu.yaml seed=$$s \
+	      data.names=$(IRGEN_HELDOUT)/student_b.txt $$paths run_dir=$(IRGEN_RUNS)/$$run || exit 1; \
+	    [ $(IRGEN_RUNS)/eval/heldout-b-$$data-seed$$s/metrics.json -nt $(IRGEN_RUNS)/$$run/best/model.safetensors ] || \
+	    $(BIN)/fusion distill eval --weights $(IRGEN_RUNS)/$$run/best --data $(IRGEN_DATA) --names test.txt \
+	      --teacher-dir $(IRGEN_TEST_TEACHER) --threads 1 --no-profile --out $(IRGEN_RUNS)/eval/heldout-b-$$data-seed$$s \
+	      || exit 1; done; done
+	$(BIN)/fusion teacher synth-ir --generator tqd --weights $(IRGEN_HELDOUT)/tqd-a --rgb $(IRGEN_DATA)/vi \
+	  --names $(IRGEN_DATA)/test.txt --out $(IRGEN_HELDOUT)/tqd-a-test --resume
+	$(BIN)/python -m teacher.irgen.evaluate --data $(IRGEN_DATA) --names $(IRGEN_DATA)/test.txt \
+	  --pred tqd-a=$(IRGEN_HELDOUT)/tqd-a-test --pred tqd-all=$(IRGEN_OUT)/synth/tqd-test --out $(IRGEN_HELDOUT)/eval-test --grid 0
+	$(BIN)/python -m teacher.irgen.compare_students --out $(IRGEN_RUNS)/eval/heldout.md \
+	  $(foreach s,$(IRGEN_HELDOUT_SEEDS),--run b-real-seed$(s)=$(IRGEN_RUNS)/eval/heldout-b-real-seed$(s) \
+	    --run b-synth-tqd-a-seed$(s)=$(IRGEN_RUNS)/eval/heldout-b-synth-seed$(s))
+
 # Export (docs/export.md): INT8 QDQ model of the default student beside its model.onnx, calibrated on the training
 # split, with the INT8-vs-fp32 report on test.txt in runtime/models/default/model.int8.onnx.json.
 .PHONY: export-int8
