@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 import pytest
@@ -132,6 +133,9 @@ def test_resume_continues_bit_for_bit(roadscene, names_file, tmp_path):
     interrupted = train_args(roadscene, names_file, tmp_path / "b", steps=10)
     interrupted.overrides += constant
     ThermalQueryDecoderGenerator.train(interrupted)
+    # a real interruption also leaves log lines written after the last checkpoint (step 10): they get replayed
+    with open(tmp_path / "b" / "train_log.jsonl", "a") as fh:
+        fh.write(json.dumps({"step": 15, "loss": 123.0}) + "\n")
     resumed = train_args(roadscene, names_file, tmp_path / "b", steps=20, resume=True)
     resumed.overrides += constant
     ThermalQueryDecoderGenerator.train(resumed)
@@ -139,6 +143,11 @@ def test_resume_continues_bit_for_bit(roadscene, names_file, tmp_path):
     b = ThermalQueryDecoder.from_pretrained(tmp_path / "b").state_dict()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    # the resumed log reads like the uninterrupted one: each step once, the same losses
+    log_a, log_b = ([json.loads(line) for line in (tmp_path / d / "train_log.jsonl").read_text().splitlines()]
+                    for d in ("a", "b"))
+    assert [r["step"] for r in log_b] == [r["step"] for r in log_a] == [5, 10, 15, 20]
+    assert [r["loss"] for r in log_b] == pytest.approx([r["loss"] for r in log_a], rel=1e-6)
 
 
 def test_self_check_reports_a_healthy_model(roadscene, names_file, tmp_path, capsys):

@@ -142,8 +142,10 @@ class TrainableGenerator(IRGenerator):
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "train_config.yaml")
 
-        writer = _summary_writer(out / "tensorboard")
+        # An interrupted run may have logged steps after its last checkpoint; they are replayed now, so drop them.
+        writer = _summary_writer(out / "tensorboard", purge_step=start if start else None)
         log_path = out / "train_log.jsonl"
+        trim_log(log_path, start)
         from tqdm import tqdm
         progress = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc=f"train {cls.name}",
                         unit="step", dynamic_ncols=True, file=sys.stderr)
@@ -319,13 +321,26 @@ def to_tensors(batch: dict[str, np.ndarray], device: str) -> dict:
     return {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
 
 
-def _summary_writer(folder: Path):
+def _summary_writer(folder: Path, purge_step: int | None = None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         print("note: tensorboard is not installed; losses go to train_log.jsonl only", file=sys.stderr)
         return None
-    return SummaryWriter(str(folder))
+    return SummaryWriter(str(folder), purge_step=purge_step)
+
+
+def trim_log(log_path: Path, last_step: int) -> None:
+    """Keep only the records of `train_log.jsonl` up to `last_step` (the checkpoint a run resumes from), so the log
+    of a resumed run has each step once, as if it had never been interrupted. Rewritten atomically."""
+    if not log_path.is_file():
+        return
+    lines = log_path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    if len(kept) == len(lines):
+        return
+    from runtime.imageio import write_text
+    write_text(log_path, "".join(line + "\n" for line in kept))
 
 
 def _log_images(writer, model, batch, step: int) -> None:
