@@ -72,7 +72,7 @@ irgen-student: setup targets
 	    $(BIN)/fusion distill eval --weights $(IRGEN_RUNS)/$$run/best --data $(IRGEN_DATA) --names test.txt \
 	      --teacher-dir $(IRGEN_TEST_TEACHER) --threads 1 --no-profile --out $(IRGEN_RUNS)/eval/$$run || exit 1; \
 	  done; done
-	$(BIN)/python -m teacher.irgen.compare_students --out $(IRGEN_RUNS)/eval/students.md \
+	$(BIN)/python -m teacher.irgen.compare_students --out $(IRGEN_RUNS)/eval/students.md --paired real \
 	  $(foreach s,$(IRGEN_STUDENT_SEEDS),$(foreach d,real $(addprefix synth-,$(IRGEN_STUDENT_GENS)),\
 	    --run $(d)$(call irgen_suffix,$(s))=$(IRGEN_RUNS)/eval/student-$(d)$(call irgen_suffix,$(s))))
 
@@ -107,7 +107,7 @@ irgen-heldout: setup targets
 	  --names $(IRGEN_DATA)/test.txt --out $(IRGEN_HELDOUT)/tqd-a-test --resume
 	$(BIN)/python -m teacher.irgen.evaluate --data $(IRGEN_DATA) --names $(IRGEN_DATA)/test.txt \
 	  --pred tqd-a=$(IRGEN_HELDOUT)/tqd-a-test --pred tqd-all=$(IRGEN_OUT)/synth/tqd-test --out $(IRGEN_HELDOUT)/eval-test --grid 0
-	$(BIN)/python -m teacher.irgen.compare_students --out $(IRGEN_RUNS)/eval/heldout.md \
+	$(BIN)/python -m teacher.irgen.compare_students --out $(IRGEN_RUNS)/eval/heldout.md --paired b-real \
 	  $(foreach s,$(IRGEN_HELDOUT_SEEDS),--run b-real-seed$(s)=$(IRGEN_RUNS)/eval/heldout-b-real-seed$(s) \
 	    --run b-synth-tqd-a-seed$(s)=$(IRGEN_RUNS)/eval/heldout-b-synth-seed$(s))
 

@@ -14,6 +14,10 @@ def _summary(folder, student, teacher=TEACHER, count=50):
     folder.mkdir(parents=True)
     rows = {"student (nano)": student, "teacher (em)": teacher, "mean": {k: 1.0 for k in TEACHER}}
     (folder / "metrics.json").write_text(json.dumps({"weights": str(folder), "count": count, "rows": rows}))
+    # two pairs per run: "a" at the student's values, "b" 0.1 higher on every metric
+    per_image = {"student (nano)": {"a": student, "b": {m: v + 0.1 for m, v in student.items()}},
+                 "teacher (em)": {"a": teacher, "b": teacher}}
+    (folder / "metrics_per_image.json").write_text(json.dumps(per_image))
     return folder
 
 
@@ -99,3 +103,19 @@ def test_seed_replicates_are_summarised_as_mean_and_sd(tmp_path):
     assert len(single) == 1 and "+-" not in single[0]                       # one seed: no spread invented
     saved = json.loads(out.with_suffix(".json").read_text())
     assert saved["per_seed"]["student (real)"]["VIF"] == pytest.approx([0.70, 0.72, 0.74])
+
+
+def test_paired_comparison_uses_seed_means_per_pair(tmp_path, capsys):
+    argv = []
+    for label, vif in {"real": 0.70, "real-seed1": 0.72, "synth": 0.75, "synth-seed1": 0.69}.items():
+        argv += ["--run", f"{label}={_summary(tmp_path / label, {**TEACHER, 'VIF': vif})}"]
+    out = tmp_path / "students.md"
+    assert compare_students.main(argv + ["--paired", "real", "--out", str(out)]) == 0
+    saved = json.loads(out.with_suffix(".json").read_text())["paired"]
+    # per pair: synth seed mean 0.72 (a) / 0.82 (b) vs real 0.71 / 0.81 -> higher on both, +0.01 on average
+    assert saved["synth"]["VIF"]["higher"] == 2 and saved["synth"]["VIF"]["pairs"] == 2
+    assert saved["synth"]["VIF"]["mean_diff"] == pytest.approx(0.01)
+    assert saved["synth"]["EN"]["higher"] == 0 and saved["synth"]["EN"]["mean_diff"] == pytest.approx(0.0)
+    assert "| synth | " in out.read_text() and "real" not in saved
+    assert compare_students.main(argv + ["--paired", "nothing"]) == 2
+    assert "no run is labelled nothing" in capsys.readouterr().err

@@ -8,6 +8,10 @@ synthetic pairs (synthesised IR + the real VIS), each with em targets. Reads the
 Runs labelled `NAME-seedS` (and the bare `NAME` for seed 0) are also summarised per NAME as mean +- sample standard
 deviation over seeds, because one 500-step CPU run per condition is within seed noise of another.
 
+With `--paired BASE` (a NAME, e.g. `real`), each other NAME is also compared with BASE image by image: per test pair
+the metric averaged over the seeds, then "in how many pairs NAME scores higher" and the mean difference. A student
+that is better on most pairs is better systematically, whatever the seed spread of the means.
+
 Metrics are the fusion metrics of `distill.metrics` (against the REAL IR and VIS of the evaluated split), so the
 comparison asks one question: does training on synthesised IR give a student that fuses real pairs as well?
 """
@@ -105,11 +109,62 @@ def seed_summary_table(rows: Dict[str, Dict[str, float]], teacher: Tuple[str, Di
     return "\n".join(lines) + "\n"
 
 
+def _per_image(folder: Path) -> Dict[str, Dict[str, float]]:
+    """{pair: {metric: value}} of the student of one `fusion distill eval` folder (its metrics_per_image.json)."""
+    path = (folder if folder.is_dir() else folder.parent) / "metrics_per_image.json"
+    if not path.is_file():
+        raise FusionError(f"no metrics_per_image.json in {path.parent}; rerun `fusion distill eval` there")
+    data = json.loads(path.read_text())
+    for label, rows in data.items():
+        if label.startswith("student"):
+            return rows
+    raise FusionError(f"{path} has no student rows")
+
+
+def paired(runs: List[Tuple[str, Path]], base: str, columns=COLUMNS) -> Dict[str, Dict[str, dict]]:
+    """{NAME: {metric: {"higher": pairs where NAME > BASE, "pairs": N, "mean_diff": NAME - BASE}}} for every NAME
+    other than BASE, on per-pair metrics averaged over each NAME's seeds."""
+    by_name: Dict[str, List[Dict[str, Dict[str, float]]]] = {}
+    for label, folder in runs:
+        by_name.setdefault(SEED_SUFFIX.sub("", label), []).append(_per_image(folder))
+    if base not in by_name:
+        raise FusionError(f"--paired {base}: no run is labelled {base} (or {base}-seedS); labels: "
+                          f"{', '.join(sorted(by_name))}")
+
+    def seed_mean(per_seed, pairs, metric):
+        return [statistics.fmean(rows[p][metric] for rows in per_seed) for p in pairs]
+
+    pairs = sorted(set.intersection(*(set(rows) for group in by_name.values() for rows in group)))
+    if not pairs:
+        raise FusionError("the runs share no evaluated pair; evaluate every student on the same split")
+    result: Dict[str, Dict[str, dict]] = {}
+    for name, per_seed in by_name.items():
+        if name == base:
+            continue
+        result[name] = {}
+        for m in columns:
+            ours, theirs = seed_mean(per_seed, pairs, m), seed_mean(by_name[base], pairs, m)
+            diffs = [a - b for a, b in zip(ours, theirs)]
+            result[name][m] = {"higher": sum(d > 0 for d in diffs), "pairs": len(pairs),
+                               "mean_diff": statistics.fmean(diffs)}
+    return result
+
+
+def paired_table(result: Dict[str, Dict[str, dict]], base: str, columns=COLUMNS) -> str:
+    lines = [f"| vs {base}, per pair: higher in / mean diff | " + " | ".join(columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for name, cells in result.items():
+        lines.append(f"| {name} | " + " | ".join(f"{c['higher']}/{c['pairs']} ({c['mean_diff']:+.4f})"
+                                                for c in (cells[m] for m in columns)) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m teacher.irgen.compare_students", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", action="append", required=True, metavar="LABEL=DIR",
                         help="a `fusion distill eval` output folder (or its metrics.json); repeatable")
     parser.add_argument("--out", help="write the Markdown table here as well (and a .json beside it)")
+    parser.add_argument("--paired", metavar="BASE", help="also compare every other NAME with BASE pair by pair")
     args = parser.parse_args(argv)
     try:
         runs = []
@@ -123,13 +178,16 @@ def main(argv=None) -> int:
         table = markdown_table(rows, label=f"{info['count']} real pairs")
         if any(len(group) > 1 for group in seed_groups(rows).values()):
             table += "\n" + seed_summary_table(rows, info["teacher"])
+        pairs_vs = paired(runs, args.paired) if args.paired else None
+        if pairs_vs is not None:
+            table += "\n" + paired_table(pairs_vs, args.paired)
         print(table, end="")
         if args.out:
             from runtime.imageio import write_json, write_text
             write_text(args.out, table)
             seeds = {label: {m: [r[m] for r in group if m in r] for m in COLUMNS}
                      for label, group in seed_groups(rows).items()}
-            write_json(Path(args.out).with_suffix(".json"), {"rows": rows, "per_seed": seeds,
+            write_json(Path(args.out).with_suffix(".json"), {"rows": rows, "per_seed": seeds, "paired": pairs_vs,
                                                              **{k: v for k, v in info.items() if k != "teacher"}})
     except FusionError as exc:
         print(f"error: {exc}", file=sys.stderr)
