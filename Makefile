@@ -79,8 +79,9 @@ irgen-student: setup targets
 # Held-out variant of irgen-student (docs/irgen.md): tqd trained on the first 86 training pairs (sorted names: other
 # drives than the rest), IR synthesised for the other 85 training frames, which the generator never saw; the student
 # trained there on synth-IR vs on the real IR of the same 85 pairs (em targets), both scored on the REAL test pairs.
+# Run after irgen-eval and irgen-student: it compares with their tqd IR of the test and training frames.
 IRGEN_HELDOUT ?= $(IRGEN_OUT)/heldout
-IRGEN_HELDOUT_SEEDS ?= 0 1
+IRGEN_HELDOUT_SEEDS ?= 0 1 2 3
 .PHONY: irgen-heldout
 irgen-heldout: setup targets
 	mkdir -p $(IRGEN_HELDOUT)
@@ -107,6 +108,9 @@ irgen-heldout: setup targets
 	  --names $(IRGEN_DATA)/test.txt --out $(IRGEN_HELDOUT)/tqd-a-test --resume
 	$(BIN)/python -m teacher.irgen.evaluate --data $(IRGEN_DATA) --names $(IRGEN_DATA)/test.txt \
 	  --pred tqd-a=$(IRGEN_HELDOUT)/tqd-a-test --pred tqd-all=$(IRGEN_OUT)/synth/tqd-test --out $(IRGEN_HELDOUT)/eval-test --grid 0
+	$(BIN)/python -m teacher.irgen.evaluate --data $(IRGEN_DATA) --names $(IRGEN_HELDOUT)/student_b.txt \
+	  --pred tqd-a-unseen=$(IRGEN_HELDOUT)/synth-tqd-a-on-b --pred tqd-all-seen=$(IRGEN_OUT)/synth/tqd-train \
+	  --out $(IRGEN_HELDOUT)/eval-b --grid 4
 	$(BIN)/python -m teacher.irgen.compare_students --out $(IRGEN_RUNS)/eval/heldout.md --paired b-real \
 	  $(foreach s,$(IRGEN_HELDOUT_SEEDS),--run b-real-seed$(s)=$(IRGEN_RUNS)/eval/heldout-b-real-seed$(s) \
 	    --run b-synth-tqd-a-seed$(s)=$(IRGEN_RUNS)/eval/heldout-b-synth-seed$(s))
