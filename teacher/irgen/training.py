@@ -19,6 +19,7 @@ import json
 import math
 import sys
 import time
+from abc import abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -80,9 +81,9 @@ class TrainableGenerator(IRGenerator):
         return None
 
     @classmethod
+    @abstractmethod
     def compute_loss(cls, model, batch: dict, cfg) -> tuple[Any, dict[str, float]]:
         """(scalar loss tensor, {part: float}) for one batch of tensors."""
-        raise NotImplementedError
 
     @classmethod
     def parameter_groups(cls, model, cfg) -> list[dict]:
