@@ -17,6 +17,7 @@ Contract for implementers:
 from __future__ import annotations
 
 import argparse
+import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -60,3 +61,29 @@ class IRGenerator(ABC):
     def settings(self) -> dict[str, Any]:
         """What to record in a synth-ir manifest (weights hash, sampler settings...)."""
         return {"generator": self.name}
+
+
+def list_images_in(folder: str | os.PathLike, names: str | None, subfolders: tuple[str, ...], what: str = "data"
+                   ) -> dict[str, Path]:
+    """Stem -> image path from the first of `subfolders` inside `folder` that holds images, else from `folder`
+    itself; restricted to the stems listed in the `names` file (all when None). `what` names the folder in errors."""
+    from runtime.imageio import list_images, read_names
+    root = Path(folder)
+    if not root.is_dir():
+        raise FusionError(f"{what} folder not found: {root}")
+    images = {}
+    for child in subfolders:
+        if (root / child).is_dir():
+            images = list_images(root / child)
+            if images:
+                break
+    images = images or list_images(root)
+    if not images:
+        raise FusionError(f"no images in {root} (nor in {'/ or '.join(subfolders)}/ inside it)")
+    if names is None:
+        return images
+    wanted = read_names(names)
+    missing = [stem for stem in wanted if stem not in images]
+    if missing:
+        raise FusionError(f"{len(missing)} name(s) from {names} have no image in {root} (first: {missing[0]})")
+    return {stem: images[stem] for stem in wanted}

@@ -132,25 +132,9 @@ def load_generator_class(name: str):
 
 def rgb_images(folder: str | os.PathLike, names: str | None) -> dict[str, Path]:
     """Stem -> RGB image path, from a folder of images or a dataset folder holding vi/; restricted to `names`."""
-    from runtime.imageio import VIS_FOLDER_NAMES, list_images, read_names
-    root = Path(folder)
-    if not root.is_dir():
-        raise FusionError(f"RGB folder not found: {root}")
-    images = list_images(root)
-    if not images:
-        for child in VIS_FOLDER_NAMES:
-            if (root / child).is_dir():
-                images = list_images(root / child)
-                break
-    if not images:
-        raise FusionError(f"no images in {root} (nor in a vi/ folder inside it)")
-    if names is None:
-        return images
-    wanted = read_names(names)
-    missing = [stem for stem in wanted if stem not in images]
-    if missing:
-        raise FusionError(f"{len(missing)} name(s) from {names} have no image in {root} (first: {missing[0]})")
-    return {stem: images[stem] for stem in wanted}
+    from runtime.imageio import VIS_FOLDER_NAMES
+    from teacher.irgen.base import list_images_in
+    return list_images_in(folder, names, VIS_FOLDER_NAMES, what="RGB")
 
 
 def read_rgb(path: Path) -> np.ndarray:

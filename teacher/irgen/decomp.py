@@ -68,14 +68,9 @@ class DecompositionGenerator(TrainableGenerator):
 
     @classmethod
     def build_model(cls, cfg):
-        from teacher.irgen.resnet import default_backbone_file
-        model_cfg = dataclasses.replace(cfg.model, input_scale=cfg.data.scale)
-        if not model_cfg.backbone_weights and model_cfg.backbone_width == 64:
-            found = default_backbone_file(model_cfg.backbone_depth)
-            if found is not None:
-                model_cfg = dataclasses.replace(model_cfg, backbone_weights=str(found))
+        from teacher.irgen.resnet import with_backbone_weights
+        model_cfg, source = with_backbone_weights(dataclasses.replace(cfg.model, input_scale=cfg.data.scale))
         model = cls.network_class()(model_cfg)
-        source = f"ImageNet weights from {model_cfg.backbone_weights}" if model_cfg.backbone_weights else "scratch"
         print(f"decomp: ResNet-{model_cfg.backbone_depth} (width {model_cfg.backbone_width}) encoder from {source}, "
               f"{model_cfg.num_materials} material classes, {model.num_parameters() / 1e6:.2f} M parameters",
               file=sys.stderr)

@@ -112,30 +112,6 @@ def weight_dtype(precision: str):
 
 
 # --------------------------------------------------------------------------------------------------------- data
-def list_images_in(folder: str | os.PathLike, names: str | None, subfolders: tuple[str, ...]) -> dict[str, Path]:
-    """Stem -> image path from `folder` itself or the first of `subfolders` inside it that holds images."""
-    from runtime.imageio import list_images, read_names
-    root = Path(folder)
-    if not root.is_dir():
-        raise FusionError(f"data folder not found: {root}")
-    images = {}
-    for child in subfolders:
-        if (root / child).is_dir():
-            images = list_images(root / child)
-            if images:
-                break
-    images = images or list_images(root)
-    if not images:
-        raise FusionError(f"no images in {root} (nor in {'/ or '.join(subfolders)}/ inside it)")
-    if names is None:
-        return images
-    wanted = read_names(names)
-    missing = [stem for stem in wanted if stem not in images]
-    if missing:
-        raise FusionError(f"{len(missing)} name(s) from {names} have no image in {root} (first: {missing[0]})")
-    return {stem: images[stem] for stem in wanted}
-
-
 def resize_by(image: np.ndarray, scale: float) -> np.ndarray:
     import cv2
     if scale == 1.0:

@@ -175,3 +175,16 @@ def default_backbone_file(depth: int) -> Path | None:
             if (Path(folder) / name).is_file():
                 return Path(folder) / name
     return None
+
+
+def with_backbone_weights(model_cfg):
+    """`model_cfg` (a dataclass with backbone_weights/backbone_width/backbone_depth) with a local ImageNet checkpoint
+    filled in when none is set and one is found for a standard-width backbone; and a phrase saying where the
+    backbone starts from, for the training log."""
+    import dataclasses
+    if not model_cfg.backbone_weights and model_cfg.backbone_width == 64:
+        found = default_backbone_file(model_cfg.backbone_depth)
+        if found is not None:
+            model_cfg = dataclasses.replace(model_cfg, backbone_weights=str(found))
+    source = f"ImageNet weights from {model_cfg.backbone_weights}" if model_cfg.backbone_weights else "scratch"
+    return model_cfg, source

@@ -483,7 +483,7 @@ class SDTextGenerator(_SDGenerator):
     def training_items(cls, args) -> list[dict[str, np.ndarray]]:
         """Thermal images only: a dataset's ir/ folder, or a plain folder of IR frames."""
         from runtime.imageio import IR_FOLDER_NAMES, read_ir
-        from teacher.irgen.diffusion_common import list_images_in
+        from teacher.irgen.base import list_images_in
         if args.data is None:
             raise FusionError("pass --data DIR: a folder of thermal images (or a dataset folder holding ir/)")
         return [{"ir": read_ir(path)} for path in list_images_in(args.data, args.names, IR_FOLDER_NAMES).values()]
