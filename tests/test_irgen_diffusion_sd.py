@@ -210,3 +210,16 @@ def test_sd_img2img_with_controlnet_on_rgb_edges(sd_base, roadscene, two_names, 
     uncontrolled = generator.generate(rgb, seed=0)
     assert controlled.shape == rgb.shape[:2]
     assert np.abs(controlled - uncontrolled).max() > 1e-4, "the trained ControlNet has no effect"
+
+
+def test_a_folder_diffusers_cannot_load_is_one_sentence(tmp_path):
+    from runtime.errors import FusionError
+    from teacher.irgen.flux import load_flux_fill_pipeline
+    from teacher.irgen.sd import load_sd_pipeline
+    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        (tmp_path / sub).mkdir()
+    (tmp_path / "model_index.json").write_text("{}")  # the layout is there, the content is not
+    with pytest.raises(FusionError, match=r"could not be loaded as a Stable Diffusion folder .*unet/.*save_pretrained"):
+        load_sd_pipeline(tmp_path)
+    with pytest.raises(FusionError, match=r"could not be loaded as a FLUX.1-Fill folder .*text_encoder_2/"):
+        load_flux_fill_pipeline(tmp_path, None)

@@ -58,6 +58,25 @@ def check_base_folder(path: str | os.PathLike | None, family: str, option: str =
     return folder
 
 
+BASE_TITLES = {"sd": "Stable Diffusion", "flux-fill": "FLUX.1-Fill"}
+
+
+def load_local_pipeline(pipeline_class: str, base: Path, family: str, **kwargs):
+    """`diffusers.<pipeline_class>.from_pretrained(base, local_files_only=True, **kwargs)` with its progress bar off;
+    FusionError naming what the folder must hold when diffusers cannot load it."""
+    import diffusers
+    try:
+        pipe = getattr(diffusers, pipeline_class).from_pretrained(str(base), local_files_only=True, **kwargs)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        layout = BASE_LAYOUTS[family]
+        raise FusionError(f"{base} could not be loaded as a {BASE_TITLES[family]} folder ({first}); it must hold "
+                          f"{', '.join(layout[:-1])} and {layout[-1]} as written by diffusers save_pretrained"
+                          ) from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 # ------------------------------------------------------------------------------------------------------ configs
 @dataclass
 class LoraSettings:

@@ -32,9 +32,9 @@ from runtime.errors import FusionError
 from teacher.irgen.base import IRGenerator
 from teacher.irgen.diffusion_common import (DiffusionDataConfig, DiffusionLoopConfig, DiffusionOptimConfig,
                                             LoraSettings, TrainingJob, add_lora, add_sampler_arguments,
-                                            check_base_folder, load_lora_quietly, local_device, place_pipeline,
-                                            read_info, resize_to, resolve_base, sampler_overrides, save_lora_folder,
-                                            to_gray, working_size)
+                                            check_base_folder, load_local_pipeline, load_lora_quietly, local_device,
+                                            place_pipeline, read_info, resize_to, resolve_base, sampler_overrides,
+                                            save_lora_folder, to_gray, working_size)
 
 ADAPTER_FILE = "thermal_adapter.safetensors"
 TQD_FOLDER = "tqd"
@@ -217,16 +217,7 @@ def build_adapter(transformer, cfg: AdapterConfig, tqd):
 
 # --------------------------------------------------------------------------------------------------- generator
 def load_flux_fill_pipeline(base: Path, dtype):
-    import diffusers
-    try:
-        pipe = diffusers.FluxFillPipeline.from_pretrained(str(base), dtype=dtype, local_files_only=True)
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FusionError(f"{base} could not be loaded as a FLUX.1-Fill folder ({first}); it must hold "
-                          f"model_index.json, transformer/, vae/, text_encoder/, text_encoder_2/, tokenizer/, "
-                          f"tokenizer_2/ and scheduler/ as written by diffusers save_pretrained") from None
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return load_local_pipeline("FluxFillPipeline", base, "flux-fill", dtype=dtype)
 
 
 class FluxFillGenerator(IRGenerator):

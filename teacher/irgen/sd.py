@@ -39,9 +39,9 @@ from runtime.errors import FusionError
 from teacher.irgen.base import IRGenerator
 from teacher.irgen.diffusion_common import (DiffusionDataConfig, DiffusionLoopConfig, DiffusionOptimConfig,
                                             LoraSettings, TrainingJob, add_lora, add_sampler_arguments,
-                                            check_base_folder, load_lora_quietly, local_device, place_pipeline,
-                                            read_info, resize_to, resolve_base, sampler_overrides, save_lora_folder,
-                                            to_gray, working_size)
+                                            check_base_folder, load_local_pipeline, load_lora_quietly, local_device,
+                                            place_pipeline, read_info, resize_to, resolve_base, sampler_overrides,
+                                            save_lora_folder, to_gray, working_size)
 
 
 # ------------------------------------------------------------------------------------------------------ configs
@@ -177,19 +177,9 @@ class SDTextTrainConfig:
 # ------------------------------------------------------------------------------------------------------ loading
 def load_sd_pipeline(base: Path, pipeline_class: str = "StableDiffusionPipeline", dtype=None):
     """A diffusers SD pipeline from a checked local folder, without safety checker; FusionError when it fails."""
-    import diffusers
     import torch
-    cls = getattr(diffusers, pipeline_class)
-    try:
-        pipe = cls.from_pretrained(str(base), safety_checker=None, requires_safety_checker=False,
-                                   dtype=dtype or torch.float32, local_files_only=True)
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FusionError(f"{base} could not be loaded as a Stable Diffusion folder ({first}); it must hold "
-                          f"model_index.json, unet/, vae/, text_encoder/, tokenizer/ and scheduler/ as written by "
-                          f"diffusers save_pretrained") from None
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return load_local_pipeline(pipeline_class, base, "sd", safety_checker=None, requires_safety_checker=False,
+                               dtype=dtype or torch.float32)
 
 
 def size_multiple(pipe) -> int:
