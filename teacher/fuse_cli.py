@@ -87,6 +87,13 @@ def _init_distributed(device: str):
     return dist
 
 
+def _leave(dist) -> None:
+    """Wait for every rank, then leave the process group (no-op outside torchrun)."""
+    if dist is not None:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _check_same_producer(out_dir: Path, teacher_name: str, settings: dict) -> None:
     """Refuse to add outputs of one teacher (or other settings) to a folder another one filled."""
     import json
@@ -156,9 +163,7 @@ def run_fuse(args) -> int:
     if not todo and manifest_path.exists():
         # Everything is there: keep the manifest of the run that made it (its timings), do not rewrite it empty.
         print(f"{args.teacher}: nothing to do, all {already} pair(s) already in {out_dir}", file=sys.stderr)
-        if dist is not None:
-            dist.barrier()
-            dist.destroy_process_group()
+        _leave(dist)  # other ranks may still have work: this one must still meet them at the barrier
         return 0
     record = dict(teacher=args.teacher, settings=teacher.settings(), model_hash=_model_hash(teacher),
                   data=str(args.data) if args.data else {"ir": str(args.ir), "vis": str(args.vis)},
@@ -218,9 +223,7 @@ def run_fuse(args) -> int:
     median = sorted(seconds)[len(seconds) // 2] if seconds else None
     write_manifest(out_dir, shard, **record, status="complete", fused=len(written), skipped=skipped,
                    seconds_per_pair_median=median, written=written)
-    if dist is not None:
-        dist.barrier()
-        dist.destroy_process_group()
+    _leave(dist)
     print(f"{args.teacher}: wrote {len(seconds)} pair(s) to {out_dir}"
           + (f" ({median:.2f} s/pair median)" if median is not None else "")
           + (f"; skipped {len(skipped)}" if skipped else ""), file=sys.stderr)
