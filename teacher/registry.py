@@ -33,6 +33,15 @@ def register(entry: TeacherEntry) -> TeacherEntry:
 for _entry in (
     TeacherEntry("em", "fusion", "teacher.em:EMTeacher",
                  "DDFM's hierarchical Bayesian EM fusion run to convergence; no weights, the default teacher"),
+    TeacherEntry("gff", "fusion", "teacher.multiscale:GuidedFilterFusion",
+                 "guided-filtering fusion (Li, Kang, Hu, IEEE TIP 2013): two scales, saliency weights refined by "
+                 "guided filters; no weights"),
+    TeacherEntry("vsmwls", "fusion", "teacher.multiscale:VSMWLSFusion",
+                 "visual-saliency-map + weighted-least-squares fusion (Ma et al., Infrared Phys. Technol. 2017): "
+                 "rolling-guidance multi-scale decomposition; no weights"),
+    TeacherEntry("pyramid", "fusion", "teacher.multiscale:SaliencyPyramidFusion",
+                 "Laplacian pyramid with salient-source bands and a soft-max base: keeps what is bright in either "
+                 "camera, day and night; no weights"),
     TeacherEntry("ddfm", "fusion", "teacher.ddfm:DDFMTeacher",
                  "DDFM diffusion sampler: unconditional diffusion prior + EM likelihood step (needs a prior folder)",
                  needs_weights=True),
