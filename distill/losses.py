@@ -1,4 +1,4 @@
-"""Distillation and fusion losses (kornia-style: pure torch, differentiable, shapes in the docstrings).
+"""Distillation and fusion losses (pure torch, differentiable, shapes in the docstrings; SSIM and Sobel from kornia).
 
 All images are float tensors in [0, 1] of shape (N, C, H, W); every loss returns a scalar (mean over the batch).
 
@@ -6,7 +6,8 @@ Teacher terms pull the student towards the teacher's fusion: `l1`, `ssim_loss`, 
 `PerceptualLoss` (VGG-16 features from a local weights file) and `FeatureDistillationLoss` (intermediate features,
 when the teacher exposes them). Source terms let the student go beyond its teacher: `intensity_loss` pulls towards
 max(IR, VIS) (salient thermal targets stay bright), `source_gradient_loss` towards the stronger of the two source
-gradients at each pixel (the texture of whichever modality has more). `FusionLoss` weighs them from the config and
+gradients at each pixel (the texture of whichever modality has more), `source_ssim_loss` keeps the structure of
+both (so no teacher's bias towards one camera can be learned unopposed). `FusionLoss` weighs them from the config and
 runs an L1-only warm-up first.
 """
 from __future__ import annotations
@@ -23,33 +24,14 @@ from torch import nn
 
 
 # -------------------------------------------------------------------------------------------------------- primitives
-def gaussian_kernel2d(window_size: int = 11, sigma: float = 1.5, device=None, dtype=None) -> torch.Tensor:
-    """Normalised 2-D Gaussian window, (window_size, window_size)."""
-    coords = torch.arange(window_size, device=device, dtype=dtype or torch.float32) - (window_size - 1) / 2
-    g = torch.exp(-(coords ** 2) / (2 * sigma ** 2))
-    g = g / g.sum()
-    return g[:, None] * g[None, :]
-
-
-def ssim_map(x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigma: float = 1.5, data_range: float = 1.0,
-             k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
-    """Per-pixel SSIM (Wang et al. 2004) with a Gaussian window, 'valid' filtering (no padding).
+def ssim_map(x: torch.Tensor, y: torch.Tensor, window_size: int = 11, data_range: float = 1.0) -> torch.Tensor:
+    """Per-pixel SSIM (Wang et al. 2004; kornia: Gaussian window of sigma 1.5, 'valid' filtering).
 
     x, y: (N, C, H, W) -> (N, C, H - window_size + 1, W - window_size + 1). Matches scikit-image's
     structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False) on the same region.
     """
-    channels = x.shape[1]
-    kernel = gaussian_kernel2d(window_size, sigma, x.device, x.dtype).expand(channels, 1, window_size, window_size)
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, kernel, groups=channels)
-
-    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    mu_x, mu_y = blur(x), blur(y)
-    sxx = blur(x * x) - mu_x ** 2
-    syy = blur(y * y) - mu_y ** 2
-    sxy = blur(x * y) - mu_x * mu_y
-    return ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
+    import kornia
+    return kornia.metrics.ssim(x, y, window_size, max_val=data_range, padding="valid")
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor, window_size: int = 11) -> torch.Tensor:
@@ -62,19 +44,13 @@ def ssim_loss(x: torch.Tensor, y: torch.Tensor, window_size: int = 11) -> torch.
     return 1.0 - ssim(x, y, window_size)
 
 
-_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
-
-
 def sobel(x: torch.Tensor) -> torch.Tensor:
-    """Normalised Sobel derivatives (edge-replicated borders): (N, C, H, W) -> (N, C, 2, H, W), [d/dx, d/dy].
+    """Normalised Sobel derivatives (kornia, edge-replicated borders): (N, C, H, W) -> (N, C, 2, H, W), [d/dx, d/dy].
 
     Normalised by 8, so a ramp rising by `a` per pixel along x has d/dx = a.
     """
-    n, c, h, w = x.shape
-    kx = _SOBEL_X.to(x.device, x.dtype)
-    kernel = torch.stack([kx, kx.t()])[:, None]                      # (2, 1, 3, 3)
-    padded = F.pad(x.reshape(n * c, 1, h, w), (1, 1, 1, 1), mode="replicate")
-    return F.conv2d(padded, kernel).reshape(n, c, 2, h, w)
+    import kornia
+    return kornia.filters.spatial_gradient(x, mode="sobel", order=1, normalized=True)
 
 
 def gradient_magnitude(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
@@ -97,6 +73,12 @@ def gradient_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def intensity_loss(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
     """L1 to the per-pixel max(IR, VIS) (SeAFusion's intensity term): keeps hot targets and bright regions."""
     return (fused - torch.maximum(ir, vis)).abs().mean()
+
+
+def source_ssim_loss(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+    """1 - (SSIM(F, IR) + SSIM(F, VIS)) / 2 (U2Fusion/SwinFusion's structural term): the fusion must keep the local
+    structure of both sources, so neither camera can be dropped, (N, 1, H, W) x 3 -> scalar."""
+    return 1.0 - 0.5 * (ssim(fused, ir) + ssim(fused, vis))
 
 
 def source_gradient_loss(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
@@ -212,6 +194,7 @@ class LossWeights:
     feature: float = 0.5
     intensity: float = 0.0   # source-driven: towards max(IR, VIS)
     source_gradient: float = 0.0  # source-driven: towards the stronger source gradient
+    source_ssim: float = 0.0  # source-driven: structural similarity to both sources
     warmup_l1_steps: int = 0  # only the L1 term before this step
 
 
@@ -233,7 +216,8 @@ class FusionLoss(nn.Module):
         w = self.weights
         if step < w.warmup_l1_steps:
             return ["l1"]
-        terms = [name for name in ("l1", "ssim", "gradient", "intensity", "source_gradient") if getattr(w, name) > 0]
+        terms = [name for name in ("l1", "ssim", "gradient", "intensity", "source_gradient", "source_ssim")
+                 if getattr(w, name) > 0]
         if self.perceptual is not None:
             terms.append("perceptual")
         if self.feature is not None:
@@ -254,7 +238,7 @@ class FusionLoss(nn.Module):
             values["perceptual"] = self.perceptual(fused, teacher)
         if "feature" in terms and student_features is not None and teacher_features is not None:
             values["feature"] = self.feature(student_features, teacher_features)
-        if "intensity" in terms or "source_gradient" in terms:
+        if {"intensity", "source_gradient", "source_ssim"} & set(terms):
             from runtime.color import luminance
             fused_y = luminance(fused, channel_axis=1).unsqueeze(1) if fused.shape[1] == 3 else fused
             vis_y = luminance(vis, channel_axis=1).unsqueeze(1) if vis.shape[1] == 3 else vis
@@ -262,5 +246,7 @@ class FusionLoss(nn.Module):
                 values["intensity"] = intensity_loss(fused_y, ir, vis_y)
             if "source_gradient" in terms:
                 values["source_gradient"] = source_gradient_loss(fused_y, ir, vis_y)
+            if "source_ssim" in terms:
+                values["source_ssim"] = source_ssim_loss(fused_y, ir, vis_y)
         total = sum(getattr(self.weights, name) * value for name, value in values.items())
         return total, {name: float(value.detach()) for name, value in values.items()}
