@@ -28,6 +28,15 @@ from runtime.errors import FusionError
 
 # ------------------------------------------------------------------------------------------------------------ config
 @dataclass
+class DataSetSpec:
+    """One training set of several (data.sets): its pairs, targets, and how often each pair is drawn an epoch."""
+    root: str = ""
+    names: str = "train.txt"
+    teacher_dir: str = ""                        # "" : root/TEACHER_FUSED (unused with data.online_teacher)
+    repeat: int = 1                              # draws per pair per epoch (balances a small set)
+
+
+@dataclass
 class DataSection:
     root: str = "../shared/data/roadscene"       # dataset folder with ir/ and vi/
     names: str = "train.txt"                     # split file; relative paths are looked up in `root` first
@@ -36,6 +45,10 @@ class DataSection:
     batch_size: int = 8                          # per process
     workers: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    sets: List[DataSetSpec] = field(default_factory=list)  # several training sets; empty: root/names/teacher_dir
+    online_teacher: str = ""                     # a fast registered teacher that makes the targets from each
+                                                 # augmented batch ("" : read targets from teacher_dir)
+    max_side: int = 0                            # downscale larger frames once at load (0: keep)
 
 
 @dataclass
@@ -238,26 +251,51 @@ def resolve_names(root: Path, names: str) -> Path:
     raise FusionError(f"split file not found: {names} (looked in {root} and the current folder)")
 
 
+def training_sets(cfg: TrainConfig) -> List[DataSetSpec]:
+    if cfg.data.sets:
+        return list(cfg.data.sets)
+    return [DataSetSpec(root=cfg.data.root, names=cfg.data.names, teacher_dir=cfg.data.teacher_dir)]
+
+
 def build_datasets(cfg: TrainConfig):
+    """The training set (every set of data.sets, each pair repeated as its set says) and the validation set (the
+    val_fraction carved out of each set's names; never a test or validation list)."""
     from distill.data import FusionPairs, PairAugment, split_train_val
     from runtime.imageio import discover_pairs, read_names
-    root = Path(cfg.data.root)
-    names_file = resolve_names(root, cfg.data.names)
-    if names_file.name == "test.txt":
-        raise FusionError(f"refusing to train on {names_file}: test.txt is for evaluation only; use train.txt")
-    names = read_names(names_file)
-    train_names, val_names = split_train_val(names, cfg.data.val_fraction, cfg.seed)
-    teacher_dir = cfg.data.teacher_dir or None
-    if teacher_dir is not None and not Path(teacher_dir).is_dir():
-        raise FusionError(f"teacher targets not found at {teacher_dir}; build them with `make targets` "
-                          f"(fusion teacher fuse --teacher em ...) or set data.teacher_dir")
-    pairs = discover_pairs(root, names=names, teacher_dir=teacher_dir, require_target=True)
-    by_name = {p.name: p for p in pairs}
-    train_set = FusionPairs([by_name[n] for n in train_names], PairAugment(cfg.data.augment, seed=cfg.seed),
-                            vis_channels=cfg.model.vis_channels)
-    val_set = FusionPairs([by_name[n] for n in val_names], None, vis_channels=cfg.model.vis_channels) \
-        if val_names else None
+    online = bool(cfg.data.online_teacher)
+    if online and cfg.model.vis_channels != 1:
+        raise FusionError("data.online_teacher makes luminance targets; it needs model.vis_channels=1")
+    train_pairs, repeats, val_pairs = [], [], []
+    for spec in training_sets(cfg):
+        root = Path(spec.root)
+        names_file = resolve_names(root, spec.names)
+        if names_file.name in ("test.txt", "val.txt"):
+            raise FusionError(f"refusing to train on {names_file}: {names_file.name} is for evaluation only; "
+                              f"use a train.txt")
+        names = read_names(names_file)
+        train_names, val_names = split_train_val(names, cfg.data.val_fraction, cfg.seed)
+        teacher_dir = None if online else (spec.teacher_dir or None)
+        if teacher_dir is not None and not Path(teacher_dir).is_dir():
+            raise FusionError(f"teacher targets not found at {teacher_dir}; build them with `make targets` "
+                              f"(fusion teacher fuse --teacher em ...) or set data.teacher_dir")
+        pairs = discover_pairs(root, names=names, teacher_dir=teacher_dir, require_target=not online)
+        by_name = {p.name: p for p in pairs}
+        train_pairs += [by_name[n] for n in train_names]
+        repeats += [spec.repeat] * len(train_names)
+        val_pairs += [by_name[n] for n in val_names]
+    train_set = FusionPairs(train_pairs, PairAugment(cfg.data.augment, seed=cfg.seed),
+                            vis_channels=cfg.model.vis_channels, targets=not online, max_side=cfg.data.max_side,
+                            repeats=repeats)
+    val_set = FusionPairs(val_pairs, None, vis_channels=cfg.model.vis_channels, targets=not online,
+                          max_side=cfg.data.max_side) if val_pairs else None
     return train_set, val_set
+
+
+def online_targets(teacher, ir, vis):
+    """The teacher's fusion of a (possibly augmented) batch: (N, 1, H, W) x 2 -> (N, 1, H, W), no gradient."""
+    import torch
+    with torch.no_grad():
+        return teacher.fuse_batch(ir.float(), vis.float()).clamp(0, 1)
 
 
 def epoch_loader(train_set, cfg: TrainConfig, dist_info: Dist, epoch: int):
@@ -290,8 +328,9 @@ def batches_per_epoch(train_set, cfg: TrainConfig, dist_info: Dist) -> int:
 
 
 # -------------------------------------------------------------------------------------------------------- validation
-def validate(model, val_set, device) -> dict:
-    """Full-size validation images, one at a time: L1, SSIM and PSNR to the teacher; score = SSIM - L1."""
+def validate(model, val_set, device, teacher=None) -> dict:
+    """Full-size validation images, one at a time: L1, SSIM and PSNR to the teacher; score = SSIM - L1.
+    With `teacher` (online targets) the target is the teacher's fusion of the whole frame."""
     import torch
 
     from distill.losses import l1, ssim
@@ -299,7 +338,8 @@ def validate(model, val_set, device) -> dict:
     totals = {"l1": 0.0, "ssim": 0.0, "psnr": 0.0}
     with torch.no_grad():
         for item in val_set:
-            ir, vis, target = (item[k][None].to(device) for k in ("ir", "vis", "target"))
+            ir, vis = item["ir"][None].to(device), item["vis"][None].to(device)
+            target = online_targets(teacher, ir, vis) if teacher is not None else item["target"][None].to(device)
             fused = model(ir, vis)
             mse = float(((fused - target) ** 2).mean())
             totals["l1"] += float(l1(fused, target))
@@ -310,12 +350,14 @@ def validate(model, val_set, device) -> dict:
     return out
 
 
-def preview_grid(model, item, device):
+def preview_grid(model, item, device, teacher=None):
     """IR | VIS | teacher | student side by side, (3, H, 4W) in [0, 1] (luminance shown as gray)."""
     import torch
+    ir, vis = item["ir"][None].to(device), item["vis"][None].to(device)
     with torch.no_grad():
-        fused = model(item["ir"][None].to(device), item["vis"][None].to(device))[0].cpu()
-    tiles = [item["ir"], item["vis"], item["target"], fused]
+        fused = model(ir, vis)[0].cpu()
+    target = online_targets(teacher, ir, vis)[0].cpu() if teacher is not None else item["target"]
+    tiles = [item["ir"], item["vis"], target, fused]
     tiles = [t.expand(3, -1, -1) if t.shape[0] == 1 else t for t in tiles]
     return torch.cat(tiles, dim=2).clamp(0, 1)
 
@@ -403,6 +445,11 @@ def train(cfg: TrainConfig, feature_teacher=None) -> dict:
             feature_loss = FeatureDistillationLoss(model.feature_channels[:len(teacher_channels)],
                                                    teacher_channels).to(device)
     criterion = FusionLoss(cfg.loss, perceptual=perceptual, feature=feature_loss)
+    target_teacher = None
+    if cfg.data.online_teacher:
+        from teacher.registry import load_teacher_class
+        target_teacher = load_teacher_class(cfg.data.online_teacher, ("fusion", "baseline"))(device=str(device))
+        log(f"targets: made online by the '{cfg.data.online_teacher}' teacher from each augmented batch")
 
     params = list(model.parameters()) + (list(feature_loss.parameters()) if feature_loss is not None else [])
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
@@ -443,7 +490,8 @@ def train(cfg: TrainConfig, feature_teacher=None) -> dict:
                         file=sys.stderr)
 
     per_epoch = batches_per_epoch(train_set, cfg, dist_info)
-    metadata = {"config_hash": config_hash(cfg), "teacher_dir": cfg.data.teacher_dir, "names": cfg.data.names}
+    metadata = {"config_hash": config_hash(cfg), "names": [f"{s.root}/{s.names}" for s in training_sets(cfg)],
+                "teacher": cfg.data.online_teacher or [s.teacher_dir for s in training_sets(cfg)]}
     step, epoch = start_step, start_step // per_epoch
     skip = start_step % per_epoch
     started = time.time()
@@ -456,7 +504,9 @@ def train(cfg: TrainConfig, feature_teacher=None) -> dict:
         for batch_index, batch in enumerate(epoch_loader(train_set, cfg, dist_info, epoch)):
             if batch_index < skip:
                 continue
-            ir, vis, target = (batch[k].to(device, non_blocking=True) for k in ("ir", "vis", "target"))
+            ir, vis = batch["ir"].to(device, non_blocking=True), batch["vis"].to(device, non_blocking=True)
+            target = online_targets(target_teacher, ir, vis) if target_teacher is not None else \
+                batch["target"].to(device, non_blocking=True)
             with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
                 fused, student_features = train_model(ir, vis)
                 teacher_features = feature_teacher.features(ir, vis) if feature_loss is not None else None
@@ -507,7 +557,7 @@ def train(cfg: TrainConfig, feature_teacher=None) -> dict:
             finished = step >= cfg.steps or out_of_time
             if dist_info.main:
                 if val_set is not None and (step % cfg.val_every == 0 or finished):
-                    last_val = validate(ema.module, val_set, device)
+                    last_val = validate(ema.module, val_set, device, target_teacher)
                     if writer is not None:
                         for k, v in last_val.items():
                             writer.add_scalar(f"val/{k}", v, step)
@@ -520,7 +570,8 @@ def train(cfg: TrainConfig, feature_teacher=None) -> dict:
                     _log(f"step {step}: val L1 {last_val['l1']:.4f} SSIM {last_val['ssim']:.4f} "
                          f"PSNR {last_val['psnr']:.2f} (best score {best_score:.4f})", dist_info)
                 if writer is not None and val_set is not None and (step % cfg.image_every == 0 or finished):
-                    writer.add_image("val/ir_vis_teacher_student", preview_grid(ema.module, val_set[0], device), step)
+                    writer.add_image("val/ir_vis_teacher_student", preview_grid(ema.module, val_set[0], device,
+                                                                                 target_teacher), step)
                 if val_set is None and finished:
                     save_student(ema.module, run_dir / "best", metadata={**metadata, "step": step})
                 if step % cfg.save_every == 0 or finished:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import requires_gpu
+from conftest import SHARED_DATA as SHARED, requires_gpu
 
 from distill.train import load_train_config, train
 
@@ -45,7 +45,7 @@ def _overrides(root: Path, run_dir: Path, steps: int, **extra) -> list[str]:
               "data.teacher_dir": "''", "data.val_fraction": 0.25, "data.batch_size": 1, "data.augment.crop": 64,
               "model.variant": "tiny-test", "optim.warmup_steps": 2, "optim.lr": 0.01, "val_every": 1000,
               "save_every": 1000, "log_every": 2, "image_every": 1000, "threads": 2,
-              "loss.warmup_l1_steps": 2, "device": "cpu", **extra}
+              "loss.warmup_l1_steps": 2, "device": "cpu", "data.sets": "[]", "data.online_teacher": "''", **extra}
     return [f"{k}={v}" for k, v in values.items()]
 
 
@@ -123,6 +123,34 @@ def test_cli_trains_and_refuses_the_test_split(em_dataset, tmp_path, capsys):
         (em_dataset / "test.txt").unlink()
     assert code == 2
     assert "test.txt is for evaluation only" in capsys.readouterr().err
+
+
+def test_day_and_night_sets_with_online_targets(em_dataset, tmp_path):
+    """The default recipe's data path: two sets (RoadScene + LLVIP night, the small one repeated), 1280x1024 frames
+    downscaled at load, capture-condition augmentation, targets made online by the pyramid teacher."""
+    from distill.train import build_datasets
+    llvip = SHARED / "llvip_mini"
+    sets = f"[{{root: {em_dataset}, names: train.txt}}, {{root: {llvip}, names: train.txt, repeat: 2}}]"
+    cfg = _config(em_dataset, tmp_path / "sets", 4, **{"data.sets": sets, "data.online_teacher": "pyramid",
+                                                       "data.max_side": 320, "data.augment.vis_dark": 0.5,
+                                                       "data.augment.ir_agc": 0.5, "data.augment.vis_glare": 0.5})
+    train_set, val_set = build_datasets(cfg)
+    llvip_names = [Path(n).stem for n in (llvip / "train.txt").read_text().split()]
+    # 4 RoadScene names and 24 LLVIP names, a quarter of each carved out for validation; LLVIP drawn twice
+    assert len(train_set) == 3 + 2 * 18 and len(val_set) == 1 + 6
+    assert max(max(ir.shape) for ir, _, _ in train_set.items) == 320
+    assert "target" not in train_set[0] and train_set[0]["ir"].shape == (1, 64, 64)
+    assert not set(p.name for p in val_set.pairs) - set(llvip_names) - set(em_dataset.joinpath("train.txt")
+                                                                          .read_text().split())
+    summary = train(cfg)
+    assert summary["step"] == 4 and 0 < summary["val"]["l1"] < 0.5
+
+
+def test_validation_lists_are_refused_in_any_set(em_dataset, tmp_path):
+    from runtime.errors import FusionError
+    sets = f"[{{root: {em_dataset}, names: train.txt}}, {{root: {SHARED / 'llvip_mini'}, names: val.txt}}]"
+    with pytest.raises(FusionError, match="val.txt is for evaluation only"):
+        train(_config(em_dataset, tmp_path / "bad", 2, **{"data.sets": sets, "data.online_teacher": "pyramid"}))
 
 
 def test_unknown_config_key_is_reported(tmp_path):
