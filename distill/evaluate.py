@@ -2,6 +2,8 @@
 and the student's cost (params, GMACs, ONNX Runtime CPU latency, ratio to the SeAFusion-architecture peer).
 
     fusion distill eval --weights default --data ../shared/data/roadscene --names test.txt [--out DIR]
+    fusion distill eval --weights default --suite validation          # every validation set, one table each
+    fusion distill eval --weights default --data ../shared/data/msrs_mini:val.txt:N --data DIR2:val.txt
     fusion distill profile --weights default [--size 480x640] [--peer seafusion]
 
 Metrics come from distill.metrics (numpy + OpenCV); images are written as 8-bit PNG and the metrics read them back,
@@ -22,6 +24,37 @@ import numpy as np
 from runtime.errors import FusionError, require
 
 DEFAULT_BASELINES = ("mean", "max", "laplacian")
+# metrics on which a fusion must not fall below the plain average of the sources (the "below mean" line)
+MEAN_FLOOR_METRICS = ("EN", "SD", "SF", "AG", "VIF", "Qabf")
+TABLE_METRICS = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
+# `--suite validation`: every validation set of ../shared/data (msrs_mini split into day D and night N); never trained
+# or tuned on. PATH:NAMES[:SUFFIX], PATH relative to --shared.
+SUITES = {"validation": ("roadscene:test.txt", "msrs_mini:val.txt:D", "msrs_mini:val.txt:N", "llvip_mini:val.txt")}
+
+
+def parse_set(spec: str) -> tuple[str, Optional[str], str]:
+    """'PATH[:NAMES[:SUFFIX]]' -> (path, names or None, suffix): SUFFIX keeps only names ending with it (msrs D/N)."""
+    parts = spec.split(":")
+    if len(parts) > 3 or not parts[0]:
+        raise FusionError(f"a set is PATH[:NAMES[:SUFFIX]] (e.g. ../shared/data/msrs_mini:val.txt:N), got '{spec}'")
+    return parts[0], (parts[1] or None) if len(parts) > 1 else None, parts[2] if len(parts) > 2 else ""
+
+
+def set_label(path: str, names: Optional[str], suffix: str) -> str:
+    label = Path(path).name
+    if names:
+        label += "-" + Path(names).stem
+    return label + (f"-{suffix}" if suffix else "")
+
+
+def below_baseline(rows: Dict[str, dict], subject: str, baseline: str = "mean",
+                   metrics_: Sequence[str] = MEAN_FLOOR_METRICS) -> List[str]:
+    """The metrics of `metrics_` on which row `subject` is below row `baseline`."""
+    return [m for m in metrics_ if rows[subject][m] < rows[baseline][m]]
+
+
+def wins_over(rows: Dict[str, dict], subject: str, baseline: str, metrics_: Sequence[str] = TABLE_METRICS) -> List[str]:
+    return [m for m in metrics_ if rows[subject][m] >= rows[baseline][m]]
 
 
 # --------------------------------------------------------------------------------------------------------- cost
@@ -214,10 +247,61 @@ def picture_grid(pairs, columns: Dict[str, Path], out_path: Path, rows: int = 4,
     return write_image(out_path, np.concatenate(padded, axis=0))
 
 
+def colourise(pairs, fused_dir: Path, out_dir: Path) -> None:
+    """Colour versions of gray fusions (the visible chroma on the fused luminance, as the runtime shows them)."""
+    from runtime.color import merge_luminance, split_luminance
+    from runtime.imageio import read_pair, read_raw, write_image
+    for pair in pairs:
+        target = out_dir / f"{pair.name}.png"
+        if target.is_file():
+            continue
+        fused = read_raw(next(iter(sorted(fused_dir.glob(f"{pair.name}.*")))))
+        fused = fused.astype(np.float32) / (65535.0 if fused.dtype == np.uint16 else 255.0)
+        if fused.ndim == 3:
+            fused = split_luminance(fused)[0]
+        _, vis = read_pair(pair)
+        _, cbcr = split_luminance(vis if vis.ndim == 3 else np.repeat(vis[..., None], 3, axis=2))
+        write_image(target, merge_luminance(fused, cbcr))
+
+
+def evaluate_sets(weights: str, sets: Sequence[str], out: Path, **kwargs) -> dict:
+    """`evaluate` on each set spec (PATH[:NAMES[:SUFFIX]]) into out/<label>/, with one Markdown report
+    (out/summary.md) holding a table per set, the metrics where the student is below `mean`, and its wins over
+    `laplacian`. The cost profile is measured once (first set)."""
+    from runtime.imageio import write_json, write_text
+    results, lines = {}, []
+    profile = kwargs.pop("profile", True)
+    for index, spec in enumerate(sets):
+        path, names, suffix = parse_set(spec)
+        label = set_label(path, names, suffix)
+        summary = evaluate(weights, path, names, out / label, profile=profile and index == 0, suffix=suffix,
+                           **kwargs)
+        results[label] = summary
+        lines += [f"### {label} ({summary['count']} pairs)", "", summary["table"], ""]
+        lines.append(describe_against_baselines(summary))
+        lines += ["", f"![{label}]({label}/grid.png)", ""]
+    report = "\n".join(lines)
+    write_text(out / "summary.md", report + "\n")
+    write_json(out / "summary.json", {k: {kk: vv for kk, vv in v.items() if kk != "table"}
+                                      for k, v in results.items()})
+    return {"sets": results, "report": report}
+
+
+def describe_against_baselines(summary: dict) -> str:
+    parts = []
+    if "below_mean" in summary:
+        below = summary["below_mean"]
+        parts.append("below `mean` on: " + (", ".join(below) if below else "none of " + ", ".join(MEAN_FLOOR_METRICS)))
+    if "wins_over_laplacian" in summary:
+        wins = summary["wins_over_laplacian"]
+        parts.append(f"at least `laplacian` on {len(wins)} of {len(TABLE_METRICS)}: {', '.join(wins) or '-'}")
+    return "; ".join(parts)
+
+
 # ------------------------------------------------------------------------------------------------------- eval
-def evaluate(weights: str, data: str, names: Optional[str], out: Path, teacher: str = "em",
+def evaluate(weights: str, data: str, names: Optional[str], out: Path, teacher: str = "pyramid",
              teacher_dir: Optional[str] = None, baselines: Sequence[str] = DEFAULT_BASELINES, device: str = "cpu",
-             grid_rows: int = 4, profile: bool = True, threads: int = 2) -> dict:
+             grid_rows: int = 4, profile: bool = True, threads: int = 2, suffix: str = "") -> dict:
     import torch
 
     from distill.models import load_student
@@ -233,6 +317,10 @@ def evaluate(weights: str, data: str, names: Optional[str], out: Path, teacher: 
     if names is not None and not Path(names).is_file() and (Path(data) / names).is_file():
         names = str(Path(data) / names)
     pairs = discover_pairs(data, names=names)
+    if suffix:
+        pairs = [p for p in pairs if p.name.endswith(suffix)]
+        if not pairs:
+            raise FusionError(f"no pair of {data} ({names or 'all'}) has a name ending in '{suffix}'")
     ir_dir, vis_dir, found_teacher = dataset_folders(data)
     stems = [p.name for p in pairs]
 
@@ -244,7 +332,7 @@ def evaluate(weights: str, data: str, names: Optional[str], out: Path, teacher: 
     chosen = Path(teacher_dir) if teacher_dir else found_teacher
     if chosen is None or not all((chosen / f"{s}.png").is_file() or any(chosen.glob(f"{s}.*")) for s in stems):
         chosen = out / f"teacher_{teacher}"
-        fuse_with_teacher(teacher, "fusion", pairs, chosen)
+        fuse_with_teacher(teacher, ("fusion", "baseline"), pairs, chosen)
     folders[f"teacher ({teacher})"] = chosen
     for name in baselines:
         folder = out / f"baseline_{name}"
@@ -261,14 +349,21 @@ def evaluate(weights: str, data: str, names: Optional[str], out: Path, teacher: 
         rows[label] = result["mean"]
         per_image[label] = result["per_image"]
     table = metrics.markdown_table(rows)
-    summary = {"weights": str(weights), "data": str(data), "names": names, "count": len(stems), "rows": rows,
-               "folders": {k: str(v) for k, v in folders.items()}}
+    student_label = next(iter(folders))
+    summary = {"weights": str(weights), "data": str(data), "names": names, "suffix": suffix, "count": len(stems),
+               "rows": rows, "folders": {k: str(v) for k, v in folders.items()}}
+    if "mean" in rows:
+        summary["below_mean"] = below_baseline(rows, student_label)
+    if "laplacian" in rows:
+        summary["wins_over_laplacian"] = wins_over(rows, student_label, "laplacian")
     if profile:
         summary["profile"] = profile_student(model.cpu(), threads=threads)
     write_text(out / "metrics.md", table + "\n")
     write_json(out / "metrics.json", summary)
     write_json(out / "metrics_per_image.json", per_image)
-    grid_columns = {"teacher": chosen, "student": colour_dir}
+    teacher_rgb = out / f"teacher_{teacher}_rgb"
+    colourise(pairs, chosen, teacher_rgb)
+    grid_columns = {f"teacher {teacher}": teacher_rgb, "student": colour_dir}
     summary["grid"] = str(picture_grid(pairs, grid_columns, out / "grid.png", rows=grid_rows))
     summary["table"] = table
     return summary
@@ -277,10 +372,17 @@ def evaluate(weights: str, data: str, names: Optional[str], out: Path, teacher: 
 def configure_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default="default", help="student folder (config.json + model.safetensors) or "
                                                              "'default' (default: %(default)s)")
-    parser.add_argument("--data", required=True, help="dataset folder with ir/ and vi/")
-    parser.add_argument("--names", default=None, help="split file (e.g. test.txt; looked up in --data too)")
+    parser.add_argument("--data", action="append", default=[],
+                        help="dataset folder with ir/ and vi/, optionally PATH:NAMES[:SUFFIX] (SUFFIX keeps names "
+                             "ending with it, e.g. msrs_mini:val.txt:N); repeat for several sets, one table each")
+    parser.add_argument("--suite", choices=sorted(SUITES), help="add a named group of sets under --shared: "
+                        "'validation' = roadscene test, msrs_mini day (D) and night (N), llvip_mini val")
+    parser.add_argument("--shared", default="../shared/data", help="folder the --suite sets live in "
+                                                                   "(default: %(default)s)")
+    parser.add_argument("--names", default=None, help="split file for a single --data (e.g. test.txt; looked up in "
+                                                      "--data too)")
     parser.add_argument("--out", default=None, help="output folder (default: runs/distill/eval/<weights name>)")
-    parser.add_argument("--teacher", default="em", help="teacher row (default: %(default)s)")
+    parser.add_argument("--teacher", default="pyramid", help="teacher row (default: %(default)s)")
     parser.add_argument("--teacher-dir", default=None, help="precomputed teacher fusions (default: the dataset's "
                                                             "TEACHER_FUSED/ when complete, else computed into --out)")
     parser.add_argument("--baselines", default=",".join(DEFAULT_BASELINES), help="comma-separated baseline rows "
@@ -295,11 +397,28 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
 def run_eval(args) -> int:
     require("torch", "`fusion distill eval`")
     out = Path(args.out) if args.out else Path("runs/distill/eval") / Path(str(args.weights)).name
-    summary = evaluate(args.weights, args.data, args.names, out, teacher=args.teacher, teacher_dir=args.teacher_dir,
-                       baselines=[b for b in args.baselines.split(",") if b], device=args.device,
-                       grid_rows=args.grid_rows, profile=not args.no_profile, threads=args.threads)
-    print(f"{summary['count']} pairs from {args.data}" + (f" ({args.names})" if args.names else ""))
+    sets = list(args.data) + [str(Path(args.shared) / spec) for spec in SUITES.get(args.suite, ())]
+    if not sets:
+        raise FusionError("give a dataset with --data PATH (repeatable) or a group of sets with --suite validation")
+    options = dict(teacher=args.teacher, teacher_dir=args.teacher_dir,
+                   baselines=[b for b in args.baselines.split(",") if b], device=args.device,
+                   grid_rows=args.grid_rows, profile=not args.no_profile, threads=args.threads)
+    if len(sets) > 1:
+        if args.names or args.teacher_dir:
+            raise FusionError("--names and --teacher-dir go with a single --data; give each set as PATH:NAMES[:SUFFIX]")
+        result = evaluate_sets(args.weights, sets, out, **options)
+        print(result["report"])
+        first = next(iter(result["sets"].values()))
+        if "profile" in first:
+            print(format_profile(first["profile"]))
+        print(f"report: {out / 'summary.md'}; per set: fused images, metrics and grid.png under {out}/<set>/")
+        return 0
+    path, names, suffix = parse_set(sets[0])
+    summary = evaluate(args.weights, path, args.names or names, out, suffix=suffix, **options)
+    print(f"{summary['count']} pairs from {path}" + (f" ({args.names or names})" if (args.names or names) else ""))
     print(summary["table"])
+    if "below_mean" in summary or "wins_over_laplacian" in summary:
+        print(describe_against_baselines(summary))
     if "profile" in summary:
         print(format_profile(summary["profile"]))
     print(f"fused images: {out / 'student'} (colour: {out / 'student_rgb'}); grid: {summary['grid']}; "
