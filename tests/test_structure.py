@@ -8,6 +8,7 @@ are skipped, since they never run. A circle is reported as the modules on it; a 
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,15 @@ def module_files(root: Path = REPO) -> dict[str, Path]:
                 parts = parts[:-1]
             modules[".".join(parts)] = path
     return modules
+
+
+def _parse(path: Path) -> ast.Module:
+    return _parse_source(path.read_text(encoding="utf-8"), str(path))
+
+
+@functools.lru_cache(maxsize=None)
+def _parse_source(text: str, filename: str) -> ast.Module:
+    return ast.parse(text, filename=filename)
 
 
 def _is_type_checking(node: ast.If) -> bool:
@@ -62,7 +72,7 @@ def _absolute(module: str, path: Path, node: ast.ImportFrom) -> str:
 def imports_of(module: str, path: Path, modules: dict[str, Path]) -> list[tuple[str, int, str | None]]:
     """[(imported project module, line, imported name or None)] of one module. `from pkg import sub` where `sub` is
     a module counts as importing `pkg.sub`; any other name counts as importing `pkg` itself."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    tree = _parse(path)
     found = []
     for node in _import_nodes(tree):
         if isinstance(node, ast.Import):
@@ -145,7 +155,7 @@ def _private(name: str) -> bool:
 
 def _private_attributes(name: str, path: Path, modules: dict[str, Path], root: Path) -> list[str]:
     """`alias._name` where alias is bound to another project module by an import in this file."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    tree = _parse(path)
     aliases: dict[str, str] = {}
     for node in _import_nodes(tree):
         if isinstance(node, ast.Import):
