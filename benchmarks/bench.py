@@ -30,6 +30,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from benchmarks.common import load_average, onnx_input_size, onnx_is_dynamic, student_gmacs
 from runtime.errors import FusionError
 
 ALL_BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "onnxruntime-cuda", "torch-cuda", "tensorrt-fp16",
@@ -126,14 +127,6 @@ def machine_info(threads: int) -> dict:
     return info
 
 
-def _load_avg() -> Optional[float]:
-    """1-minute load average: on a shared machine, the context every absolute millisecond needs."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
-
-
 def _gpu_available() -> bool:
     try:
         import torch
@@ -148,22 +141,6 @@ def _ort_providers() -> list:
         return list(onnxruntime.get_available_providers())
     except Exception:  # noqa: BLE001
         return []
-
-
-def _onnx_is_dynamic(path: Path) -> bool:
-    import onnx
-    model = onnx.load(str(path), load_external_data=False)
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    return len(dims) == 4 and not (dims[2].HasField("dim_value") and dims[3].HasField("dim_value"))
-
-
-def _onnx_size(path: Path) -> Optional[tuple]:
-    import onnx
-    model = onnx.load(str(path), load_external_data=False)
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    if len(dims) == 4 and dims[2].HasField("dim_value") and dims[3].HasField("dim_value"):
-        return int(dims[2].dim_value), int(dims[3].dim_value)
-    return None
 
 
 # ------------------------------------------------------------------------------------------------------ the student
@@ -197,7 +174,7 @@ def student_onnx(cfg: BenchConfig, model, folder: Optional[Path], work: Path, vi
         return path, f"ONNX Runtime rows run {path}"
     if folder is not None and (folder / "model.onnx").is_file():
         shipped = folder / "model.onnx"
-        if _onnx_is_dynamic(shipped):
+        if onnx_is_dynamic(shipped):
             return shipped, f"ONNX Runtime rows run the shipped {shipped}"
         note = f"{shipped} has a fixed input size, so a dynamic ONNX was exported from the same weights for the bench"
     else:
@@ -464,7 +441,7 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
     if unknown:
         raise FusionError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(ALL_BACKENDS)}")
     set_torch_threads(cfg.threads)
-    load_start = _load_avg()
+    load_start = load_average()
     notes: List[str] = []
     data = _data_dir(cfg)
     if data is None:
@@ -488,7 +465,7 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
                 notes.append(int8_note)
         candidates = build_candidates(cfg, model, student_name, fp32_onnx, int8_onnx, notes)
         peers = peer_candidates(cfg, work, notes)
-        fixed_size = _onnx_size(fp32_onnx)
+        fixed_size = onnx_input_size(fp32_onnx)
 
         # ---- quality on native-size test pairs (per backend: INT8/fp16 change pixels)
         qpairs = []
@@ -533,7 +510,6 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
             stats = time_interleaved(runners, runs=runs, warmup=warm)
             # Registered students: thop's convs + linears plus the cross-attention matrix products thop cannot
             # see (the count `fusion distill eval` and benchmarks.student_speed report); peers: thop alone.
-            from benchmarks.student_speed import student_gmacs
             params, gmacs = count_params(model), student_gmacs(model, hw, vis_channels)[0]
             peer_cost = {name: (count_params(create_peer(name)), count_gmacs(create_peer(name), hw, 1))
                          for name in cfg.peers}
@@ -584,7 +560,7 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
     notes = list(dict.fromkeys(notes))  # one note per reason, not one per resolution
     machine = machine_info(cfg.threads)
     machine["load_avg_start"] = load_start
-    machine["load_avg_end"] = _load_avg()
+    machine["load_avg_end"] = load_average()
     return BenchResult(rows=rows, notes=notes, machine=machine, config=config_to_dict(cfg),
                        teacher=teacher, e2e=e2e, seconds=time.perf_counter() - started)
 

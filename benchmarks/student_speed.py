@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.common import load_average, onnx_input_size, student_gmacs
+
 GOALS = {"speedup_min": 20.0, "latency_ms_max": 30.0, "gmacs_max": 1.5, "params_max": 1_000_000}
 
 
@@ -40,34 +42,13 @@ def _resolve_student(weights: str | None, variant: str | None):
                 f"the default student could not be loaded ({exc}); timing a random-weight nano instead")
 
 
-def student_gmacs(model, imgsz: tuple[int, int], vis_channels: int = 1) -> tuple[float, float]:
-    """(GMACs, thop-only GMACs) of one forward pass at imgsz. thop counts convs and linear layers but not the
-    cross-attention matrix products of a registered student, so those are added the way `fusion distill eval`
-    does (distill.evaluate.count_macs); any other module is counted by thop alone."""
-    from benchmarks.latency import count_gmacs
-    if getattr(getattr(model, "config", None), "stages", None) is not None:
-        from distill.evaluate import count_macs
-        macs = count_macs(model, *imgsz)
-        return macs["gmacs"], macs["thop_gmacs"]
-    gmacs = count_gmacs(model, imgsz, vis_channels)
-    return gmacs, gmacs
-
-
-def _load():
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
-
-
 def _shipped_onnx(imgsz) -> Path | None:
     """runtime/models/default/model.onnx when it takes imgsz (dynamic, or static at that size), else None."""
-    from benchmarks.bench import _onnx_size
     from distill.models import default_model_dir
     path = default_model_dir() / "model.onnx"
     if not path.is_file():
         return None
-    size = _onnx_size(path)
+    size = onnx_input_size(path)
     return path if size is None or tuple(size) == tuple(imgsz) else None
 
 
@@ -82,7 +63,7 @@ def measure_student_speed(model=None, weights: str | None = None, variant: str |
                                     real_feeds, set_torch_threads, time_interleaved)
     from benchmarks.peers import PEER_PAPERS, create_peer
     set_torch_threads(threads)
-    load_start = _load()
+    load_start = load_average()
     note = ""
     if model is None:
         model, label, note = _resolve_student(weights, variant)
@@ -106,7 +87,7 @@ def measure_student_speed(model=None, weights: str | None = None, variant: str |
     gmacs, thop_gmacs = student_gmacs(model, imgsz, vis_channels)
     report = {
         "imgsz": list(imgsz), "threads": threads, "input": source, "note": note,
-        "load_avg": [load_start, _load()],
+        "load_avg": [load_start, load_average()],
         "student": {"label": label, "onnx": str(onnx_path) if onnx_path else "exported (opset 17)",
                     "params": count_params(model), "gmacs": gmacs, "thop_gmacs": thop_gmacs,
                     **stats["student"].to_dict()},

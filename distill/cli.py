@@ -1,6 +1,6 @@
 """`fusion distill ...`: train the student on teacher targets, evaluate it, measure its cost.
 
-    fusion distill train --config configs/distill/default.yaml [key=value ...]
+    fusion distill train --config default [key=value ...]        # configs/distill/default.yaml, also from a wheel
     fusion distill eval --weights runs/distill/default/best --data ../shared/data/roadscene --names test.txt
     fusion distill profile --weights default
 
@@ -25,7 +25,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def configure_train(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="configs/distill/default.yaml", help="YAML config (default: %(default)s)")
+    parser.add_argument("--config", default="default",
+                        help="YAML file, or the name of a packaged config: NAME for configs/distill/NAME.yaml, "
+                             "STAGE/NAME for another stage's (irgen/student_cpu) (default: %(default)s)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. steps=500 optim.lr=1e-3 data.augment.misalign_prob=0.5")
     parser.set_defaults(func=run_train)

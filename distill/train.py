@@ -96,7 +96,7 @@ class TrainConfig:
 
 def load_train_config(path: Optional[str], overrides=()) -> TrainConfig:
     from runtime.config import load_config
-    return load_config(TrainConfig, path, overrides)
+    return load_config(TrainConfig, path, overrides, sections=("distill",))
 
 
 # ------------------------------------------------------------------------------------------------------ distributed

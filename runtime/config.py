@@ -1,7 +1,13 @@
 """Typed configs: dataclasses that load from YAML, take `key.sub=value` overrides, and are written beside outputs.
 
-    cfg = load_config(TrainConfig, "configs/distill/nano.yaml", ["optim.lr=3e-4", "data.crop=256"])
+    cfg = load_config(TrainConfig, "configs/distill/default.yaml", ["optim.lr=3e-4", "data.augment.crop=256"])
+    cfg = load_config(TrainConfig, "default", sections=("distill",))     # the same file, by its packaged name
     save_config(cfg, run_dir / "config.yaml")
+
+The configs the project ships live in configs/<stage>/NAME.yaml of a checkout; a wheel carries the same files as
+runtime/configs/<stage>/NAME.yaml (setup.py). `--config` takes a file, or a packaged NAME looked up in the stage(s)
+the command reads (`fusion distill train --config default`), or STAGE/NAME for another stage's config
+(`--config irgen/student_cpu`), so an installed wheel can train and run without a checkout.
 
 Unknown keys and values of the wrong type are FusionErrors naming the key, so a typo in a config fails at once
 instead of being ignored for an hour of training.
@@ -14,7 +20,7 @@ import json
 import os
 import typing
 from pathlib import Path
-from typing import Any, Iterable, Type, TypeVar
+from typing import Any, Iterable, Sequence, Type, TypeVar
 
 import yaml
 
@@ -131,14 +137,55 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
     return data
 
 
-def load_config(cls: Type[T], path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> T:
-    """Defaults of `cls`, updated from a YAML file (if given), then from `overrides`."""
+# Where packaged configs are found: inside the installed package (a wheel), then configs/ beside the packages (a
+# checkout, or an editable install of one).
+PACKAGED_CONFIG_ROOTS = (Path(__file__).resolve().parent / "configs", Path(__file__).resolve().parents[1] / "configs")
+CONFIG_SUFFIXES = (".yaml", ".yml")
+
+
+def packaged_configs(section: str) -> dict[str, Path]:
+    """{NAME: file} of the configs shipped for one stage (configs/<section>/NAME.yaml), first root wins."""
+    found: dict[str, Path] = {}
+    for root in PACKAGED_CONFIG_ROOTS:
+        folder = root / section
+        if folder.is_dir():
+            for path in sorted(folder.iterdir()):
+                if path.suffix in CONFIG_SUFFIXES and path.is_file():
+                    found.setdefault(path.stem, path)
+    return found
+
+
+def resolve_config(value: str | os.PathLike, sections: Sequence[str] = ()) -> Path:
+    """The YAML file `--config value` means: an existing file; else a packaged config, named as NAME (looked up in
+    `sections`, in order), STAGE/NAME, or the checkout path configs/STAGE/NAME.yaml. Raises a FusionError that lists
+    the packaged names when nothing matches."""
+    path = Path(value)
+    if path.is_file():
+        return path
+    if not path.is_absolute():
+        parts = list(path.parts)
+        if len(parts) == 3 and parts[0] == "configs":
+            parts = parts[1:]
+        name = parts[-1][:-len(path.suffix)] if path.suffix in CONFIG_SUFFIXES else parts[-1]
+        candidates = [parts[0]] if len(parts) == 2 else list(sections) if len(parts) == 1 else []
+        for section in candidates:
+            match = packaged_configs(section).get(name)
+            if match is not None:
+                return match
+    known = [name for section in sections for name in packaged_configs(section)]
+    hint = (f" (packaged {' and '.join(sections)} configs: {', '.join(sorted(set(known)))}; name one, as in --config "
+            f"{known[0]}, or another stage's as STAGE/NAME)") if known else ""
+    raise FusionError(f"config file not found: {value}{hint}")
+
+
+def load_config(cls: Type[T], path: str | os.PathLike | None = None, overrides: Iterable[str] = (),
+                sections: Sequence[str] = ()) -> T:
+    """Defaults of `cls`, updated from a YAML file (if given: a path or a packaged name, see `resolve_config`, whose
+    bare names are looked up in `sections`), then from `overrides`."""
     data = config_to_dict(cls())
     file_data: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FusionError(f"config file not found: {path}")
+        path = resolve_config(path, sections)
         try:
             file_data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:

@@ -79,7 +79,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                      help="folder mode: skip pairs whose fused image is already in the output folder")
     run.add_argument("--names", metavar="FILE",
                      help="folder mode: fuse only the pairs listed in FILE, in its order (a split file such as test.txt)")
-    run.add_argument("--config", help="YAML file of run settings (configs/runtime/*.yaml); flags override it")
+    run.add_argument("--config", help="YAML file of run settings, or the name of a packaged one (default, "
+                                      "jetson_csi_boson: configs/runtime/NAME.yaml); flags override it")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, repeatable")
     run.add_argument("--quiet", "-q", action="store_true", help="print only the final statistics")
@@ -90,7 +91,7 @@ def build_config(args: argparse.Namespace):
     """RunConfig from defaults <- --config YAML <- --set overrides <- explicit flags."""
     from runtime.config import load_config
     from runtime.pipeline import RunConfig
-    config = load_config(RunConfig, args.config, args.overrides)
+    config = load_config(RunConfig, args.config, args.overrides, sections=("runtime",))
     updates = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
     if getattr(args, "crop", None) is not None:
         updates["crop"] = args.crop

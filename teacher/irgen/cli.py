@@ -70,7 +70,8 @@ def configure_train_irgen(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
     parser.add_argument("--data", metavar="DIR", help="dataset folder with aligned ir/ and vi/ (RGB) images")
     parser.add_argument("--names", metavar="FILE", help="split file naming the training pairs (e.g. train.txt)")
-    parser.add_argument("--config", metavar="FILE", help="YAML training config (see configs/irgen/)")
+    parser.add_argument("--config", metavar="FILE", help="YAML training config, or the name of a packaged one "
+                                                          "(configs/irgen/NAME.yaml, configs/irgen_diffusion/NAME.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
     parser.add_argument("--out", required=True, metavar="DIR",
@@ -174,6 +175,9 @@ def check_generated(ir, name: str, generator: str, shape: tuple[int, int] | None
 def run_train_irgen(args: argparse.Namespace) -> int:
     cls = load_generator_class(args.generator)
     args.device = resolve_device(args.device)
+    if args.config:
+        from runtime.config import resolve_config
+        args.config = str(resolve_config(args.config, ("irgen", "irgen_diffusion")))
     code = cls.train(args)
     return 0 if code is None else int(code)
 

@@ -1,0 +1,211 @@
+"""Module boundaries a newcomer can trust: no import circle inside a package, no private name borrowed across modules.
+
+The imports are read from the source (ast), not executed, so every import counts: module level, inside functions
+(a lazy import is still a dependency a reader has to follow) and in `try` blocks; only `if TYPE_CHECKING:` blocks
+are skipped, since they never run. A circle is reported as the modules on it; a private import as
+`module:line imports _name from other.module`.
+"""
+from __future__ import annotations
+
+import ast
+import functools
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("teacher", "distill", "export", "runtime", "benchmarks")
+# export/cli.py lends _echo/_load/_set_threads/_write_report to quantize.py and tensorrt_build.py, which it imports:
+# fixed on another branch. Remove this mark once that branch is merged.
+PENDING = {"export": pytest.mark.xfail(reason="export circle fixed on branch issue16", strict=False)}
+
+
+def module_files(root: Path = REPO) -> dict[str, Path]:
+    """{dotted module name: file} for every module of the project's packages under root."""
+    modules = {}
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            modules[".".join(parts)] = path
+    return modules
+
+
+def _parse(path: Path) -> ast.Module:
+    return _parse_source(path.read_text(encoding="utf-8"), str(path))
+
+
+@functools.lru_cache(maxsize=None)
+def _parse_source(text: str, filename: str) -> ast.Module:
+    return ast.parse(text, filename=filename)
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _import_nodes(tree: ast.AST):
+    """Every Import/ImportFrom node that can run (the bodies of `if TYPE_CHECKING:` cannot)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            stack.extend(node.orelse)
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        stack.extend(ast.iter_child_nodes(node))
+
+
+def _absolute(module: str, path: Path, node: ast.ImportFrom) -> str:
+    """The absolute module a `from ... import` names (resolving relative imports)."""
+    if not node.level:
+        return node.module or ""
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    base = package[:len(package) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def imports_of(module: str, path: Path, modules: dict[str, Path]) -> list[tuple[str, int, str | None]]:
+    """[(imported project module, line, imported name or None)] of one module. `from pkg import sub` where `sub` is
+    a module counts as importing `pkg.sub`; any other name counts as importing `pkg` itself."""
+    tree = _parse(path)
+    found = []
+    for node in _import_nodes(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in modules:
+                    found.append((alias.name, node.lineno, None))
+            continue
+        source = _absolute(module, path, node)
+        for alias in node.names:
+            submodule = f"{source}.{alias.name}"
+            if submodule in modules:
+                found.append((submodule, node.lineno, None))
+            elif source in modules:
+                found.append((source, node.lineno, alias.name))
+    return found
+
+
+def import_graph(package: str, root: Path = REPO) -> dict[str, set[str]]:
+    """{module: modules of the same package it imports} for one package."""
+    modules = module_files(root)
+    inside = {name for name in modules if name.split(".")[0] == package}
+    return {name: {target for target, _, _ in imports_of(name, modules[name], modules)
+                   if target in inside and target != name}
+            for name in sorted(inside)}
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return circles
+
+
+def private_imports(package: str, root: Path = REPO) -> list[str]:
+    """`module:line imports _name from other` for every private name a module of `package` takes from another
+    project module (by `from other import _name`, or as `other._name` on an imported project module)."""
+    modules = module_files(root)
+    problems = []
+    for name, path in modules.items():
+        if name.split(".")[0] != package:
+            continue
+        for target, line, imported in imports_of(name, path, modules):
+            if imported and _private(imported) and target != name:
+                problems.append(f"{path.relative_to(root).as_posix()}:{line} imports {imported} from {target}")
+        problems += _private_attributes(name, path, modules, root)
+    return problems
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _private_attributes(name: str, path: Path, modules: dict[str, Path], root: Path) -> list[str]:
+    """`alias._name` where alias is bound to another project module by an import in this file."""
+    tree = _parse(path)
+    aliases: dict[str, str] = {}
+    for node in _import_nodes(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname and alias.name in modules:
+                    aliases[alias.asname] = alias.name
+        else:
+            source = _absolute(name, path, node)
+            for alias in node.names:
+                if f"{source}.{alias.name}" in modules:
+                    aliases[alias.asname or alias.name] = f"{source}.{alias.name}"
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and _private(node.attr):
+            target = aliases.get(node.value.id)
+            if target and target != name:
+                found.append(f"{path.relative_to(root).as_posix()}:{node.lineno} uses {node.attr} of {target}")
+    return found
+
+
+# ------------------------------------------------------------------------------------------------------ the checker
+def test_the_walker_sees_circles_and_private_imports(tmp_path):
+    """The checks themselves: a planted circle and a planted private import are reported, a clean tree is not."""
+    package = tmp_path / "teacher"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "a.py").write_text("from teacher.b import helper\n")
+    (package / "b.py").write_text("def helper():\n    from .sub import c\n")
+    (package / "sub" / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                          "    from teacher import a\n")
+    assert import_circles(import_graph("teacher", tmp_path)) == []
+    assert private_imports("teacher", tmp_path) == []
+    (package / "sub" / "c.py").write_text("def late():\n    from ..a import _table\n")
+    assert import_circles(import_graph("teacher", tmp_path)) == [["teacher.a", "teacher.b", "teacher.sub.c"]]
+    assert private_imports("teacher", tmp_path) == ["teacher/sub/c.py:2 imports _table from teacher.a"]
+    (package / "sub" / "c.py").write_text("import teacher.a as table\nx = table._rows\ny = table.__doc__\n")
+    assert private_imports("teacher", tmp_path) == ["teacher/sub/c.py:2 uses _rows of teacher.a"]
+
+
+# ------------------------------------------------------------------------------------------------------ the project
+@pytest.mark.parametrize("package", [pytest.param(p, marks=PENDING.get(p, ())) for p in PACKAGES])
+def test_no_import_circle_inside_a_package(package):
+    circles = import_circles(import_graph(package))
+    assert not circles, f"import circles in {package}/ (give the shared code one owner module): " + \
+        "; ".join(" <-> ".join(c) for c in circles)
+
+
+@pytest.mark.parametrize("package", [pytest.param(p, marks=PENDING.get(p, ())) for p in PACKAGES])
+def test_no_private_name_taken_from_another_module(package):
+    problems = private_imports(package)
+    assert not problems, f"private names used across modules in {package}/ (make them public in one owner " \
+                         f"module): " + "; ".join(problems)
