@@ -128,3 +128,63 @@ def test_train_val_split(train_names):
     assert set(train).isdisjoint(val) and set(train) | set(val) == set(train_names)
     assert split_train_val(train_names, 0.1, seed=0) == (train, val)
     assert split_train_val(train_names, 0.1, seed=1)[1] != val
+
+
+# ------------------------------------------------------------------------------------------ capture conditions
+def _conditions(**probabilities):
+    from distill.data import ConditionAugment
+    return ConditionAugment(AugmentConfig(**probabilities), seed=3)
+
+
+def test_conditions_are_off_by_default_and_leave_the_pipeline_unchanged(real_pair):
+    from distill.data import ConditionAugment
+    ir, vis = real_pair
+    assert not ConditionAugment(AugmentConfig()).active
+    plain = _run(AugmentConfig(crop=96), ir, vis)
+    again = _run(AugmentConfig(crop=96, vis_dark=0.0, vis_glare=0.0), ir, vis)
+    for a, b in zip(plain, again):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_dark_visible_frames_are_darker_and_noisier(real_pair):
+    ir, vis = real_pair
+    dark = _conditions(vis_dark=1.0, vis_noise_std=0.03)
+    out_ir, out_vis = dark(ir, vis)
+    np.testing.assert_array_equal(out_ir, ir)                       # the thermal camera does not see the dark
+    assert out_vis.mean() < 0.65 * vis.mean()
+    # noise: the high-frequency residual grows relative to the signal that remains
+    residual = lambda a: np.abs(a - cv2.GaussianBlur(a, (5, 5), 1.5)).mean() / max(a.mean(), 1e-6)  # noqa: E731
+    scores = [residual(dark(ir, vis)[1][..., 1]) for _ in range(6)]
+    assert max(scores) > residual(vis[..., 1])
+
+
+def test_thermal_agc_changes_contrast_and_level_but_not_geometry(real_pair):
+    ir, vis = real_pair
+    agc = _conditions(ir_agc=1.0, ir_contrast_min=0.35)
+    outs = [agc(ir, vis) for _ in range(8)]
+    for out_ir, out_vis in outs:
+        np.testing.assert_array_equal(out_vis, vis)
+        # a monotone tone change: the ordering of pixel values is kept (rank correlation near 1)
+        sample = np.random.default_rng(0).choice(ir.size, 2000, replace=False)
+        a, b = ir.ravel()[sample], out_ir.ravel()[sample]
+        ranks = lambda x: np.argsort(np.argsort(x))  # noqa: E731
+        assert np.corrcoef(ranks(a), ranks(b))[0, 1] > 0.95
+    assert min(o[0].std() for o in outs) < 0.8 * ir.std()          # some draws squeeze the contrast
+
+
+def test_glare_adds_saturated_light_to_visible_only(real_pair):
+    ir, vis = real_pair
+    out_ir, out_vis = _conditions(vis_glare=1.0)(ir, vis)
+    np.testing.assert_array_equal(out_ir, ir)
+    assert (out_vis >= 0.999).mean() > (vis >= 0.999).mean()
+    assert (out_vis >= vis - 1e-6).all()                           # light only adds
+
+
+def test_conditions_are_reproducible_per_seed(real_pair):
+    ir, vis = real_pair
+    a = _conditions(vis_dark=0.5, ir_agc=0.5, vis_glare=0.5, vis_exposure=0.5)
+    b = _conditions(vis_dark=0.5, ir_agc=0.5, vis_glare=0.5, vis_exposure=0.5)
+    for _ in range(3):
+        for x, y in zip(a(ir, vis), b(ir, vis)):
+            np.testing.assert_array_equal(x, y)

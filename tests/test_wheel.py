@@ -187,7 +187,8 @@ def test_fusion_distill_train_default_from_the_wheel(installed, roadscene, train
     assert len(list(targets.glob("*.png"))) == 4
     run_dir = cwd / "run"
     _run(["fusion", "distill", "train", "--config", "default", "steps=2", f"data.root={roadscene}",
-          f"data.names={names}", f"data.teacher_dir={targets}", f"run_dir={run_dir}", "device=cpu", "threads=1",
+          f"data.names={names}", f"data.teacher_dir={targets}", "data.sets=[]", "data.online_teacher=''",
+          f"run_dir={run_dir}", "device=cpu", "threads=1",
           "data.batch_size=2", "data.augment.crop=64", "val_every=2", "save_every=2", "log_every=1",
           "max_minutes=0"], cwd, env, timeout=180)
     summary = json.loads((run_dir / "summary.json").read_text())
