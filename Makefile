@@ -177,15 +177,31 @@ irgen-diffusion-smoke: setup
 	OMP_NUM_THREADS=1 $(BIN)/fusion teacher synth-ir --generator sd-text --weights $(SMOKE_OUT)/sd-text --count 4 \
 	  --prompt "an infrared thermal frame of a street at night" --out $(SMOKE_OUT)/synth-text --device cpu --steps 2
 
-# Distillation (docs/distill.md): the shipped default student. EM targets for the training split (`targets`), the nano
-# student trained on them (2500 steps, 8.6 min on 1 CPU thread; rerun to resume, a finished run is not retrained),
-# its best EMA weights copied into runtime/models/default/ and exported there to a dynamic-size ONNX model (opset 17,
-# checked in ONNX Runtime).
+# Distillation (docs/distill.md): the shipped default student. The nano student trained on RoadScene train.txt (day)
+# + LLVIP-mini train.txt (night) with capture-condition augmentation, its targets made online from each augmented
+# batch by the zero-weights `pyramid` teacher (no target files to build); 3000 steps, rerun to resume (a finished run
+# is not retrained). Its best EMA weights are copied into runtime/models/default/, exported there to a dynamic-size
+# ONNX model (opset 17, checked in ONNX Runtime), and the INT8 models are re-made from it (export-int8). Then
+# `make eval-default` scores it on every validation set. LLVIP's licence is non-commercial research only: so is
+# the model trained on it (README).
 DISTILL_CONFIG ?= configs/distill/default.yaml
 DISTILL_RUN    ?= runs/distill/default
 DEFAULT_MODEL  ?= runtime/models/default
-weights: setup targets
+weights: setup
 	$(BIN)/fusion distill train --config $(DISTILL_CONFIG) run_dir=$(DISTILL_RUN)
 	mkdir -p $(DEFAULT_MODEL)
 	cp $(DISTILL_RUN)/best/config.json $(DISTILL_RUN)/best/model.safetensors $(DEFAULT_MODEL)/
 	$(BIN)/fusion export --weights $(DEFAULT_MODEL) --format onnx --dynamic --out $(DEFAULT_MODEL)/model.onnx
+	$(MAKE) export-int8
+
+# Quality of the default model on every validation set (RoadScene test.txt, msrs_mini day and night, llvip_mini
+# val.txt; never trained or tuned on): one table per set beside the pyramid teacher and the mean/max/laplacian
+# baselines, the metrics where it falls below `mean`, and a picture grid per set (runs/distill/eval/default/).
+.PHONY: eval-default teacher-compare
+eval-default: setup
+	$(BIN)/fusion distill eval --weights default --suite validation --threads 1 --out runs/distill/eval/default
+
+# The zero-weights teachers beside em and the baselines on every validation set (runs/teacher/compare/summary.md).
+teacher-compare: setup
+	$(BIN)/python -m teacher.compare --suite validation --teachers pyramid,gff,vsmwls,em,laplacian,max,mean \
+	  --out runs/teacher/compare
