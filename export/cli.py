@@ -2,7 +2,7 @@
 
     fusion export --weights default --format onnx --dynamic                     # runtime/models/default/model.onnx
     fusion export --weights runs/x/best --format onnx --imgsz 480x640 --out m.onnx
-    fusion export --weights default --format onnx-int8 --calib-count 64        # QDQ INT8 + report on test.txt
+    fusion export --weights default --format onnx-int8 --calib-count 64        # QDQ INT8, best recipe, report
     fusion export --weights default --format engine --precision fp16 --dynamic # TensorRT (on the GPU machine)
 
 Every output gets a JSON beside it (`<output>.json`) with the resolved settings and the check results.
@@ -56,12 +56,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
                       "calibrate on the test split)")
     int8.add_argument("--calib-count", type=int, default=64, help="how many calibration pairs (spread over the list)")
     int8.add_argument("--calib-method", choices=CALIB_METHODS, default="auto",
-                      help="activation range estimation; auto tries minmax, minmax with float first/last layers, "
-                           "then percentile and entropy, and keeps the first that reaches --psnr-goal on held-out "
-                           "training pairs (else the best)")
+                      help="activation range estimation; every candidate (the method, plain and with the first and "
+                           "last layers in float; auto: minmax, percentile and entropy, each both ways) is built and "
+                           "scored on up to 16 training pairs held out from calibration, and the one with the highest "
+                           "PSNR against fp32 there is kept")
+    int8.add_argument("--psnr-tie", type=float, default=0.3, help="candidates within this many dB of the best "
+                      "selection PSNR are told apart by CPU latency (the fastest is kept)")
+    int8.add_argument("--max-metric-drop", default="VIF=0.02,Qabf=0.02",
+                      help="METRIC=AMOUNT,...: how far below fp32 each fusion metric (distill/metrics.py) may fall on "
+                           "the selection pairs; recipes beyond it are not kept, and the export fails naming the "
+                           "metric when none is within it ('none': no limit)")
+    int8.add_argument("--percentile", type=float, default=99.999, help="the percentile method's range percentile")
     int8.add_argument("--test-names", default=None, help="pairs the INT8 report uses (default: DATA/test.txt)")
     int8.add_argument("--test-count", type=int, default=None, help="how many test pairs (default: all)")
-    int8.add_argument("--psnr-goal", type=float, default=40.0, help="INT8 vs fp32 output PSNR goal, dB")
+    int8.add_argument("--psnr-goal", type=float, default=45.0, help="INT8 vs fp32 median per-pair PSNR on the test "
+                      "pairs that the report calls met, dB (reported, not enforced)")
     int8.add_argument("--qdq-target", choices=("cpu", "tensorrt"), default="cpu",
                       help="cpu: uint8 asymmetric activations (fast in ONNX Runtime); tensorrt: int8 symmetric "
                            "activations, what TensorRT's explicit quantisation expects")
