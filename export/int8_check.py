@@ -37,6 +37,7 @@ def check_int8(int8_path, weights: str = "default", data=None, names=None, count
     """Score `int8_path` against the fp32 student `weights` on real test pairs; returns the measurements and
     `passed`/`failures`. FusionError when the INT8 model was not made from these weights."""
     from distill.models import load_student, resolve_weights
+    from export.common import set_threads
     from export.onnx_export import compare_outputs, read_onnx_metadata, torch_outputs, weights_metadata
     from export.pairs import default_data_dir, load_inputs, shown_path, split_file
     from export.quantize import limit_violations, mean_fusion_metrics, metric_drop, run_model
@@ -51,8 +52,7 @@ def check_int8(int8_path, weights: str = "default", data=None, names=None, count
     if recorded and current and recorded != current:
         raise FusionError(f"{int8_path} was quantised from other weights (sha256 {recorded}) than {folder} "
                           f"({current}); re-export it from these weights or pass the --weights it came from")
-    import torch
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    set_threads()
     model = load_student(folder)
     data = Path(data) if data else default_data_dir()
     names = names or split_file(data, "test")

@@ -441,24 +441,24 @@ def score_candidates(fp32_path, recipes, calib_inputs, select_inputs, work: Path
 def quantize_command(args) -> int:
     """`fusion export --format onnx-int8`: fp32 export (parity-checked), calibration, every candidate recipe scored on
     held-out training pairs, the best kept, the report on the test split."""
-    from export.cli import _default_out, _echo, _load, _set_threads, _write_report
+    from export.common import default_out, echo, load_student_weights, set_threads, write_report
     from export.onnx_export import export_onnx, make_readable, summarize_parity, weights_metadata
-    from export.pairs import default_data_dir, load_inputs, shown_path, split_file
+    from export.pairs import check_disjoint, default_data_dir, load_inputs, shown_path, split_file
 
     limits = parse_metric_limits(args.max_metric_drop)
     if args.psnr_tie < 0:
         raise FusionError(f"--psnr-tie must be 0 or more dB, got {args.psnr_tie:g}")
     if not 0.0 < args.percentile <= 100.0:
         raise FusionError(f"--percentile must be in (0, 100], got {args.percentile:g}")
-    _set_threads()
-    model, folder = _load(args.weights)
+    set_threads()
+    model, folder = load_student_weights(args.weights)
     channels = model.config.vis_channels
-    out = Path(args.out) if args.out else _default_out(folder, "onnx-int8", "int8")
+    out = Path(args.out) if args.out else default_out(folder, "onnx-int8", "int8")
     data = Path(args.data) if args.data else default_data_dir()
     calib_data = Path(args.calib) if args.calib else data
     calib_names = args.calib_names or split_file(calib_data, "train")
     test_names = args.test_names or split_file(data, "test")
-    _check_disjoint(calib_names, test_names)
+    check_disjoint(calib_names, test_names)
     imgsz = args.imgsz_hw
 
     from runtime.imageio import read_names
@@ -469,7 +469,7 @@ def quantize_command(args) -> int:
     held_out = spread([n for n in calib_list if n not in set(calib_pick)], 16)
     if not held_out:  # every listed pair calibrates: choose on (some of) them, still never on the test split
         held_out = spread(calib_pick, 16)
-    _echo(f"reading {len(calib_pick)} calibration pairs from {calib_data} at {imgsz[0]}x{imgsz[1]}")
+    echo(f"reading {len(calib_pick)} calibration pairs from {calib_data} at {imgsz[0]}x{imgsz[1]}")
     calib_inputs = load_inputs(calib_data, calib_pick, None, imgsz, channels)
     select_inputs = load_inputs(calib_data, held_out, None, None if args.dynamic else imgsz, channels)
     test_inputs = load_inputs(data, test_names, args.test_count, None if args.dynamic else imgsz, channels)
@@ -482,28 +482,28 @@ def quantize_command(args) -> int:
         fp32_path = work / "model.fp32.onnx"
         parity_pairs = load_inputs(data, args.check_names, args.check_count, None if args.dynamic else imgsz,
                                    channels)
-        _echo(f"exporting the fp32 reference of {model.config.variant} from {folder}")
+        echo(f"exporting the fp32 reference of {model.config.variant} from {folder}")
         fp32_report = export_onnx(model, fp32_path, imgsz=imgsz, dynamic=args.dynamic, opset=args.opset,
                                   metadata=weights_metadata(folder), check_pairs=parity_pairs,
                                   simplify=args.simplify, tolerance=args.tolerance, batch=args.batch)
-        _echo(f"fp32 parity: {summarize_parity(fp32_report['parity'])}")
+        echo(f"fp32 parity: {summarize_parity(fp32_report['parity'])}")
 
         recipes = recipes_to_try(args.calib_method, args.qdq_target, args.int8_ops, args.percentile)
-        candidates, select_fp32 = score_candidates(fp32_path, recipes, calib_inputs, select_inputs, work, log=_echo)
+        candidates, select_fp32 = score_candidates(fp32_path, recipes, calib_inputs, select_inputs, work, log=echo)
         allowed = [c for c in candidates if not limit_violations(c["metric_delta"], limits)]
         latency: dict[int, float] = {}
         ties = near_ties(allowed, args.psnr_tie) if allowed else []
         if len(ties) > 1:
-            _echo(f"{len(ties)} recipes within {args.psnr_tie:g} dB of the best: timing them on the CPU")
+            echo(f"{len(ties)} recipes within {args.psnr_tie:g} dB of the best: timing them on the CPU")
             latency = cpu_latency({c["index"]: c["path"] for c in ties}, speed_feeds, runs=args.bench_runs)
-        _echo(f"recipes on {len(select_inputs)} selection pairs (training pairs held out from calibration):")
+        echo(f"recipes on {len(select_inputs)} selection pairs (training pairs held out from calibration):")
         for c in candidates:
             over = limit_violations(c["metric_delta"], limits)
             c["within_metric_limits"], c["over_limit"] = not over, over
             c["cpu_median_ms"] = latency.get(c["index"])
             timed = f", CPU {latency[c['index']]:.2f} ms" if c["index"] in latency else ""
-            _echo(f"  {c['selection_psnr_db']:6.2f} dB  {c['label']}{timed}"
-                  + (f"  (over the limit: {', '.join(over)})" if over else ""))
+            echo(f"  {c['selection_psnr_db']:6.2f} dB  {c['label']}{timed}"
+                 + (f"  (over the limit: {', '.join(over)})" if over else ""))
         chosen = choose_recipe(candidates, limits, args.psnr_tie, latency)  # FusionError: no recipe within limits
         best = max(c["selection_psnr_db"] for c in allowed)
         reason = ("the highest selection PSNR" if chosen["selection_psnr_db"] == best and len(ties) < 2 else
@@ -517,7 +517,7 @@ def quantize_command(args) -> int:
                                      "int8": {m: select_fp32[m] + d for m, d in chosen["metric_delta"].items()},
                                      "delta": chosen["metric_delta"]}}
 
-        _echo(f"chosen: {chosen['label']} ({reason}); reporting on {len(test_inputs)} test pairs")
+        echo(f"chosen: {chosen['label']} ({reason}); reporting on {len(test_inputs)} test pairs")
         test_reference = run_model(fp32_path, test_inputs)
         test = compare_models(fp32_path, chosen["path"], test_inputs, test_reference)
         deltas = metric_deltas(test_inputs, test_reference, test.pop("outputs"))
@@ -546,18 +546,18 @@ def quantize_command(args) -> int:
                  "max_abs": test["max_abs"], "goal_met": goal_met, "per_pair": test["per_pair"]},
         "metrics": deltas, "cpu_speed": speed,
     }
-    _write_report(out, report)
-    _echo(f"INT8 vs fp32 on {test['pairs']} test pairs: median PSNR {test['median_pair_psnr_db']:.2f} dB (all pixels "
-          f"{test['psnr_db']:.2f} dB, worst pair {test['min_psnr_db']:.2f} dB), goal {args.psnr_goal:g} dB "
-          f"{'met' if goal_met else 'NOT met'}")
+    write_report(out, report)
+    echo(f"INT8 vs fp32 on {test['pairs']} test pairs: median PSNR {test['median_pair_psnr_db']:.2f} dB (all pixels "
+         f"{test['psnr_db']:.2f} dB, worst pair {test['min_psnr_db']:.2f} dB), goal {args.psnr_goal:g} dB "
+         f"{'met' if goal_met else 'NOT met'}")
     if "delta" in deltas:
-        _echo(f"test metric deltas (INT8 - fp32): {format_deltas(deltas['delta'])}")
-    _echo(f"CPU (ONNX Runtime, {speed['threads']} threads, {speed['input_shape']}): fp32 "
-          f"{speed['fp32_median_ms']:.2f} ms, int8 {speed['int8_median_ms']:.2f} ms (median of {speed['runs']}), "
-          f"fp32/int8 = {speed['speedup_fp32_over_int8']:.2f}x")
-    _echo(f"chosen: {chosen['label']}, {chosen['selection_psnr_db']:.2f} dB on {len(select_inputs)} selection pairs")
-    _echo(f"selection metric deltas (INT8 - fp32): {format_deltas(chosen['metric_delta'])}"
-          + (f"; limits {', '.join(f'{m} -{v:g}' for m, v in limits.items())} met" if limits else ""))
+        echo(f"test metric deltas (INT8 - fp32): {format_deltas(deltas['delta'])}")
+    echo(f"CPU (ONNX Runtime, {speed['threads']} threads, {speed['input_shape']}): fp32 "
+         f"{speed['fp32_median_ms']:.2f} ms, int8 {speed['int8_median_ms']:.2f} ms (median of {speed['runs']}), "
+         f"fp32/int8 = {speed['speedup_fp32_over_int8']:.2f}x")
+    echo(f"chosen: {chosen['label']}, {chosen['selection_psnr_db']:.2f} dB on {len(select_inputs)} selection pairs")
+    echo(f"selection metric deltas (INT8 - fp32): {format_deltas(chosen['metric_delta'])}"
+         + (f"; limits {', '.join(f'{m} -{v:g}' for m, v in limits.items())} met" if limits else ""))
     print(out)
     return 0
 
@@ -566,17 +566,6 @@ def _shown(names) -> str:
     """A names argument (a split file or a list of stems) as the report records it."""
     from export.pairs import shown_path
     return shown_path(names) if isinstance(names, (str, os.PathLike)) else ",".join(names)
-
-
-def _check_disjoint(calib_names, test_names) -> None:
-    """Refuse to calibrate on test pairs."""
-    from runtime.imageio import read_names
-    calib = set(read_names(calib_names)) if isinstance(calib_names, (str, Path)) else set(calib_names)
-    test = set(read_names(test_names)) if isinstance(test_names, (str, Path)) else set(test_names)
-    overlap = sorted(calib & test)
-    if overlap:
-        raise FusionError(f"{len(overlap)} calibration pair(s) are in the test split ({', '.join(overlap[:3])}); "
-                          f"calibrate on training pairs only (--calib-names) so the INT8 report stays honest")
 
 
 def _speed_main(argv=None) -> int:
