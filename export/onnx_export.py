@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from export.pairs import shown_path
+from export.pairs import shown_path, stack_inputs
 from runtime.errors import FusionError, require
 
 INPUT_NAMES = ("ir", "vis")
@@ -277,7 +277,7 @@ def export_onnx(model, out_path: str | os.PathLike, imgsz: tuple[int, int] | Non
             raise FusionError(f"parity pairs {', '.join(wrong[:3])} are not {imgsz[0]}x{imgsz[1]} like the static "
                               f"export; load them with imgsz={imgsz}")
         if batch != 1:
-            check_pairs = [_stack(check_pairs[i:i + batch] * batch, batch) for i in range(0, len(check_pairs), batch)]
+            check_pairs = [stack_inputs(check_pairs[i:i + batch] * batch, batch) for i in range(0, len(check_pairs), batch)]
 
     out_path = Path(out_path)
     meta = model_metadata(model, dynamic, imgsz, batch, opset, metadata)
@@ -311,13 +311,6 @@ def export_onnx(model, out_path: str | os.PathLike, imgsz: tuple[int, int] | Non
         "sha256": sha256_file(out_path),
     }
     return report
-
-
-def _stack(items, batch: int):
-    from export.pairs import ModelInput
-    items = list(items)[:batch]
-    return ModelInput("+".join(i.name for i in items), np.ascontiguousarray(np.concatenate([i.ir for i in items])),
-                      np.ascontiguousarray(np.concatenate([i.vis for i in items])))
 
 
 def summarize_parity(parity: dict) -> str:

@@ -133,6 +133,25 @@ def load_inputs(data: str | os.PathLike | None, names: str | os.PathLike | Seque
     return inputs
 
 
+def stack_inputs(items: Sequence[ModelInput], batch: int) -> ModelInput:
+    """The first `batch` inputs as one batched input (names joined with '+')."""
+    items = list(items)[:batch]
+    return ModelInput("+".join(i.name for i in items), np.ascontiguousarray(np.concatenate([i.ir for i in items])),
+                      np.ascontiguousarray(np.concatenate([i.vis for i in items])))
+
+
+def check_disjoint(calib_names: str | os.PathLike | Sequence[str], test_names: str | os.PathLike | Sequence[str]) \
+        -> None:
+    """Refuse to calibrate on test pairs (lists are split files or names)."""
+    from runtime.imageio import read_names
+    calib = set(read_names(calib_names)) if isinstance(calib_names, (str, Path)) else set(calib_names)
+    test = set(read_names(test_names)) if isinstance(test_names, (str, Path)) else set(test_names)
+    overlap = sorted(calib & test)
+    if overlap:
+        raise FusionError(f"{len(overlap)} calibration pair(s) are in the test split ({', '.join(overlap[:3])}); "
+                          f"calibrate on training pairs only (--calib-names) so the INT8 report stays honest")
+
+
 def iterate_inputs(inputs: Sequence[ModelInput]) -> Iterator[dict[str, np.ndarray]]:
     for item in inputs:
         yield item.feeds()

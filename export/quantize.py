@@ -8,10 +8,12 @@ The QDQ model serves two targets:
 - cpu: uint8 asymmetric activations, int8 symmetric per-channel weights (ONNX Runtime's fast U8S8 kernels);
 - tensorrt: int8 symmetric activations and weights, the form TensorRT's explicit quantisation accepts.
 
-Calibration reads real pairs of the training split only (never test.txt). When a recipe misses the PSNR goal the
-standard fixes are tried in order: keep the first and last layers in float (the input convolutions see raw pixels,
-the head writes the output's 8-bit-visible coefficients), then percentile and entropy ranges instead of min/max.
-The recipe is chosen on training pairs held out from calibration, so the test split stays a pure report.
+Calibration reads real pairs of the training split only (never test.txt). `--calib-method auto` builds every
+candidate (min/max, percentile and entropy ranges, each plain and with the first and last layers kept in float: the
+input convolutions see raw pixels, the head writes the output's 8-bit-visible coefficients; ranges are calibrated
+once per method and cached) and keeps the one with the highest PSNR against fp32 on training pairs held out from
+calibration, among those whose fusion metrics stay within `--max-metric-drop` of fp32 there; candidates within
+`--psnr-tie` dB of the best are told apart by CPU latency. The test split stays a pure report.
 """
 from __future__ import annotations
 
@@ -55,16 +57,97 @@ class QuantRecipe:
 OP_SETS = {"conv": ("Conv", "MatMul"), "all": ()}
 
 
-def recipes_to_try(method: str, target: str = "cpu", ops: str = "conv") -> list[QuantRecipe]:
-    """The order in which the standard fixes are tried until one reaches the PSNR goal: the plain recipe, then the
-    first and last layers kept in float, then (auto) percentile and entropy ranges with float edges."""
+# Candidates whose selection PSNR is within this many dB of the best are told apart by CPU latency: below it the
+# difference is within what another choice of calibration pairs moves.
+PSNR_TIE_DB = 0.3
+# What `--max-metric-drop` allows by default: the two metrics that see INT8's texture loss first.
+DEFAULT_METRIC_DROP = "VIF=0.02,Qabf=0.02"
+
+
+def recipes_to_try(method: str, target: str = "cpu", ops: str = "conv",
+                   percentile: float = 99.999) -> list[QuantRecipe]:
+    """The candidate recipes, every one of which is built and scored: for a named method, its plain form and its form
+    with the first and last layers kept in float; for auto, those two for each of minmax, percentile and entropy."""
     op_types = OP_SETS[ops]
-    first = "minmax" if method == "auto" else method
-    recipes = [QuantRecipe(first, True, False, target, op_types=op_types),
-               QuantRecipe(first, True, True, target, op_types=op_types)]
-    if method == "auto":
-        recipes += [QuantRecipe(m, True, True, target, op_types=op_types) for m in METHODS if m != first]
-    return recipes
+    methods = METHODS if method == "auto" else (method,)
+    return [QuantRecipe(m, True, edges, target, percentile=percentile, op_types=op_types)
+            for m in methods for edges in (False, True)]
+
+
+def parse_metric_limits(text: str | None) -> dict[str, float]:
+    """'VIF=0.02,Qabf=0.02' -> {'VIF': 0.02, 'Qabf': 0.02}: how far below fp32 each metric may fall ('none': no
+    limit). Metric names are those of distill/metrics.py; for MSE, where lower is better, the drop is a rise."""
+    from distill.metrics import METRIC_NAMES
+    if text is None or text.strip().lower() in ("", "none"):
+        return {}
+    limits: dict[str, float] = {}
+    by_lower = {m.lower(): m for m in METRIC_NAMES}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        metric = by_lower.get(name.strip().lower())
+        try:
+            amount = float(value) if sep else float("nan")
+        except ValueError:
+            amount = float("nan")
+        if metric is None or not amount >= 0.0:
+            raise FusionError(f"--max-metric-drop '{text}': expected METRIC=AMOUNT[,METRIC=AMOUNT] with AMOUNT >= 0 "
+                              f"and METRIC one of {', '.join(METRIC_NAMES)} (or 'none')")
+        limits[metric] = amount
+    return limits
+
+
+def metric_drop(metric: str, delta: float) -> float:
+    """How much worse INT8 is than fp32 on `metric`, given delta = INT8 - fp32 (positive: worse)."""
+    from distill.metrics import LOWER_IS_BETTER
+    return delta if metric in LOWER_IS_BETTER else -delta
+
+
+def limit_violations(delta: dict[str, float], limits: dict[str, float]) -> list[str]:
+    """The metrics of `limits` whose drop exceeds the limit (a metric that could not be computed counts as one)."""
+    return [m for m, limit in limits.items() if not metric_drop(m, delta.get(m, float("nan"))) <= limit]
+
+
+def choose_recipe(candidates: list[dict], limits: dict[str, float] | None = None,
+                  tie_db: float = PSNR_TIE_DB, latency_ms: dict[int, float] | None = None) -> dict:
+    """The candidate to keep: the highest `selection_psnr_db` among those within the metric `limits`; candidates
+    within `tie_db` of it go to the fastest (`latency_ms`, by candidate index; missing: not timed, never preferred).
+
+    Each candidate is a dict with `index`, `label`, `selection_psnr_db` and `metric_delta` (INT8 - fp32). Raises
+    FusionError naming the metric when no candidate stays within the limits."""
+    limits = limits or {}
+    allowed = [c for c in candidates if not limit_violations(c["metric_delta"], limits)]
+    if not allowed:
+        raise FusionError(_no_recipe_message(candidates, limits))
+    best_psnr = max(c["selection_psnr_db"] for c in allowed)
+    near = near_ties(allowed, tie_db)
+    if len(near) == 1 or not latency_ms:
+        return next(c for c in near if c["selection_psnr_db"] == best_psnr)
+    return min(near, key=lambda c: (latency_ms.get(c["index"], float("inf")), -c["selection_psnr_db"]))
+
+
+def near_ties(candidates: list[dict], tie_db: float = PSNR_TIE_DB) -> list[dict]:
+    """The candidates whose selection PSNR is within `tie_db` of the best one's."""
+    best_psnr = max(c["selection_psnr_db"] for c in candidates)
+    return [c for c in candidates if c["selection_psnr_db"] >= best_psnr - tie_db]
+
+
+def _no_recipe_message(candidates: list[dict], limits: dict[str, float]) -> str:
+    """One line: which metric no recipe keeps within its limit, the closest any came, and what to do."""
+    # Name the metrics that even their best candidate breaks; if each can be met alone but not together, the ones the
+    # best-PSNR candidate breaks.
+    closest = {m: min(candidates, key=lambda c: metric_drop(m, c["metric_delta"].get(m, float("inf"))))
+               for m in limits}
+    blocking = [m for m in limits if limit_violations(closest[m]["metric_delta"], {m: limits[m]})]
+    if not blocking:
+        top = max(candidates, key=lambda c: c["selection_psnr_db"])
+        blocking = limit_violations(top["metric_delta"], limits)
+    parts = []
+    for m in blocking:
+        c = closest[m]
+        parts.append(f"{m} (at most {limits[m]:g} below fp32; the closest of the {len(candidates)} recipes tried, "
+                     f"{c['label']}, is {metric_drop(m, c['metric_delta'].get(m, float('nan'))):.4f} below)")
+    return (f"no INT8 recipe keeps {' and '.join(parts)} on the selection pairs; nothing was written: calibrate on "
+            f"more pairs (--calib-count), try --calib-method auto, or allow more with --max-metric-drop")
 
 
 # ------------------------------------------------------------------------------------------------------ calibration
@@ -248,7 +331,9 @@ def compare_models(reference_path, candidate_path, inputs, reference_outputs=Non
     reference = reference_outputs if reference_outputs is not None else run_model(reference_path, inputs)
     candidate = run_model(candidate_path, inputs)
     result = compare_outputs(reference, candidate, [i.name for i in inputs])
-    result["mean_pair_psnr_db"] = float(np.mean([p["psnr_db"] for p in result["per_pair"].values()]))
+    pair_psnrs = [p["psnr_db"] for p in result["per_pair"].values()]
+    result["mean_pair_psnr_db"] = float(np.mean(pair_psnrs))
+    result["median_pair_psnr_db"] = float(np.median(pair_psnrs))
     result["outputs"] = candidate
     return result
 
@@ -260,29 +345,40 @@ def to_metric_gray(img: np.ndarray) -> np.ndarray:
     return np.round(np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0) * np.float32(255.0))
 
 
-def metric_deltas(inputs, reference_outputs, candidate_outputs) -> dict:
-    """Mean fusion metrics (distill/metrics.py) of the reference and candidate outputs and their differences.
-
-    Sources and outputs are quantised to 8 bits first (`to_metric_gray`), as they are when fused images are saved
-    and evaluated with `fusion eval`, so these numbers compare with the published tables and with `fusion eval`."""
-    try:
-        from distill.metrics import METRIC_NAMES, fusion_metrics
-    except ImportError as exc:
-        return {"skipped": f"distill.metrics is not available ({exc})"}
-    sums_ref: dict[str, float] = {}
-    sums_new: dict[str, float] = {}
-    for item, ref, new in zip(inputs, reference_outputs, candidate_outputs):
+def mean_fusion_metrics(inputs, outputs) -> dict[str, float]:
+    """Mean fusion metrics (distill/metrics.py) of `outputs` for their source pairs `inputs`, on 8-bit images
+    (`to_metric_gray`), as `fusion eval` scores saved files. distill.metrics (numpy and OpenCV) is imported here, not
+    at module import, so importing export stays light."""
+    from distill.metrics import METRIC_NAMES, fusion_metrics
+    sums: dict[str, float] = {}
+    for item, out in zip(inputs, outputs):
         ir = to_metric_gray(item.ir[0, 0])
         vis = to_metric_gray(item.vis[0, 0] if item.vis.shape[1] == 1 else _luma(item.vis[0]))
-        for sums, out in ((sums_ref, ref), (sums_new, new)):
-            fused = to_metric_gray(out[0, 0] if out.shape[1] == 1 else _luma(out[0]))
-            values = fusion_metrics(ir, vis, fused)
-            for key, value in values.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
+        fused = to_metric_gray(out[0, 0] if out.shape[1] == 1 else _luma(out[0]))
+        for key, value in fusion_metrics(ir, vis, fused).items():
+            sums[key] = sums.get(key, 0.0) + float(value)
     count = max(len(inputs), 1)
-    names = [m for m in METRIC_NAMES if m in sums_ref] or sorted(sums_ref)
-    return {"fp32": {m: sums_ref[m] / count for m in names}, "int8": {m: sums_new[m] / count for m in names},
-            "delta": {m: (sums_new[m] - sums_ref[m]) / count for m in names}, "pairs": len(inputs)}
+    names = [m for m in METRIC_NAMES if m in sums] or sorted(sums)
+    return {m: sums[m] / count for m in names}
+
+
+def metric_deltas(inputs, reference_outputs, candidate_outputs, reference_metrics=None) -> dict:
+    """Mean fusion metrics of the reference and candidate outputs and their differences (candidate - reference).
+
+    Sources and outputs are quantised to 8 bits first (`to_metric_gray`), as they are when fused images are saved
+    and evaluated with `fusion eval`, so these numbers compare with the published tables and with `fusion eval`.
+    reference_metrics: the reference's means when already known (they are the same for every candidate)."""
+    try:
+        reference = reference_metrics or mean_fusion_metrics(inputs, reference_outputs)
+        candidate = mean_fusion_metrics(inputs, candidate_outputs)
+    except ImportError as exc:
+        return {"skipped": f"distill.metrics is not available ({exc})"}
+    return {"fp32": reference, "int8": candidate, "delta": {m: candidate[m] - reference[m] for m in reference},
+            "pairs": len(inputs)}
+
+
+def format_deltas(delta: dict[str, float], only=None) -> str:
+    return ", ".join(f"{k} {v:+.4f}" for k, v in delta.items() if only is None or k in only)
 
 
 def _luma(chw: np.ndarray) -> np.ndarray:
@@ -290,14 +386,12 @@ def _luma(chw: np.ndarray) -> np.ndarray:
     return luminance(chw.transpose(1, 2, 0))
 
 
-def cpu_speed(reference_path, candidate_path, feeds: dict, runs: int = 30, threads: int = 2,
-              warmup: int = 3) -> dict:
-    """Median latency of both models in ONNX Runtime on the CPU, timed interleaved in one run (the shared machine's
-    noise hits both alike), and their ratio (>1: the candidate is faster)."""
+def cpu_latency(paths: dict, feeds: dict, runs: int = 30, threads: int = 2, warmup: int = 3) -> dict[str, float]:
+    """Median latency (ms) of each model in ONNX Runtime on the CPU, timed interleaved in one run so that the shared
+    machine's noise hits all of them alike. paths: {key: onnx path} -> {key: median ms}."""
     from export.onnx_export import OUTPUT_NAME, ort_session
-    sessions = {"fp32": ort_session(reference_path, threads=threads), "int8": ort_session(candidate_path,
-                                                                                          threads=threads)}
-    times: dict[str, list[float]] = {k: [] for k in sessions}
+    sessions = {key: ort_session(path, threads=threads) for key, path in paths.items()}
+    times: dict = {k: [] for k in sessions}
     for _ in range(warmup):
         for session in sessions.values():
             session.run([OUTPUT_NAME], feeds)
@@ -306,28 +400,65 @@ def cpu_speed(reference_path, candidate_path, feeds: dict, runs: int = 30, threa
             start = time.perf_counter()
             session.run([OUTPUT_NAME], feeds)
             times[key].append((time.perf_counter() - start) * 1000.0)
-    medians = {k: statistics.median(v) for k, v in times.items()}
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def cpu_speed(reference_path, candidate_path, feeds: dict, runs: int = 30, threads: int = 2,
+              warmup: int = 3) -> dict:
+    """Median latency of both models (`cpu_latency`) and their ratio (>1: the candidate is faster)."""
+    medians = cpu_latency({"fp32": reference_path, "int8": candidate_path}, feeds, runs, threads, warmup)
     shape = list(next(iter(feeds.values())).shape)
     return {"threads": threads, "runs": runs, "input_shape": shape, "fp32_median_ms": medians["fp32"],
             "int8_median_ms": medians["int8"], "speedup_fp32_over_int8": medians["fp32"] / medians["int8"]}
 
 
 # --------------------------------------------------------------------------------------------------------------- CLI
-def quantize_command(args) -> int:
-    """`fusion export --format onnx-int8`: fp32 export (parity-checked), calibration, recipe choice, report."""
-    from export.cli import _default_out, _echo, _load, _set_threads, _write_report
-    from export.onnx_export import export_onnx, make_readable, summarize_parity, weights_metadata
-    from export.pairs import default_data_dir, load_inputs, shown_path, split_file
+def score_candidates(fp32_path, recipes, calib_inputs, select_inputs, work: Path, preprocessed=None,
+                     log=lambda message: None) -> tuple[list[dict], dict]:
+    """Build every recipe (calibration ranges cached per method in `work`) and score each on the selection pairs:
+    PSNR against fp32 and the fusion-metric deltas. Returns (candidates, the fp32 outputs' mean metrics); each
+    candidate holds `path` (its model in `work`) besides what `choose_recipe` and the report read."""
+    pre = preprocessed or preprocess(fp32_path, Path(work) / "pre.onnx")
+    reference = run_model(fp32_path, select_inputs)
+    reference_metrics = mean_fusion_metrics(select_inputs, reference)
+    candidates = []
+    for index, recipe in enumerate(recipes):
+        path = Path(work) / f"candidate-{index}.onnx"
+        log(f"quantising: {recipe.label}")
+        done = quantize_int8(fp32_path, path, calib_inputs, recipe, cache_dir=work, preprocessed=pre)
+        scored = compare_models(fp32_path, path, select_inputs, reference)
+        deltas = metric_deltas(select_inputs, reference, scored.pop("outputs"), reference_metrics)
+        candidates.append({"index": index, "label": recipe.label, "recipe": asdict(recipe), "path": path,
+                           "selection_psnr_db": scored["psnr_db"], "selection_min_psnr_db": scored["min_psnr_db"],
+                           "selection_median_pair_psnr_db": scored["median_pair_psnr_db"],
+                           "metric_delta": deltas["delta"], "excluded_nodes": done["excluded_nodes"],
+                           "calibration_pairs": done["calibration_pairs"], "seconds": done["seconds"]})
+        log(f"  selection pairs: PSNR {scored['psnr_db']:.2f} dB, "
+            f"{format_deltas(deltas['delta'], ('VIF', 'Qabf', 'MI', 'SSIM'))}")
+    return candidates, reference_metrics
 
-    _set_threads()
-    model, folder = _load(args.weights)
+
+def quantize_command(args) -> int:
+    """`fusion export --format onnx-int8`: fp32 export (parity-checked), calibration, every candidate recipe scored on
+    held-out training pairs, the best kept, the report on the test split."""
+    from export.common import default_out, echo, load_student_weights, set_threads, write_report
+    from export.onnx_export import export_onnx, make_readable, summarize_parity, weights_metadata
+    from export.pairs import check_disjoint, default_data_dir, load_inputs, shown_path, split_file
+
+    limits = parse_metric_limits(args.max_metric_drop)
+    if args.psnr_tie < 0:
+        raise FusionError(f"--psnr-tie must be 0 or more dB, got {args.psnr_tie:g}")
+    if not 0.0 < args.percentile <= 100.0:
+        raise FusionError(f"--percentile must be in (0, 100], got {args.percentile:g}")
+    set_threads()
+    model, folder = load_student_weights(args.weights)
     channels = model.config.vis_channels
-    out = Path(args.out) if args.out else _default_out(folder, "onnx-int8", "int8")
+    out = Path(args.out) if args.out else default_out(folder, "onnx-int8", "int8")
     data = Path(args.data) if args.data else default_data_dir()
     calib_data = Path(args.calib) if args.calib else data
     calib_names = args.calib_names or split_file(calib_data, "train")
     test_names = args.test_names or split_file(data, "test")
-    _check_disjoint(calib_names, test_names)
+    check_disjoint(calib_names, test_names)
     imgsz = args.imgsz_hw
 
     from runtime.imageio import read_names
@@ -338,78 +469,95 @@ def quantize_command(args) -> int:
     held_out = spread([n for n in calib_list if n not in set(calib_pick)], 16)
     if not held_out:  # every listed pair calibrates: choose on (some of) them, still never on the test split
         held_out = spread(calib_pick, 16)
-    _echo(f"reading {len(calib_pick)} calibration pairs from {calib_data} at {imgsz[0]}x{imgsz[1]}")
+    echo(f"reading {len(calib_pick)} calibration pairs from {calib_data} at {imgsz[0]}x{imgsz[1]}")
     calib_inputs = load_inputs(calib_data, calib_pick, None, imgsz, channels)
     select_inputs = load_inputs(calib_data, held_out, None, None if args.dynamic else imgsz, channels)
     test_inputs = load_inputs(data, test_names, args.test_count, None if args.dynamic else imgsz, channels)
+    speed_feeds = load_inputs(data, test_names, 1, imgsz, channels)[0].feeds()
+    if args.batch != 1 and not args.dynamic:
+        speed_feeds = {k: np.repeat(v, args.batch, axis=0) for k, v in speed_feeds.items()}
 
     with tempfile.TemporaryDirectory(prefix="fusion-int8-") as work:
         work = Path(work)
         fp32_path = work / "model.fp32.onnx"
         parity_pairs = load_inputs(data, args.check_names, args.check_count, None if args.dynamic else imgsz,
                                    channels)
-        _echo(f"exporting the fp32 reference of {model.config.variant} from {folder}")
+        echo(f"exporting the fp32 reference of {model.config.variant} from {folder}")
         fp32_report = export_onnx(model, fp32_path, imgsz=imgsz, dynamic=args.dynamic, opset=args.opset,
                                   metadata=weights_metadata(folder), check_pairs=parity_pairs,
                                   simplify=args.simplify, tolerance=args.tolerance, batch=args.batch)
-        _echo(f"fp32 parity: {summarize_parity(fp32_report['parity'])}")
-        pre = preprocess(fp32_path, work / "pre.onnx")
-        select_reference = run_model(fp32_path, select_inputs)
+        echo(f"fp32 parity: {summarize_parity(fp32_report['parity'])}")
 
-        tried = []
-        best = None
-        for recipe in recipes_to_try(args.calib_method, args.qdq_target, args.int8_ops):
-            candidate = work / f"candidate-{len(tried)}.onnx"
-            _echo(f"quantising: {recipe.label}")
-            done = quantize_int8(fp32_path, candidate, calib_inputs, recipe, cache_dir=work, preprocessed=pre)
-            psnr = compare_models(fp32_path, candidate, select_inputs, select_reference)["psnr_db"]
-            tried.append({"label": recipe.label, "recipe": asdict(recipe), "heldout_psnr_db": psnr,
-                          "excluded_nodes": len(done["excluded_nodes"]), "seconds": done["seconds"]})
-            _echo(f"  held-out training pairs: INT8 vs fp32 PSNR {psnr:.2f} dB")
-            if best is None or psnr > best[0]:
-                best = (psnr, recipe, candidate, done)
-            if psnr >= args.psnr_goal:
-                break
-        psnr_sel, recipe, chosen, done = best
+        recipes = recipes_to_try(args.calib_method, args.qdq_target, args.int8_ops, args.percentile)
+        candidates, select_fp32 = score_candidates(fp32_path, recipes, calib_inputs, select_inputs, work, log=echo)
+        allowed = [c for c in candidates if not limit_violations(c["metric_delta"], limits)]
+        latency: dict[int, float] = {}
+        ties = near_ties(allowed, args.psnr_tie) if allowed else []
+        if len(ties) > 1:
+            echo(f"{len(ties)} recipes within {args.psnr_tie:g} dB of the best: timing them on the CPU")
+            latency = cpu_latency({c["index"]: c["path"] for c in ties}, speed_feeds, runs=args.bench_runs)
+        echo(f"recipes on {len(select_inputs)} selection pairs (training pairs held out from calibration):")
+        for c in candidates:
+            over = limit_violations(c["metric_delta"], limits)
+            c["within_metric_limits"], c["over_limit"] = not over, over
+            c["cpu_median_ms"] = latency.get(c["index"])
+            timed = f", CPU {latency[c['index']]:.2f} ms" if c["index"] in latency else ""
+            echo(f"  {c['selection_psnr_db']:6.2f} dB  {c['label']}{timed}"
+                 + (f"  (over the limit: {', '.join(over)})" if over else ""))
+        chosen = choose_recipe(candidates, limits, args.psnr_tie, latency)  # FusionError: no recipe within limits
+        best = max(c["selection_psnr_db"] for c in allowed)
+        reason = ("the highest selection PSNR" if chosen["selection_psnr_db"] == best and len(ties) < 2 else
+                  f"the fastest of the {len(ties)} within {args.psnr_tie:g} dB of the best selection PSNR")
+        if any(c["selection_psnr_db"] > chosen["selection_psnr_db"] for c in candidates if c not in allowed):
+            reason += " among the recipes within --max-metric-drop"
+        select_report = {"pairs": len(select_inputs), "psnr_db": chosen["selection_psnr_db"],
+                         "min_psnr_db": chosen["selection_min_psnr_db"],
+                         "median_pair_psnr_db": chosen["selection_median_pair_psnr_db"],
+                         "metrics": {"fp32": select_fp32,
+                                     "int8": {m: select_fp32[m] + d for m, d in chosen["metric_delta"].items()},
+                                     "delta": chosen["metric_delta"]}}
 
-        _echo(f"chosen: {recipe.label}; reporting on {len(test_inputs)} test pairs")
+        echo(f"chosen: {chosen['label']} ({reason}); reporting on {len(test_inputs)} test pairs")
         test_reference = run_model(fp32_path, test_inputs)
-        test = compare_models(fp32_path, chosen, test_inputs, test_reference)
+        test = compare_models(fp32_path, chosen["path"], test_inputs, test_reference)
         deltas = metric_deltas(test_inputs, test_reference, test.pop("outputs"))
-        speed_item = load_inputs(data, test_names, 1, imgsz, channels)[0]
-        speed_feeds = speed_item.feeds()
-        if args.batch != 1 and not args.dynamic:
-            speed_feeds = {k: np.repeat(v, args.batch, axis=0) for k, v in speed_feeds.items()}
-        speed = cpu_speed(fp32_path, chosen, speed_feeds, runs=args.bench_runs)
+        speed = cpu_speed(fp32_path, chosen["path"], speed_feeds, runs=args.bench_runs)
         from runtime.imageio import atomic_path
         import shutil
         with atomic_path(out) as tmp:
-            shutil.copyfile(chosen, tmp)
+            shutil.copyfile(chosen["path"], tmp)
             make_readable(tmp)
-    goal_met = bool(test["psnr_db"] >= args.psnr_goal)
+    goal_met = bool(test["median_pair_psnr_db"] >= args.psnr_goal)
     report = {
         "path": shown_path(out), "format": "onnx-int8", "weights": shown_path(folder),
         "settings": {**fp32_report["settings"], "calib": shown_path(calib_data), "calib_names": _shown(calib_names),
                      "calib_count": len(calib_inputs), "calib_imgsz": list(imgsz), "calib_method": args.calib_method,
-                     "qdq_target": args.qdq_target, "int8_ops": args.int8_ops, "psnr_goal_db": args.psnr_goal,
+                     "percentile": args.percentile, "qdq_target": args.qdq_target, "int8_ops": args.int8_ops,
+                     "psnr_tie_db": args.psnr_tie, "max_metric_drop": limits, "psnr_goal_db": args.psnr_goal,
                      "test_names": _shown(test_names)},
         "metadata": fp32_report["metadata"],
         "fp32_parity": fp32_report["parity"],
-        "recipes_tried": tried, "chosen": done["label"], "excluded_nodes": done["excluded_nodes"],
-        "calibration_pairs": done["calibration_pairs"], "selection_pairs": held_out,
+        "recipes_tried": [{k: v for k, v in c.items() if k not in ("path", "calibration_pairs", "excluded_nodes")}
+                          | {"excluded_nodes": len(c["excluded_nodes"])} for c in candidates],
+        "chosen": chosen["label"], "chosen_because": reason, "excluded_nodes": chosen["excluded_nodes"],
+        "calibration_pairs": chosen["calibration_pairs"], "selection_pairs": held_out, "selection": select_report,
         "test": {"pairs": test["pairs"], "psnr_db": test["psnr_db"], "mean_pair_psnr_db": test["mean_pair_psnr_db"],
-                 "min_psnr_db": test["min_psnr_db"], "max_abs": test["max_abs"], "goal_met": goal_met,
-                 "per_pair": test["per_pair"]},
+                 "median_pair_psnr_db": test["median_pair_psnr_db"], "min_psnr_db": test["min_psnr_db"],
+                 "max_abs": test["max_abs"], "goal_met": goal_met, "per_pair": test["per_pair"]},
         "metrics": deltas, "cpu_speed": speed,
     }
-    _write_report(out, report)
-    _echo(f"INT8 vs fp32 on {test['pairs']} test pairs: PSNR {test['psnr_db']:.2f} dB (worst pair "
-          f"{test['min_psnr_db']:.2f} dB), goal {args.psnr_goal:g} dB {'met' if goal_met else 'NOT met'}")
+    write_report(out, report)
+    echo(f"INT8 vs fp32 on {test['pairs']} test pairs: median PSNR {test['median_pair_psnr_db']:.2f} dB (all pixels "
+         f"{test['psnr_db']:.2f} dB, worst pair {test['min_psnr_db']:.2f} dB), goal {args.psnr_goal:g} dB "
+         f"{'met' if goal_met else 'NOT met'}")
     if "delta" in deltas:
-        _echo("metric deltas (INT8 - fp32): " + ", ".join(f"{k} {v:+.4f}" for k, v in deltas["delta"].items()))
-    _echo(f"CPU (ONNX Runtime, {speed['threads']} threads, {speed['input_shape']}): fp32 "
-          f"{speed['fp32_median_ms']:.2f} ms, int8 {speed['int8_median_ms']:.2f} ms (median of {speed['runs']}), "
-          f"fp32/int8 = {speed['speedup_fp32_over_int8']:.2f}x")
+        echo(f"test metric deltas (INT8 - fp32): {format_deltas(deltas['delta'])}")
+    echo(f"CPU (ONNX Runtime, {speed['threads']} threads, {speed['input_shape']}): fp32 "
+         f"{speed['fp32_median_ms']:.2f} ms, int8 {speed['int8_median_ms']:.2f} ms (median of {speed['runs']}), "
+         f"fp32/int8 = {speed['speedup_fp32_over_int8']:.2f}x")
+    echo(f"chosen: {chosen['label']}, {chosen['selection_psnr_db']:.2f} dB on {len(select_inputs)} selection pairs")
+    echo(f"selection metric deltas (INT8 - fp32): {format_deltas(chosen['metric_delta'])}"
+         + (f"; limits {', '.join(f'{m} -{v:g}' for m, v in limits.items())} met" if limits else ""))
     print(out)
     return 0
 
@@ -418,17 +566,6 @@ def _shown(names) -> str:
     """A names argument (a split file or a list of stems) as the report records it."""
     from export.pairs import shown_path
     return shown_path(names) if isinstance(names, (str, os.PathLike)) else ",".join(names)
-
-
-def _check_disjoint(calib_names, test_names) -> None:
-    """Refuse to calibrate on test pairs."""
-    from runtime.imageio import read_names
-    calib = set(read_names(calib_names)) if isinstance(calib_names, (str, Path)) else set(calib_names)
-    test = set(read_names(test_names)) if isinstance(test_names, (str, Path)) else set(test_names)
-    overlap = sorted(calib & test)
-    if overlap:
-        raise FusionError(f"{len(overlap)} calibration pair(s) are in the test split ({', '.join(overlap[:3])}); "
-                          f"calibrate on training pairs only (--calib-names) so the INT8 report stays honest")
 
 
 def _speed_main(argv=None) -> int:

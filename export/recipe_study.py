@@ -1,10 +1,14 @@
 """Compare INT8 quantisation recipes on a fp32 ONNX student: the table in docs/export.md.
 
-    python -m export.recipe_study runtime/models/default/model.onnx --json /tmp/recipes.json     # ~4.5 min, 1 core
+    python -m export.recipe_study runtime/models/default/model.onnx --json /tmp/recipes.json     # dynamic: native sizes
+    python -m export.recipe_study /tmp/static/model.onnx --time                                  # static 480x640
 
 Every recipe is calibrated on training pairs only (64 spread over train.txt at --imgsz unless the recipe says
-otherwise), scored on 16 other training pairs ("held-out", what `fusion export --calib-method auto` chooses on) and
-reported on the test split at native sizes (never chosen on). Prints one Markdown table.
+otherwise), scored on 16 other training pairs (the "selection" pairs, what `fusion export --calib-method auto` chooses
+on) and reported on the test split (never chosen on): PSNR against fp32 and the VIF and Qabf deltas. A static model is
+scored at its own input size (the pairs resized and centre-cropped, as `fusion export` does), a dynamic one at the
+pairs' native sizes. --time adds each recipe's CPU latency (ONNX Runtime, interleaved with fp32 in one run, at
+--imgsz). Prints one Markdown table.
 """
 from __future__ import annotations
 
@@ -14,22 +18,24 @@ import tempfile
 import time
 from pathlib import Path
 
-from export.quantize import QuantRecipe, compare_models, preprocess, quantize_int8, run_model
+from export.quantize import (QuantRecipe, compare_models, cpu_latency, mean_fusion_metrics, preprocess, quantize_int8,
+                             run_model)
 
 # (label, recipe, calibration set): "spread" = --calib-count pairs at --imgsz, "native" = the same pairs at their own
-# sizes, "all" = every training pair that is not held out, at --imgsz.
+# sizes, "all" = every training pair that is not held out, at --imgsz. "(auto)": a candidate of --calib-method auto.
 RECIPES = [
     ("minmax, per-tensor weights", QuantRecipe("minmax", per_channel=False), "spread"),
-    ("minmax, per-channel (auto: 1st)", QuantRecipe("minmax"), "spread"),
-    ("minmax, per-channel, float first/last layers (auto: 2nd)", QuantRecipe("minmax", float_edges=True), "spread"),
+    ("minmax, per-channel (auto)", QuantRecipe("minmax"), "spread"),
+    ("minmax, per-channel, float first/last layers (auto)", QuantRecipe("minmax", float_edges=True), "spread"),
     ("minmax, float first/last, calibrated at native sizes", QuantRecipe("minmax", float_edges=True), "native"),
-    ("percentile 99.999, float first/last (auto: 3rd)", QuantRecipe("percentile", float_edges=True), "spread"),
+    ("percentile 99.999 (auto)", QuantRecipe("percentile"), "spread"),
+    ("percentile 99.999, float first/last (auto)", QuantRecipe("percentile", float_edges=True), "spread"),
     ("percentile 99.99, float first/last", QuantRecipe("percentile", float_edges=True, percentile=99.99), "spread"),
-    ("entropy, per-channel", QuantRecipe("entropy"), "spread"),
-    ("entropy, float first/last (auto: 4th)", QuantRecipe("entropy", float_edges=True), "spread"),
+    ("entropy, per-channel (auto)", QuantRecipe("entropy"), "spread"),
+    ("entropy, float first/last (auto)", QuantRecipe("entropy", float_edges=True), "spread"),
     ("entropy, float first/last, every op type (--int8-ops all)",
      QuantRecipe("entropy", float_edges=True, op_types=()), "spread"),
-    ("entropy, float first/last, all training pairs but the held-out ones", QuantRecipe("entropy", float_edges=True),
+    ("entropy, float first/last, all training pairs but the selection ones", QuantRecipe("entropy", float_edges=True),
      "all"),
     ("TensorRT form (symmetric int8), entropy", QuantRecipe("entropy", target="tensorrt"), "spread"),
     ("TensorRT form (symmetric int8), entropy, float first/last",
@@ -37,8 +43,17 @@ RECIPES = [
 ]
 
 
-def study(fp32_path, data, imgsz=(480, 640), calib_count=64, only=None, log=print) -> list[dict]:
-    """Quantise `fp32_path` with every recipe (or the indices in `only`) and score each; returns one row per recipe."""
+def static_size(onnx_path) -> tuple[int, int] | None:
+    """(H, W) of a static model's `ir` input; None when either is symbolic (a dynamic export)."""
+    from export.onnx_export import ort_session
+    shape = next(i.shape for i in ort_session(onnx_path, threads=1).get_inputs() if i.name == "ir")
+    return (shape[2], shape[3]) if all(isinstance(d, int) for d in shape[2:]) else None
+
+
+def study(fp32_path, data, imgsz=(480, 640), calib_count=64, only=None, timing_runs=0,
+          log=print) -> tuple[list[dict], dict]:
+    """Quantise `fp32_path` with every recipe (or the indices in `only`) and score each; returns one row per recipe
+    and what was measured for fp32 (latency when timed)."""
     from export.pairs import load_inputs, spread
     from runtime.imageio import read_names
 
@@ -52,15 +67,21 @@ def study(fp32_path, data, imgsz=(480, 640), calib_count=64, only=None, log=prin
         "all": lambda: load_inputs(data, [n for n in train if n not in set(held)], None, imgsz),
     }
     loaded: dict[str, list] = {}
-    select = load_inputs(data, held, None, None)
-    test = load_inputs(data, data / "test.txt", None, None)
+    score_size = static_size(fp32_path)
+    select = load_inputs(data, held, None, score_size)
+    test = load_inputs(data, data / "test.txt", None, score_size)
     select_ref, test_ref = run_model(fp32_path, select), run_model(fp32_path, test)
-    rows = []
+    select_metrics, test_metrics = mean_fusion_metrics(select, select_ref), mean_fusion_metrics(test, test_ref)
+    rows, models = [], {}
+    fp32 = {"scored_at": list(score_size) if score_size else "native sizes", "test_metrics": test_metrics}
     with tempfile.TemporaryDirectory(prefix="fusion-recipes-") as work:
         work = Path(work)
         pre = preprocess(fp32_path, work / "pre.onnx")
         for index, (label, recipe, calib_set) in enumerate(RECIPES):
             if only and index not in only:
+                continue
+            if calib_set == "native" and score_size:
+                rows.append({"index": index, "label": label, "error": "a static model takes one input size"})
                 continue
             if calib_set not in loaded:
                 loaded[calib_set] = calib_sets[calib_set]()
@@ -75,25 +96,51 @@ def study(fp32_path, data, imgsz=(480, 640), calib_count=64, only=None, log=prin
                 rows.append({"index": index, "label": label, "error": str(exc).split(".")[0]})
                 log(f"{index}: {label}: failed ({rows[-1]['error']})")
                 continue
-            held_out = compare_models(fp32_path, out, select, select_ref)
+            selected = compare_models(fp32_path, out, select, select_ref)
             reported = compare_models(fp32_path, out, test, test_ref)
+            sel_m = mean_fusion_metrics(select, selected.pop("outputs"))
+            test_m = mean_fusion_metrics(test, reported.pop("outputs"))
             rows.append({"index": index, "label": label, "calibration_pairs": len(inputs),
-                         "heldout_psnr_db": held_out["psnr_db"], "heldout_min_psnr_db": held_out["min_psnr_db"],
+                         "selection_psnr_db": selected["psnr_db"], "selection_min_psnr_db": selected["min_psnr_db"],
+                         "selection_delta": {m: sel_m[m] - select_metrics[m] for m in sel_m},
                          "test_psnr_db": reported["psnr_db"], "test_min_psnr_db": reported["min_psnr_db"],
                          "test_mean_pair_psnr_db": reported["mean_pair_psnr_db"],
+                         "test_median_pair_psnr_db": reported["median_pair_psnr_db"],
+                         "test_delta": {m: test_m[m] - test_metrics[m] for m in test_m},
                          "seconds": round(time.perf_counter() - started, 1)})
-            log(f"{index}: {label}: held-out {held_out['psnr_db']:.2f} dB, test {reported['psnr_db']:.2f} dB")
-    return rows
+            models[index] = out
+            log(f"{index}: {label}: selection {selected['psnr_db']:.2f} dB, test median "
+                f"{reported['median_pair_psnr_db']:.2f} dB, test VIF {rows[-1]['test_delta']['VIF']:+.4f} "
+                f"Qabf {rows[-1]['test_delta']['Qabf']:+.4f}")
+        if timing_runs and models:
+            feeds = load_inputs(data, data / "test.txt", 1, imgsz)[0].feeds()
+            log(f"timing fp32 and {len(models)} recipes interleaved, {timing_runs} runs each")
+            medians = cpu_latency({"fp32": fp32_path, **models}, feeds, runs=timing_runs)
+            fp32["cpu_median_ms"] = medians["fp32"]
+            for row in rows:
+                if row["index"] in medians:
+                    row["cpu_median_ms"] = medians[row["index"]]
+    return rows, fp32
 
 
-def markdown(rows: list[dict]) -> str:
-    lines = ["| recipe | calibration pairs | held-out PSNR | test PSNR (worst pair) |", "| --- | --- | --- | --- |"]
+def markdown(rows: list[dict], fp32: dict | None = None) -> str:
+    timed = any("cpu_median_ms" in row for row in rows)
+    head = ["recipe", "selection PSNR", "selection VIF / Qabf", "test PSNR: median per pair (all pixels, worst)",
+            "test VIF / Qabf"] + (["CPU ms"] if timed else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    if timed and fp32 and "cpu_median_ms" in fp32:
+        lines.append("| fp32 | - | - | - | - | " + f"{fp32['cpu_median_ms']:.1f} |")
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['label']} | - | failed: {row['error']} | - |")
-        else:
-            lines.append(f"| {row['label']} | {row['calibration_pairs']} | {row['heldout_psnr_db']:.2f} dB | "
-                         f"{row['test_psnr_db']:.2f} dB ({row['test_min_psnr_db']:.2f}) |")
+            lines.append(f"| {row['label']} | failed: {row['error']} |" + " - |" * (len(head) - 2))
+            continue
+        sel, tst = row["selection_delta"], row["test_delta"]
+        cells = [row["label"], f"{row['selection_psnr_db']:.2f} dB", f"{sel['VIF']:+.3f} / {sel['Qabf']:+.3f}",
+                 f"{row['test_median_pair_psnr_db']:.2f} dB ({row['test_psnr_db']:.2f}, {row['test_min_psnr_db']:.2f})",
+                 f"{tst['VIF']:+.3f} / {tst['Qabf']:+.3f}"]
+        if timed:
+            cells.append(f"{row['cpu_median_ms']:.1f}" if "cpu_median_ms" in row else "-")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -106,15 +153,17 @@ def main(argv=None) -> int:
     parser.add_argument("--imgsz", default="480x640", help="calibration size HxW")
     parser.add_argument("--calib-count", type=int, default=64)
     parser.add_argument("--only", type=int, nargs="*", default=None, help="recipe indices to run (default: all)")
+    parser.add_argument("--time", type=int, nargs="?", const=30, default=0, metavar="RUNS",
+                        help="also time every recipe and fp32 on the CPU, interleaved (default 30 runs each)")
     parser.add_argument("--json", default=None, help="write the rows here")
     args = parser.parse_args(argv)
-    rows = study(args.onnx, Path(args.data) if args.data else default_data_dir(), parse_imgsz(args.imgsz),
-                 args.calib_count, set(args.only) if args.only else None,
-                 log=lambda m: print(m, file=sys.stderr, flush=True))
+    rows, fp32 = study(args.onnx, Path(args.data) if args.data else default_data_dir(), parse_imgsz(args.imgsz),
+                       args.calib_count, set(args.only) if args.only else None, args.time,
+                       log=lambda m: print(m, file=sys.stderr, flush=True))
     if args.json:
         from runtime.imageio import write_json
-        write_json(args.json, rows)
-    print(markdown(rows))
+        write_json(args.json, {"fp32": fp32, "recipes": rows})
+    print(markdown(rows, fp32))
     return 0
 
 

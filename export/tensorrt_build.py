@@ -240,7 +240,7 @@ def check_engine(engine_path: Path, fp32_onnx: Path, inputs, precision: str, fp1
 # ------------------------------------------------------------------------------------------------------------- CLI
 def engine_command(args) -> int:
     """`fusion export --format engine`."""
-    from export.cli import _echo, _load, _set_threads, _write_report
+    from export.common import echo, load_student_weights, set_threads, write_report
     from export.onnx_export import export_onnx, summarize_parity, weights_metadata
     from export.pairs import default_data_dir, load_inputs, parse_imgsz, shown_path, split_file
     from export.trtexec import dynamic_profile, format_command, script_text, trtexec_argv
@@ -253,9 +253,9 @@ def engine_command(args) -> int:
     import_tensorrt()
     cuda = require_gpu()
     environment = current_environment(cuda=cuda)
-    _set_threads()
+    set_threads()
 
-    model, folder = _load(args.weights)
+    model, folder = load_student_weights(args.weights)
     channels = model.config.vis_channels
     out = Path(args.out) if args.out else folder / "model.engine"
     files = engine_files(out)
@@ -271,8 +271,8 @@ def engine_command(args) -> int:
         check_inputs = [i if all(lo <= s <= hi for s, lo, hi in zip(i.size, low, high))
                         else load_inputs(data, [i.name], None, imgsz, channels)[0] for i in check_inputs]
     if not args.dynamic and args.batch != 1:
-        from export.onnx_export import _stack
-        check_inputs = [_stack([i] * args.batch, args.batch) for i in check_inputs]
+        from export.pairs import stack_inputs
+        check_inputs = [stack_inputs([i] * args.batch, args.batch) for i in check_inputs]
 
     # The fp32 reference ONNX, parity-checked against PyTorch; it is the engine's source unless --int8-mode qdq.
     fp32_onnx = files[".onnx"]
@@ -282,27 +282,27 @@ def engine_command(args) -> int:
             raise FusionError(f"--onnx {fp32_onnx} not found")
         fp32_report = None
     else:
-        _echo(f"exporting the fp32 ONNX of {model.config.variant} to {fp32_onnx}")
+        echo(f"exporting the fp32 ONNX of {model.config.variant} to {fp32_onnx}")
         parity_pairs = load_inputs(data, args.check_names, args.check_count, None if args.dynamic else imgsz,
                                    channels)
         fp32_report = export_onnx(model, fp32_onnx, imgsz=imgsz, dynamic=args.dynamic, opset=args.opset,
                                   metadata=weights_metadata(folder), check_pairs=parity_pairs,
                                   simplify=args.simplify, tolerance=args.tolerance, batch=args.batch)
-        _echo(f"fp32 ONNX parity: {summarize_parity(fp32_report['parity'])}")
+        echo(f"fp32 ONNX parity: {summarize_parity(fp32_report['parity'])}")
 
     source = fp32_onnx
     calib_inputs, calib_cache, qdq = None, None, False
     if precision == "int8":
         calib_data = Path(args.calib) if args.calib else data
         calib_names = args.calib_names or split_file(calib_data, "train")
-        from export.quantize import _check_disjoint
-        _check_disjoint(calib_names, split_file(data, "test") if (data / "test.txt").is_file() else [])
+        from export.pairs import check_disjoint
+        check_disjoint(calib_names, split_file(data, "test") if (data / "test.txt").is_file() else [])
         calib_inputs = load_inputs(calib_data, calib_names, args.calib_count, imgsz, channels)
         if args.int8_mode == "qdq":
             from export.quantize import QuantRecipe, quantize_int8
             qdq = True
             source = out.with_name(out.name + ".qdq.onnx")
-            _echo(f"quantising {fp32_onnx} for TensorRT (symmetric QDQ) on {len(calib_inputs)} training pairs")
+            echo(f"quantising {fp32_onnx} for TensorRT (symmetric QDQ) on {len(calib_inputs)} training pairs")
             quantize_int8(fp32_onnx, source, calib_inputs, QuantRecipe("minmax", target="tensorrt"))
             calib_inputs = None
         else:
@@ -312,22 +312,22 @@ def engine_command(args) -> int:
                         str(calib_cache) if calib_cache else None, args.dla)
     portable = trtexec_argv(source.name if source.parent == out.parent else str(source), out.name, precision,
                             args.workspace, profile, calib_cache.name if calib_cache else None, args.dla)
-    _echo(f"building a {precision} TensorRT {environment['tensorrt']} engine for {environment['gpu']} "
-          f"(sm {environment['compute_capability']}); the trtexec equivalent:\n  {format_command(argv)}")
+    echo(f"building a {precision} TensorRT {environment['tensorrt']} engine for {environment['gpu']} "
+         f"(sm {environment['compute_capability']}); the trtexec equivalent:\n  {format_command(argv)}")
     built = build_engine(source, out, precision, args.workspace, profile, args.dla, calib_inputs, calib_cache,
                          qdq, cuda=cuda)
     script = write_text(files[".trtexec.sh"], script_text(portable))
     os.chmod(script, 0o755)
 
     check = check_engine(out, fp32_onnx, check_inputs, precision, args.fp16_psnr)
-    _echo(f"{precision} engine vs fp32 ONNX Runtime on {check['pairs']} real pairs: PSNR {check['psnr_db']:.2f} dB, "
-          f"max abs {check['max_abs']:.3g}")
+    echo(f"{precision} engine vs fp32 ONNX Runtime on {check['pairs']} real pairs: PSNR {check['psnr_db']:.2f} dB, "
+         f"max abs {check['max_abs']:.3g}")
     speed_feeds = load_inputs(data, split_file(data, "test"), 1, imgsz, channels)[0].feeds()
     if args.batch != 1 and not args.dynamic:
         speed_feeds = {k: np.repeat(v, args.batch, axis=0) for k, v in speed_feeds.items()}
     latency = engine_latency(out, speed_feeds)
-    _echo(f"latency ({latency['input_shape']}, copies included): median {latency['median_ms']:.3f} ms, p90 "
-          f"{latency['p90_ms']:.3f} ms over {latency['runs']} runs")
+    echo(f"latency ({latency['input_shape']}, copies included): median {latency['median_ms']:.3f} ms, p90 "
+         f"{latency['p90_ms']:.3f} ms over {latency['runs']} runs")
     report = {
         "path": shown_path(out), "format": "engine", "weights": shown_path(folder),
         "settings": {"precision": precision, "imgsz": list(imgsz), "dynamic": args.dynamic, "batch": args.batch,
@@ -339,6 +339,6 @@ def engine_command(args) -> int:
         "check_vs_fp32": check, "latency": latency,
         "trtexec": format_command(argv), "trtexec_portable": f"sh {files['.trtexec.sh'].name}",
     }
-    _write_report(out, report)
+    write_report(out, report)
     print(out)
     return 0

@@ -16,6 +16,7 @@ from export.pairs import load_inputs  # noqa: E402
 from export.quantize import (QuantRecipe, calibration_reader, compare_models, cpu_speed, quantize_int8,  # noqa: E402
                              recipes_to_try, sensitive_nodes)
 from runtime.cli import main as fusion_main  # noqa: E402
+from runtime.errors import FusionError  # noqa: E402
 
 from test_export_onnx import random_student  # noqa: E402
 
@@ -81,12 +82,37 @@ def test_float_edges_keep_first_and_last_layers_in_float(tmp_path, fp32_model, c
     assert list(tmp_path.glob("ranges-minmax-*.json"))  # the second recipe reused the calibration
 
 
-def test_recipe_order_tries_standard_fixes():
-    labels = [r.label for r in recipes_to_try("auto")]
-    assert labels[0].startswith("minmax") and "float first/last" in labels[1]
-    assert [r.method for r in recipes_to_try("auto")] == ["minmax", "minmax", "percentile", "entropy"]
-    assert all(r.per_channel for r in recipes_to_try("auto"))
-    assert [r.method for r in recipes_to_try("entropy")] == ["entropy", "entropy"]
+def test_auto_builds_every_method_plain_and_with_float_edges():
+    recipes = recipes_to_try("auto")
+    assert [(r.method, r.float_edges) for r in recipes] == [(m, e) for m in ("minmax", "percentile", "entropy")
+                                                            for e in (False, True)]
+    assert all(r.per_channel for r in recipes) and len({r.label for r in recipes}) == 6
+    assert [(r.method, r.float_edges) for r in recipes_to_try("entropy")] == [("entropy", False), ("entropy", True)]
+    assert {r.percentile for r in recipes_to_try("percentile", percentile=90.0)} == {90.0}
+
+
+def _candidate(index, psnr, vif=0.0, qabf=0.0):
+    return {"index": index, "label": f"r{index}", "selection_psnr_db": psnr, "metric_delta": {"VIF": vif, "Qabf": qabf}}
+
+
+def test_choose_recipe_best_psnr_then_latency_within_the_tie_then_limits():
+    from export.quantize import choose_recipe, parse_metric_limits
+    cands = [_candidate(0, 40.0), _candidate(1, 49.5), _candidate(2, 49.3), _candidate(3, 45.0)]
+    assert choose_recipe(cands)["index"] == 1  # not timed: the best PSNR
+    assert choose_recipe(cands, latency_ms={1: 30.0, 2: 20.0})["index"] == 2  # 0.2 dB lower, faster: a near tie
+    assert choose_recipe(cands, tie_db=0.1, latency_ms={1: 30.0, 2: 20.0})["index"] == 1
+    limits = parse_metric_limits("vif=0.02,Qabf=0.02")
+    assert limits == {"VIF": 0.02, "Qabf": 0.02}
+    cands[1]["metric_delta"]["Qabf"] = -0.03  # the best PSNR loses too much Qabf: not kept
+    assert choose_recipe(cands, limits)["index"] == 2
+    bad = [_candidate(0, 40.0, vif=-0.05), _candidate(1, 41.0, vif=-0.03, qabf=-0.01)]
+    with pytest.raises(FusionError, match=r"keeps VIF \(at most 0.02 below fp32; the closest .* r1, is 0.0300"):
+        choose_recipe(bad, limits)
+    assert choose_recipe(bad, parse_metric_limits("none"))["index"] == 1
+    assert parse_metric_limits("MSE=5") == {"MSE": 5.0}
+    for text in ("VIF", "VIF=-1", "sharpness=0.1", "VIF=abc"):
+        with pytest.raises(FusionError, match="--max-metric-drop"):
+            parse_metric_limits(text)
 
 
 def test_cpu_speed_reports_medians_of_both(fp32_model, tmp_path, calib_inputs):
@@ -177,10 +203,94 @@ def test_percentile_ranges_are_cached_per_percentile(tmp_path, calib_inputs, cap
     assert scales(a) != scales(b)  # a lower percentile clips harder: the second model did not reuse the first's ranges
 
 
-def test_recipe_study_labels_match_the_auto_order_and_render():
+def test_recipe_study_labels_match_the_auto_candidates_and_render():
     from export.recipe_study import RECIPES, markdown
-    auto = [recipe for label, recipe, _ in RECIPES if "(auto:" in label]
+    auto = [recipe for label, recipe, _ in RECIPES if "(auto)" in label]
     assert auto == recipes_to_try("auto")  # the documented table names the recipes `--calib-method auto` tries
-    table = markdown([{"label": "x", "calibration_pairs": 64, "heldout_psnr_db": 49.454, "test_psnr_db": 48.2,
-                       "test_min_psnr_db": 38.95}, {"label": "y", "error": "sizes differ"}])
-    assert "| x | 64 | 49.45 dB | 48.20 dB (38.95) |" in table and "failed: sizes differ" in table
+    row = {"label": "x", "calibration_pairs": 64, "selection_psnr_db": 49.454, "test_psnr_db": 48.2,
+           "test_min_psnr_db": 38.95, "test_median_pair_psnr_db": 49.61, "cpu_median_ms": 95.94,
+           "selection_delta": {"VIF": -0.0161, "Qabf": -0.0137}, "test_delta": {"VIF": -0.0164, "Qabf": -0.0146}}
+    table = markdown([row, {"label": "y", "error": "sizes differ"}], {"cpu_median_ms": 70.12})
+    assert "| x | 49.45 dB | -0.016 / -0.014 | 49.61 dB (48.20, 38.95) | -0.016 / -0.015 | 95.9 |" in table
+    assert "| fp32 |" in table and "70.1" in table and "failed: sizes differ" in table
+
+
+# ------------------------------------------------------------------------------------ recipe choice on real pairs
+@pytest.fixture(scope="module")
+def shipped_onnx():
+    from export.pairs import REPO_ROOT
+    path = REPO_ROOT / "runtime" / "models" / "default" / "model.onnx"
+    if not path.is_file():
+        pytest.skip("the default model is not installed")
+    return path
+
+
+def test_auto_keeps_a_recipe_no_other_candidate_beats(tmp_path, roadscene):
+    """Through the command, on real pairs with the trained default student: every candidate is built and reported,
+    and with no tie window and no metric limit the kept one has the highest selection PSNR of them all."""
+    out = tmp_path / "m.int8.onnx"
+    code = fusion_main(["export", "--weights", "default", "--format", "onnx-int8", "--imgsz", "64x96",
+                        "--data", str(roadscene), "--check-count", "1", "--calib-count", "4", "--test-count", "2",
+                        "--bench-runs", "2", "--psnr-tie", "0", "--max-metric-drop", "none", "--out", str(out)])
+    assert code == 0 and out.is_file()
+    report = json.loads((tmp_path / "m.int8.onnx.json").read_text())
+    tried = report["recipes_tried"]
+    assert [t["label"] for t in tried] == [r.label for r in recipes_to_try("auto")]
+    chosen = next(t for t in tried if t["label"] == report["chosen"])
+    assert chosen["selection_psnr_db"] == max(t["selection_psnr_db"] for t in tried)
+    assert report["selection"]["psnr_db"] == chosen["selection_psnr_db"]
+    assert report["selection"]["metrics"]["delta"] == chosen["metric_delta"] and "VIF" in chosen["metric_delta"]
+    assert read_onnx_metadata(out)["quantization"] == report["chosen"]
+
+
+def test_near_ties_go_to_the_fastest_and_never_beyond_the_window(tmp_path, roadscene, train_names, shipped_onnx):
+    from export.quantize import PSNR_TIE_DB, choose_recipe, cpu_latency, near_ties, score_candidates
+    calib = load_inputs(roadscene, roadscene / "train.txt", 4, SIZE)
+    select = load_inputs(roadscene, train_names[1::60], None, SIZE)
+    candidates, _ = score_candidates(shipped_onnx, recipes_to_try("minmax"), calib, select, tmp_path)
+    ties = near_ties(candidates, 100.0)  # time both, whatever their PSNR
+    latency = cpu_latency({c["index"]: c["path"] for c in ties}, select[0].feeds(), runs=3, threads=1, warmup=1)
+    best = max(c["selection_psnr_db"] for c in candidates)
+    for tie_db in (0.0, PSNR_TIE_DB, 100.0):
+        chosen = choose_recipe(candidates, {}, tie_db, latency)
+        assert chosen["selection_psnr_db"] >= best - tie_db  # never below the window
+        in_window = [c for c in candidates if c["selection_psnr_db"] >= best - tie_db]
+        assert latency[chosen["index"]] == min(latency[c["index"]] for c in in_window)
+
+
+def test_metric_drop_refuses_a_deliberately_bad_recipe(tmp_path, roadscene, train_names, shipped_onnx, capsys):
+    """Percentile ranges at the 50th percentile clip half of every activation's range. Scored on real pairs, the
+    default limits refuse it naming VIF and Qabf; through the command (whose candidates include the same recipe with
+    the first and last layers in float, which loses MI but not VIF or Qabf), a limit on MI refuses both, names MI,
+    and nothing is written."""
+    from export.quantize import DEFAULT_METRIC_DROP, choose_recipe, parse_metric_limits, score_candidates
+    calib = load_inputs(roadscene, roadscene / "train.txt", 4, SIZE)
+    select = load_inputs(roadscene, train_names[1::60], None, SIZE)
+    good, bad = QuantRecipe("entropy", float_edges=True), QuantRecipe("percentile", percentile=50.0)
+    candidates, _ = score_candidates(shipped_onnx, [good, bad], calib, select, tmp_path)
+    limits = parse_metric_limits(DEFAULT_METRIC_DROP)
+    assert choose_recipe(candidates, limits)["label"] == good.label
+    with pytest.raises(FusionError, match=r"no INT8 recipe keeps VIF \(at most 0.02 below fp32.* and Qabf \("):
+        choose_recipe(candidates[1:], limits)
+
+    out = tmp_path / "bad.onnx"
+    code = fusion_main(["export", "--weights", "default", "--format", "onnx-int8", "--imgsz", "64x96", "--data",
+                        str(roadscene), "--check-count", "1", "--calib-count", "4", "--test-count", "1",
+                        "--bench-runs", "2", "--calib-method", "percentile", "--percentile", "50",
+                        "--max-metric-drop", "MI=0.1,VIF=0.02,Qabf=0.02", "--out", str(out)])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "no INT8 recipe keeps MI (at most 0.1 below fp32" in last
+    assert not out.exists() and not (tmp_path / "bad.onnx.json").exists()
+
+
+def test_int8_check_scores_against_the_weights_it_came_from(tmp_path, roadscene, shipped_onnx):
+    from export.int8_check import check_int8, main
+    int8 = tmp_path / "m.int8.onnx"
+    quantize_int8(shipped_onnx, int8, load_inputs(roadscene, roadscene / "train.txt", 4, SIZE),
+                  QuantRecipe("percentile", percentile=90.0))
+    result = check_int8(int8, "default", roadscene, count=3, limits={"VIF": 0.02, "Qabf": 0.02})
+    assert result["pairs"] == 3 and result["scored_at"] == "native sizes"
+    assert not result["passed"] and any(f.startswith("median PSNR") for f in result["failures"])
+    assert result["median_pair_psnr_db"] == pytest.approx(float(np.median(list(result["per_pair_psnr_db"].values()))))
+    other = save_student(random_student(), tmp_path / "other")
+    assert main([str(int8), "--weights", str(other), "--data", str(roadscene), "--count", "1"]) == 2

@@ -166,3 +166,49 @@ def test_reports_record_repository_relative_paths(tmp_path):
     assert shown_path(REPO_ROOT / "runtime" / "models" / "default") == "runtime/models/default"
     assert shown_path(REPO_ROOT.parent / "shared" / "data" / "roadscene") == "../shared/data/roadscene"
     assert shown_path(tmp_path / "m.onnx") == str(tmp_path / "m.onnx")
+
+
+def _export_imports() -> dict[str, list[tuple[str, list[str]]]]:
+    """Every import of an export module by an export module, at any depth (handlers import inside functions):
+    {module: [(imported module, [names])]}."""
+    import ast
+    from export.pairs import REPO_ROOT
+    found = {}
+    for path in sorted((REPO_ROOT / "export").glob("*.py")):
+        module = f"export.{path.stem}"
+        edges = []
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("export"):
+                if node.module == "export":  # from export import quantize
+                    edges += [(f"export.{a.name}", []) for a in node.names]
+                else:
+                    edges.append((node.module, [a.name for a in node.names]))
+            elif isinstance(node, ast.Import):
+                edges += [(a.name, []) for a in node.names if a.name.startswith("export.")]
+        found[module] = edges
+    return found
+
+
+def test_export_has_no_import_circle_and_lends_no_private_names():
+    imports = _export_imports()
+    assert "export.common" in imports and "export.cli" in imports
+    private = [(m, target, n) for m, edges in imports.items() for target, names in edges for n in names
+               if n.startswith("_") and target != m]
+    assert not private, f"private names imported across modules: {private}"
+    graph = {m: {t for t, _ in edges if t in imports and t != m} for m, edges in imports.items()}
+    assert "export.cli" not in set().union(*graph.values()), "nothing imports the CLI module back"
+
+    def cycle_from(start, node, seen):
+        for nxt in graph[node]:
+            if nxt == start:
+                return [node, nxt]
+            if nxt not in seen:
+                seen.add(nxt)
+                rest = cycle_from(start, nxt, seen)
+                if rest:
+                    return [node] + rest
+        return None
+
+    for module in graph:
+        cycle = cycle_from(module, module, {module})
+        assert cycle is None, f"import circle: {' -> '.join(cycle)}"
