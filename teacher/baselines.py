@@ -29,7 +29,7 @@ class MaxFusion(FusionTeacher):
 
 
 # ------------------------------------------------------------------------------------------------ Laplacian pyramid
-def _binomial_kernel(device, dtype):
+def binomial_kernel(device, dtype):
     import torch
     taps = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], device=device, dtype=dtype) / 16.0
     return (taps[:, None] * taps[None, :])[None, None]
@@ -86,7 +86,7 @@ class LaplacianPyramidFusion(FusionTeacher):
 
     def fuse_batch(self, ir, vis_y):
         import torch
-        kernel = _binomial_kernel(ir.device, ir.dtype)
+        kernel = binomial_kernel(ir.device, ir.dtype)
         # Stop while the coarsest level still has a few pixels, so tiny images work too.
         levels, side = 0, min(ir.shape[-2:])
         while levels < self.levels and side >= 8:

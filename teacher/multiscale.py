@@ -188,9 +188,9 @@ class SaliencyPyramidFusion(FusionTeacher):
     def fuse_batch(self, ir, vis_y):
         import torch
 
-        from teacher.baselines import _binomial_kernel, collapse_pyramid, laplacian_pyramid
+        from teacher.baselines import binomial_kernel, collapse_pyramid, laplacian_pyramid
         ir, vis = ir.float(), vis_y.float()
-        kernel = _binomial_kernel(ir.device, ir.dtype)
+        kernel = binomial_kernel(ir.device, ir.dtype)
         levels, side = 0, min(ir.shape[-2:])
         while levels < self.levels and side >= 8:
             side = (side + 1) // 2
