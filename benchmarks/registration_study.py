@@ -52,12 +52,12 @@ def rig_homography(width: int, height: int) -> np.ndarray:
 
 
 def clicked_points(h_true: np.ndarray, width: int, height: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Four IR points, one near each corner (10-30% in from the edges), and their VIS partners clicked with about
+    """Four IR points, one near each corner (5-20% in from the edges), and their VIS partners clicked with about
     CLICK_ERROR_PX of error in a random direction."""
     rng = np.random.default_rng(seed)
     ir = []
     for fx, fy in ((0, 0), (1, 0), (1, 1), (0, 1)):
-        u, v = rng.uniform(0.1, 0.3, size=2)
+        u, v = rng.uniform(0.05, 0.2, size=2)
         ir.append([abs(fx - u) * width, abs(fy - v) * height])
     ir = np.asarray(ir, np.float64)
     vis = cv2.perspectiveTransform(ir.reshape(-1, 1, 2), h_true).reshape(-1, 2)

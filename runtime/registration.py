@@ -223,6 +223,9 @@ def alignment_scores(homographies: Sequence[np.ndarray], ir_gray: np.ndarray, vi
     return scores
 
 
+IMAGE_WEIGHT_IN_POINTS = 16.0
+
+
 def _align_level(homography: np.ndarray, ir: np.ndarray, vis_features: CrossModalFeatures, ir_floor: float,
                  model: str, prior: Optional[tuple[np.ndarray, np.ndarray, float]], iterations: int,
                  blur_sigma: float, max_pixels: int = 40000) -> np.ndarray:
@@ -274,7 +277,14 @@ def _align_level(homography: np.ndarray, ir: np.ndarray, vis_features: CrossModa
                                           mapped[:, 1] * norm[1, 1] + norm[1, 2], n)
             point_jac = np.concatenate([px, py]) * scale
             offset = np.concatenate([mapped[:, 0] - vis_points[:, 0], mapped[:, 1] - vis_points[:, 1]])
-            hessian = hessian + prior_weight * point_jac.T @ point_jac
+            point_hessian = prior_weight * point_jac.T @ point_jac
+            # The pixels are not independent witnesses: a scene seen from two places disagrees with itself by
+            # parallax, and a rig's two images by more than noise. The whole image counts as IMAGE_WEIGHT_IN_POINTS
+            # clicked pairs at most, so it can correct the clicks but not overrule them.
+            cap = IMAGE_WEIGHT_IN_POINTS / max(len(ir_points), 1) * np.trace(point_hessian) / max(np.trace(hessian), 1e-12)
+            if cap < 1:
+                hessian, gradient = hessian * cap, gradient * cap
+            hessian = hessian + point_hessian
             gradient = gradient - prior_weight * point_jac.T @ offset
         damping = 1e-6 * np.trace(hessian) / n + 1e-12
         try:
