@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import zlib
@@ -29,7 +30,7 @@ import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+SHARED = Path(os.environ.get("FUSION_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 CLICK_ERROR_PX = 3.0
 GRID_STEP_PX = 40
