@@ -143,6 +143,21 @@ def study_pair(dataset: str, name: str, light: str, max_shift: float) -> tuple[P
     return row, {"ir": ir_camera, "vis": vis, "h_points": h_points, "h_refined": result.homography, "h_true": h_true}
 
 
+def study_auto(name: str, data: dict) -> dict:
+    """--auto on the same simulated view: no points, from the frames' centres."""
+    from runtime.errors import FusionError
+    from runtime.registration import auto_homography
+    height, width = data["vis"].shape
+    try:
+        found = auto_homography(data["ir"], data["vis"])
+    except FusionError as exc:
+        print(f"  --auto refused: {exc}")
+        return {"pair": name, "mean_px": None, "max_px": None, "refused": str(exc)}
+    mean, top = mapping_error(found.homography, data["h_true"], width, height)
+    print(f"  --auto: {mean:.2f} / {top:.2f} px ({found.reason})")
+    return {"pair": name, "mean_px": mean, "max_px": top, "refused": None}
+
+
 def preview(examples: list[tuple[str, dict]], path: Path) -> None:
     """For each example pair, VIS with warped-IR edges: points only (left) and refined (right); green = on VIS edges."""
     from runtime.imageio import write_image
@@ -174,10 +189,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--set", default="validation", choices=["validation", "dev"])
     parser.add_argument("--max-shift", type=float, default=5.0)
     parser.add_argument("--limit", type=int, default=0, help="only the first N pairs")
+    parser.add_argument("--auto", action="store_true", help="also run --auto (no points) on each pair")
     parser.add_argument("--json", metavar="FILE", help="write every number as JSON")
     parser.add_argument("--preview", metavar="PNG", help="write a points-vs-refined picture of two pairs")
     args = parser.parse_args(argv)
-    rows, examples = [], []
+    rows, examples, auto_rows = [], [], []
     names = list(pair_names(args.set))
     if args.limit:
         names = names[:args.limit]
@@ -186,7 +202,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     for dataset, name, light in names:
         row, data = study_pair(dataset, name, light, args.max_shift)
         rows.append(row)
-        if args.preview and name in ("00003N", "00537D", "190001"):
+        if args.auto:
+            auto_rows.append(study_auto(name, data))
+        if args.preview and name in ("00003N", "00537D", "010101"):
             examples.append((f"{dataset}/{name}", data))
         print(f"{row.pair:<24} {row.light:<6} {row.size:<8} {row.points_mean_px:7.2f} / {row.points_max_px:5.2f}  "
               f"{row.refined_mean_px:7.2f} / {row.refined_max_px:5.2f}  {row.kept:<8} "
@@ -205,9 +223,19 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"{refined_mean:.2f} px; --refine worse than points on a pair by at most {worst_gain:+.2f} px; largest "
           f"--refine error anywhere {worst_max:.2f} px; refined mapping kept on {summary['kept_refined']} pairs; "
           f"bar met: {summary['done']}")
+    if auto_rows:
+        found = [r for r in auto_rows if r["mean_px"] is not None]
+        if found:
+            summary["auto"] = {"aligned": len(found), "refused": len(auto_rows) - len(found),
+                               "mean_px": float(np.mean([r["mean_px"] for r in found])),
+                               "max_px": float(max(r["max_px"] for r in found))}
+        print(f"--auto (no points, from the frame centres {mapping_error(np.eye(3), rig_homography(640, 480), 640, 480)[0]:.1f} px "
+              f"off on average): aligned {len(found)} of {len(auto_rows)} pairs"
+              + (f", mean error {summary['auto']['mean_px']:.2f} px, largest {summary['auto']['max_px']:.2f} px"
+                 if found else ""))
     if args.json:
         from runtime.imageio import write_json
-        write_json(args.json, {"summary": summary, "pairs": [asdict(r) for r in rows]})
+        write_json(args.json, {"summary": summary, "pairs": [asdict(r) for r in rows], "auto": auto_rows})
     if args.preview and examples:
         preview(examples, Path(args.preview))
         print(f"preview: {args.preview}")
