@@ -151,7 +151,7 @@ def study_auto(name: str, data: dict) -> dict:
     try:
         found = auto_homography(data["ir"], data["vis"])
     except FusionError as exc:
-        print(f"  --auto refused: {exc}")
+        print(f"  {exc}")
         return {"pair": name, "mean_px": None, "max_px": None, "refused": str(exc)}
     mean, top = mapping_error(found.homography, data["h_true"], width, height)
     print(f"  --auto: {mean:.2f} / {top:.2f} px ({found.reason})")
