@@ -1,13 +1,15 @@
-"""IR-to-VIS registration: a homography from point pairs, refined on edges with ECC, applied per frame.
+"""IR-to-VIS registration: a homography from point pairs, refined across the two bands, applied per frame.
 
 A thermal camera beside a visible one sees the scene from another point and through another lens; for a scene far
 away compared with the distance between the cameras, one homography H maps IR pixels onto VIS pixels:
 
     [x_vis, y_vis, 1]^T ~ H @ [x_ir, y_ir, 1]^T
 
-`fusion calibrate` estimates H from four or more clicked/listed point pairs and can refine it with ECC on edge maps
-(intensities differ between the bands, edges mostly agree). `fusion run --homography FILE` warps every IR frame
-onto the VIS frame and crops both to the part of the view the two cameras share.
+`fusion calibrate` estimates H from four or more clicked/listed point pairs; `--refine` aligns the images on what the
+two bands share (edge orientation, see `cross_modal_features`) coarse to fine, and keeps the result only when it
+stays near the points and raises the alignment score (`refine_homography`); `--auto` aligns with no points and
+refuses on a flat scene (`auto_homography`). `fusion run --homography FILE` warps every IR frame onto the VIS frame
+and crops both to the part of the view the two cameras share; without one, frames of different shapes get a warning.
 """
 from __future__ import annotations
 
@@ -400,9 +402,9 @@ def refine_homography(homography: np.ndarray, ir_gray: np.ndarray, vis_gray: np.
     texture = min(cross_modal_features(g, gradient_noise_floor(g)).textured for g in (ir_gray, vis_gray))
     if texture < MIN_TEXTURED_SHARE:
         score = alignment_scores([homography], ir_gray, vis_gray)[0]
-        return Refinement(homography, homography, "points", f"the scene is too flat to refine on (edges on "
-                          f"{100 * texture:.1f}% of the pixels, {100 * MIN_TEXTURED_SHARE:.0f}% needed)",
-                          score, score, 0.0, model)
+        reason = (f"kept the points' homography: the scene is too flat to refine on (edges on {100 * texture:.1f}% "
+                  f"of the pixels, {100 * MIN_TEXTURED_SHARE:.0f}% needed)")
+        return Refinement(homography, homography, "points", reason, score, score, 0.0, model)
     inliers = transfer_error(homography, ir_points, vis_points) <= max_shift_px
     candidate = align_coarse_to_fine(homography, ir_gray, vis_gray, model, (ir_points[inliers], vis_points[inliers]),
                                      click_sigma_px)
@@ -410,7 +412,7 @@ def refine_homography(homography: np.ndarray, ir_gray: np.ndarray, vis_gray: np.
     shifts = transfer_error(candidate, ir_points[inliers], vis_points[inliers])
     shift = float(shifts.max()) if len(shifts) else 0.0
     if not np.all(np.isfinite(candidate)) or shift > max_shift_px:
-        worst = int(np.argmax(shifts)) if len(shifts) else 0
+        worst = int(np.flatnonzero(inliers)[np.argmax(shifts)]) if len(shifts) else 0
         reason = (f"kept the points' homography: the refined mapping puts IR point {worst + 1} {shift:.1f} px from "
                   f"its VIS point (more than --max-shift {max_shift_px:g})")
         return Refinement(homography, candidate, "points", reason, score_points, score_refined, shift, model)
