@@ -175,9 +175,10 @@ def preview(examples: list[tuple[str, dict]], path: Path) -> None:
             tile[ir_edges] = (255, 0, 255)
             tile[ir_edges & cv2.dilate(vis_edges.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)] = (0, 255, 0)
             mean, top = mapping_error(data[key], data["h_true"], vis.shape[1], vis.shape[0])
-            cv2.putText(tile, f"{label}  {title}: error {mean:.2f} / {top:.2f} px", (8, 24),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 0), 2)
-            tiles.append(cv2.resize(tile, (640, int(round(640 * vis.shape[0] / vis.shape[1])))))
+            cv2.putText(tile, f"{label}  {title}: error {mean:.2f} / {top:.2f} px", (8, 26),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.75, (255, 255, 0), 2)
+            tiles.append(cv2.resize(tile, (480, int(round(480 * vis.shape[0] / vis.shape[1]))),
+                                    interpolation=cv2.INTER_AREA))
         rows.append(np.hstack(tiles))
     width = max(r.shape[1] for r in rows)
     canvas = np.vstack([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows])
