@@ -832,6 +832,7 @@ class FusionPipeline:
         if packet.mode != "fused":
             self._prepare_passthrough(packet)
             return
+        self.registration.warn_if_stretched(packet.ir.image, packet.vis.image, self.config.ir, self.config.vis)
         ir, vis = self.registration.apply(packet.ir.image, packet.vis.image)
         native_hw = tuple(vis.shape[:2])
         model_hw, out_native = self._sizes_for(native_hw)
