@@ -70,7 +70,7 @@ class TrainConfig:
     val_every: int = 250
     save_every: int = 250
     log_every: int = 25
-    image_every: int = 500
+    image_every: int = 500                       # 0: no preview images (val/save/log_every 0: only at the end)
     device: str = "auto"                         # auto, cpu, cuda, cuda:1
     threads: int = 0                             # torch CPU threads (0: torch's default)
     resume: bool = True                          # continue from run_dir/last when it exists
@@ -118,8 +118,9 @@ def pick_device(name: str, dist_info: Dist):
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise FusionError("device 'cuda' was asked for but no CUDA GPU is available; use device=cpu")
-        if dist_info.world > 1 and name == "cuda":
-            name = f"cuda:{dist_info.local_rank}"
+        if name == "cuda":
+            # set_device needs an index: this process's GPU under torchrun, else the current one
+            name = f"cuda:{dist_info.local_rank if dist_info.world > 1 else torch.cuda.current_device()}"
         torch.cuda.set_device(torch.device(name))
     return torch.device(name)
 
@@ -349,6 +350,11 @@ def _WithFeatures(student):  # noqa: N802 - built lazily so importing this modul
     return _with_features_class()(student)
 
 
+def every(step: int, period: int) -> bool:
+    """True on the steps a periodic action is due; a period of 0 (or less) turns the action off."""
+    return period > 0 and step % period == 0
+
+
 def _log(message: str, dist_info: Dist) -> None:
     if dist_info.main:
         print(message, file=sys.stderr, flush=True)
@@ -485,7 +491,7 @@ def train(cfg: TrainConfig, feature_teacher=None) -> dict:
             running["_n"] = running.get("_n", 0) + 1
             if progress is not None:
                 progress.update(1)
-            if step % cfg.log_every == 0 and dist_info.main:
+            if every(step, cfg.log_every) and dist_info.main:
                 means = {k: v / running["_n"] for k, v in running.items() if k != "_n"}
                 running = {}
                 lr = scheduler.get_last_lr()[0]
@@ -506,7 +512,7 @@ def train(cfg: TrainConfig, feature_teacher=None) -> dict:
                 out_of_time = bool(flag.item() > 0)
             finished = step >= cfg.steps or out_of_time
             if dist_info.main:
-                if val_set is not None and (step % cfg.val_every == 0 or finished):
+                if val_set is not None and (every(step, cfg.val_every) or finished):
                     last_val = validate(ema.module, val_set, device)
                     if writer is not None:
                         for k, v in last_val.items():
@@ -519,11 +525,12 @@ def train(cfg: TrainConfig, feature_teacher=None) -> dict:
                         fh.write(json.dumps({"step": step, "val": last_val, "best_score": best_score}) + "\n")
                     _log(f"step {step}: val L1 {last_val['l1']:.4f} SSIM {last_val['ssim']:.4f} "
                          f"PSNR {last_val['psnr']:.2f} (best score {best_score:.4f})", dist_info)
-                if writer is not None and val_set is not None and (step % cfg.image_every == 0 or finished):
+                if writer is not None and val_set is not None and cfg.image_every > 0 and \
+                        (every(step, cfg.image_every) or finished):
                     writer.add_image("val/ir_vis_teacher_student", preview_grid(ema.module, val_set[0], device), step)
                 if val_set is None and finished:
                     save_student(ema.module, run_dir / "best", metadata={**metadata, "step": step})
-                if step % cfg.save_every == 0 or finished:
+                if every(step, cfg.save_every) or finished:
                     save_checkpoint(run_dir / "last", model, ema, optimizer, scheduler, scaler, step, best_score,
                                     metadata={**metadata, "step": step})
                 model.train()
