@@ -35,6 +35,9 @@ class DataSection:
     val_fraction: float = 0.1                    # validation pairs carved out of `names` (never from test.txt)
     batch_size: int = 8                          # per process
     workers: int = 0
+    # where crops are augmented: cpu (albumentations, per crop, in `workers`), gpu (the set held on the training
+    # device, batches augmented there by kornia: distill/gpu_augment.py), auto (gpu when training on CUDA)
+    augment_device: str = "auto"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -386,6 +389,14 @@ def train(cfg: TrainConfig, feature_teacher=None) -> dict:
     _log(f"data: {len(train_set)} training pairs, {len(val_set) if val_set else 0} validation pairs "
          f"(carved from {cfg.data.names}), {dist_info.world} process(es) on {device}", dist_info)
 
+    device_batches = None
+    from distill.gpu_augment import resolve_augment_device
+    if resolve_augment_device(cfg.data.augment_device, device) == "gpu":
+        from distill.gpu_augment import DeviceBatches
+        device_batches = DeviceBatches(train_set, cfg.data.augment, device, seed=cfg.seed, rank=dist_info.rank,
+                                       batch_size=cfg.data.batch_size, log=lambda msg: _log(msg, dist_info))
+        _log(f"augmentation: on {device} (kornia), batch {cfg.data.batch_size}", dist_info)
+
     model = create_student(cfg.model.variant, vis_channels=cfg.model.vis_channels).to(device)
     ema = ModelEMA(model, cfg.optim.ema_decay)
 
@@ -448,7 +459,11 @@ def train(cfg: TrainConfig, feature_teacher=None) -> dict:
         progress = tqdm(total=cfg.steps, initial=start_step, desc="distill", unit="step", dynamic_ncols=True,
                         file=sys.stderr)
 
-    per_epoch = batches_per_epoch(train_set, cfg, dist_info)
+    if device_batches is not None:
+        from distill.gpu_augment import batches_per_epoch as device_batches_per_epoch
+        per_epoch = device_batches_per_epoch(len(train_set), cfg.data.batch_size, dist_info.world)
+    else:
+        per_epoch = batches_per_epoch(train_set, cfg, dist_info)
     metadata = {"config_hash": config_hash(cfg), "teacher_dir": cfg.data.teacher_dir, "names": cfg.data.names}
     step, epoch = start_step, start_step // per_epoch
     skip = start_step % per_epoch
@@ -459,7 +474,9 @@ def train(cfg: TrainConfig, feature_teacher=None) -> dict:
     stop = False
     model.train()
     while step < cfg.steps and not stop:
-        for batch_index, batch in enumerate(epoch_loader(train_set, cfg, dist_info, epoch)):
+        batches = device_batches.epoch(epoch, per_epoch, skip) if device_batches is not None else \
+            epoch_loader(train_set, cfg, dist_info, epoch)
+        for batch_index, batch in enumerate(batches):
             if batch_index < skip:
                 continue
             ir, vis, target = (batch[k].to(device, non_blocking=True) for k in ("ir", "vis", "target"))

@@ -189,3 +189,30 @@ def test_pick_device_gives_set_device_an_index(monkeypatch):
     assert pick_device("cuda:3", Dist()) == torch.device("cuda:3")
     assert [d.index for d in given] == [0, 1, 3]
     assert pick_device("cpu", Dist()) == torch.device("cpu")
+
+
+def test_device_augmentation_trains_resumes_exactly_and_takes_big_batches(em_dataset, tmp_path, monkeypatch):
+    """data.augment_device=gpu (kornia batches on the training device, here the CPU): a batch of 6 from 3 training
+    pairs trains, and a run killed at step 5 (after the step-3 checkpoint) and started again ends with the weights
+    of an uninterrupted one."""
+    from safetensors.torch import load_file
+
+    from distill.gpu_augment import DeviceBatches
+    gpu = {"data.augment_device": "gpu", "data.batch_size": 6, "save_every": 3}
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert train(_config(em_dataset, straight, 6, **gpu))["step"] == 6
+    real_batch = DeviceBatches.batch
+
+    def killed_at_step_4(self, step):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real_batch(self, step)
+    monkeypatch.setattr(DeviceBatches, "batch", killed_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(em_dataset, resumed, 6, **gpu))
+    assert json.loads((resumed / "last" / "trainer_state.json").read_text())["step"] == 3
+    monkeypatch.setattr(DeviceBatches, "batch", real_batch)
+    assert train(_config(em_dataset, resumed, 6, **gpu))["step"] == 6
+    a, b = load_file(str(straight / "last" / "model.safetensors")), load_file(str(resumed / "last" / "model.safetensors"))
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5), key
