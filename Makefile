@@ -189,3 +189,14 @@ weights: setup targets
 	mkdir -p $(DEFAULT_MODEL)
 	cp $(DISTILL_RUN)/best/config.json $(DISTILL_RUN)/best/model.safetensors $(DEFAULT_MODEL)/
 	$(BIN)/fusion export --weights $(DEFAULT_MODEL) --format onnx --dynamic --out $(DEFAULT_MODEL)/model.onnx
+
+# GPU check (docs/distill.md, docs/runtime.md, docs/bench.md "GPU"): every GPU test and a smoke of each stage on CUDA
+# (em targets for 20 pairs, 300 distillation steps with GPU augmentation, an fp16 engine when TensorRT is installed,
+# fusion-run with --backend torch-gpu on the sample clips, fusion bench --quick GPU rows), one summary table; fails
+# on any failure. `make gpu-check PY=python3` uses that interpreter and skips `make setup` (packages already there).
+# Without a CUDA GPU it prints one line and fails (benchmarks/gpu_check.py exits 3; make reports it as 2).
+PY ?=
+GPU_CHECK_OUT ?= build/gpu-check
+.PHONY: gpu-check
+gpu-check: $(if $(PY),,setup)
+	$(if $(PY),$(PY),$(BIN)/python) -m benchmarks.gpu_check --out $(GPU_CHECK_OUT) --data $(DATA)
