@@ -96,3 +96,17 @@ def test_cuda_fp16_graphs_match_fp32_and_capture_once_per_shape(raw_pairs):
     assert len(fast._frame_runners) == 2
     ir = np.random.default_rng(0).random((1, 1, 480, 640), dtype=np.float32)
     np.testing.assert_allclose(fast.infer(ir, ir), exact.infer(ir, ir), atol=4e-3)
+
+
+def test_auto_takes_torch_gpu_only_on_cuda_without_an_ort_gpu_provider(monkeypatch):
+    """GPU presence faked: auto prefers torch-gpu to ONNX Runtime on the CPU, but not to an ORT GPU provider."""
+    import runtime.backends as backends
+    monkeypatch.setattr(backends, "cuda_gpu_present", lambda: True)
+    monkeypatch.setattr(backends, "_torch_cuda", lambda: True)
+    monkeypatch.setattr(backends, "_ort_gpu_provider", lambda: False)
+    assert isinstance(create_backend("default", "auto", device="cpu"), TorchGpuBackend)
+    monkeypatch.setattr(backends, "_ort_gpu_provider", lambda: True)
+    assert create_backend("default", "auto", device="cpu").name == "onnxruntime"
+    monkeypatch.setattr(backends, "cuda_gpu_present", lambda: False)
+    monkeypatch.setattr(backends, "_ort_gpu_provider", lambda: False)
+    assert create_backend("default", "auto", device="cpu").name == "onnxruntime"
