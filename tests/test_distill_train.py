@@ -213,6 +213,7 @@ def test_device_augmentation_trains_resumes_exactly_and_takes_big_batches(em_dat
     assert json.loads((resumed / "last" / "trainer_state.json").read_text())["step"] == 3
     monkeypatch.setattr(DeviceBatches, "batch", real_batch)
     assert train(_config(em_dataset, resumed, 6, **gpu))["step"] == 6
-    a, b = load_file(str(straight / "last" / "model.safetensors")), load_file(str(resumed / "last" / "model.safetensors"))
+    a = load_file(str(straight / "last" / "model.safetensors"))
+    b = load_file(str(resumed / "last" / "model.safetensors"))
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-5), key
