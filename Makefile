@@ -211,3 +211,14 @@ eval-default: setup
 teacher-compare: setup
 	$(BIN)/python -m teacher.compare --suite validation --teachers pyramid,gff,vsmwls,em,laplacian,max,mean \
 	  --out runs/teacher/compare
+
+# GPU check (docs/distill.md, docs/runtime.md, docs/bench.md "GPU"): every GPU test and a smoke of each stage on CUDA
+# (em targets for 20 pairs, 300 distillation steps with GPU augmentation, an fp16 engine when TensorRT is installed,
+# fusion-run with --backend torch-gpu on the sample clips, fusion bench --quick GPU rows), one summary table; fails
+# on any failure. `make gpu-check PY=python3` uses that interpreter and skips `make setup` (packages already there).
+# Without a CUDA GPU it prints one line and fails (benchmarks/gpu_check.py exits 3; make reports it as 2).
+PY ?=
+GPU_CHECK_OUT ?= build/gpu-check
+.PHONY: gpu-check
+gpu-check: $(if $(PY),,setup)
+	$(if $(PY),$(PY),$(BIN)/python) -m benchmarks.gpu_check --out $(GPU_CHECK_OUT) --data $(DATA)

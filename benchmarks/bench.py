@@ -33,8 +33,10 @@ import numpy as np
 from benchmarks.common import load_average, onnx_input_size, onnx_is_dynamic, student_gmacs
 from runtime.errors import FusionError
 
-ALL_BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "onnxruntime-cuda", "torch-cuda", "tensorrt-fp16",
-                "tensorrt-int8")
+ALL_BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "onnxruntime-cuda", "torch-cuda", "torch-cuda-fp16",
+                "torch-cuda-graph", "tensorrt-fp16", "tensorrt-int8")
+# fp16 and fp16 + CUDA graph (runtime --backend torch-gpu), given to the student and the peers alike
+TORCH_GPU_ROWS = {"torch-cuda-fp16": False, "torch-cuda-graph": True}
 TABLE_METRICS = ("EN", "SD", "MI", "VIF", "Qabf", "SSIM")
 
 
@@ -403,7 +405,22 @@ def build_candidates(cfg: BenchConfig, model, name: str, fp32_onnx: Path, int8_o
             out.append(TorchCandidate(name, copy.deepcopy(model), "cuda"))
         else:
             notes.append("torch-cuda row absent: torch sees no CUDA GPU on this machine")
+    out += torch_gpu_candidates(cfg, name, model, notes)
     return out
+
+
+def torch_gpu_candidates(cfg: BenchConfig, name: str, model, notes: list, role: str = "student") -> list:
+    """The torch-cuda fp16 and CUDA-graph rows asked for (TORCH_GPU_ROWS), or a note saying why they are absent."""
+    from benchmarks.candidates import TorchGraphCandidate
+    wanted = [b for b in TORCH_GPU_ROWS if b in cfg.backends]
+    if not wanted:
+        return []
+    if not _gpu_available():
+        note = f"{' and '.join(wanted)} rows absent: torch sees no CUDA GPU on this machine"
+        if note not in notes:
+            notes.append(note)
+        return []
+    return [TorchGraphCandidate(name, model, "cuda", half=True, graphs=TORCH_GPU_ROWS[b], role=role) for b in wanted]
 
 
 def peer_candidates(cfg: BenchConfig, work: Path, notes: list) -> list:
@@ -424,6 +441,8 @@ def peer_candidates(cfg: BenchConfig, work: Path, notes: list) -> list:
                 notes.append(f"{name} on onnxruntime-cuda absent: {str(exc).splitlines()[0][:160]}")
         if _gpu_available():
             out.append(TorchCandidate(name, peer, "cuda", role="peer"))
+    for name in cfg.peers:   # the student's fp16 / CUDA-graph treatment, so the comparison stays fair
+        out += torch_gpu_candidates(cfg, name, create_peer(name), notes, role="peer")
     return out
 
 
@@ -514,6 +533,8 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
             peer_cost = {name: (count_params(create_peer(name)), count_gmacs(create_peer(name), hw, 1))
                          for name in cfg.peers}
             reference = {p.device: stats[p.key].p50_ms for p in peers if p.model == "seafusion"}
+            # a GPU row is compared with SeAFusion under the same treatment (fp16, CUDA graph) when it has one
+            same = {(p.backend, p.precision): stats[p.key].p50_ms for p in peers if p.model == "seafusion"}
             for cand in [*these, *peers]:
                 s = stats[cand.key]
                 is_peer = cand.role == "peer"
@@ -523,7 +544,8 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
                     "p50_ms": s.p50_ms, "p90_ms": s.p90_ms, "p99_ms": s.p99_ms, "fps": s.fps, "runs": s.runs,
                     "params": peer_cost[cand.model][0] if is_peer else params,
                     "gmacs": peer_cost[cand.model][1] if is_peer else gmacs,
-                    "vs_seafusion": (reference[cand.device] / s.p50_ms) if cand.device in reference else None,
+                    "vs_seafusion": (same.get((cand.backend, cand.precision), reference.get(cand.device)) / s.p50_ms)
+                    if cand.device in reference else None,
                     "meets_target": bool(s.p50_ms <= cfg.target_ms),
                     "measured": True,
                 }

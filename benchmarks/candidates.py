@@ -72,6 +72,39 @@ class TorchCandidate(Candidate):
             return self.module(*self._tensors(ir, vis)).float().cpu().numpy()
 
 
+class TorchGraphCandidate(TorchCandidate):
+    """A torch module as `--backend torch-gpu` runs it: fp16 weights, and optionally one CUDA graph per input shape
+    (runtime/backends/torch_fast.py). Rows: torch-cuda fp16 (eager) and torch-cuda-graph fp16. Off CUDA the same
+    path runs eagerly in fp32 (only the tests use that)."""
+
+    def __init__(self, model_name: str, module, device: str = "cuda", half: bool = True, graphs: bool = False,
+                 role: str = "student"):
+        import copy
+
+        from runtime.backends.torch_fast import GraphRunner, half_module
+        super().__init__(model_name, copy.deepcopy(module), device, role)
+        cuda = device.startswith("cuda")
+        self.half, self.graphs = half and cuda, graphs and cuda
+        self.precision = "fp16" if self.half else "fp32"
+        if self.graphs:
+            self.backend = "torch-cuda-graph"
+        self._run = GraphRunner(half_module(self.module, self.half), device, self.graphs)
+
+    def runner(self, feeds):
+        ir, vis = self._tensors(feeds["ir"], feeds["vis"])
+        torch, cuda, run_model = self._torch, self.device == "gpu", self._run
+
+        def run():
+            out = run_model(ir, vis)
+            if cuda:
+                torch.cuda.synchronize()
+            return out
+        return run
+
+    def infer(self, ir, vis):
+        return self._run(*self._tensors(ir, vis)).float().cpu().numpy()
+
+
 class OrtCandidate(Candidate):
     """An ONNX file in ONNX Runtime with one execution provider (CPU, CUDA or TensorRT)."""
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from runtime.errors import FusionError
 
-BACKEND_CHOICES = ("torch", "onnxruntime", "onnxruntime-int8", "onnxruntime-cuda", "torch-cuda", "tensorrt-fp16",
-                   "tensorrt-int8")
+BACKEND_CHOICES = ("torch", "onnxruntime", "onnxruntime-int8", "onnxruntime-cuda", "torch-cuda", "torch-cuda-fp16",
+                   "torch-cuda-graph", "tensorrt-fp16", "tensorrt-int8")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

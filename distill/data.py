@@ -19,6 +19,7 @@ fixed targets made from the clean images.
 """
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
@@ -63,6 +64,8 @@ class PairAugment:
     """
 
     def __init__(self, config: AugmentConfig, seed: int = 0):
+        # albumentations otherwise asks PyPI for a newer version at import (a warning on every offline run)
+        os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
         A = require("albumentations", "training augmentation")
         import cv2
         self.config = config

@@ -44,6 +44,9 @@ class DataSection:
     val_fraction: float = 0.1                    # validation pairs carved out of `names` (never from test.txt)
     batch_size: int = 8                          # per process
     workers: int = 0
+    # where crops are augmented: cpu (albumentations, per crop, in `workers`), gpu (the set held on the training
+    # device, batches augmented there by kornia: distill/gpu_augment.py), auto (gpu when training on CUDA)
+    augment_device: str = "auto"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     sets: List[DataSetSpec] = field(default_factory=list)  # several training sets; empty: root/names/teacher_dir
     online_teacher: str = ""                     # a fast registered teacher that makes the targets from each
@@ -83,7 +86,7 @@ class TrainConfig:
     val_every: int = 250
     save_every: int = 250
     log_every: int = 25
-    image_every: int = 500
+    image_every: int = 500                       # 0: no preview images (val/save/log_every 0: only at the end)
     device: str = "auto"                         # auto, cpu, cuda, cuda:1
     threads: int = 0                             # torch CPU threads (0: torch's default)
     resume: bool = True                          # continue from run_dir/last when it exists
@@ -131,8 +134,9 @@ def pick_device(name: str, dist_info: Dist):
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise FusionError("device 'cuda' was asked for but no CUDA GPU is available; use device=cpu")
-        if dist_info.world > 1 and name == "cuda":
-            name = f"cuda:{dist_info.local_rank}"
+        if name == "cuda":
+            # set_device needs an index: this process's GPU under torchrun, else the current one
+            name = f"cuda:{dist_info.local_rank if dist_info.world > 1 else torch.cuda.current_device()}"
         torch.cuda.set_device(torch.device(name))
     return torch.device(name)
 
@@ -391,6 +395,11 @@ def _WithFeatures(student):  # noqa: N802 - built lazily so importing this modul
     return _with_features_class()(student)
 
 
+def every(step: int, period: int) -> bool:
+    """True on the steps a periodic action is due; a period of 0 (or less) turns the action off."""
+    return period > 0 and step % period == 0
+
+
 def _log(message: str, dist_info: Dist) -> None:
     if dist_info.main:
         print(message, file=sys.stderr, flush=True)
@@ -421,6 +430,14 @@ def train(cfg: TrainConfig, feature_teacher=None) -> dict:
     train_set, val_set = build_datasets(cfg)
     _log(f"data: {len(train_set)} training pairs, {len(val_set) if val_set else 0} validation pairs "
          f"(carved from {cfg.data.names}), {dist_info.world} process(es) on {device}", dist_info)
+
+    device_batches = None
+    from distill.gpu_augment import resolve_augment_device
+    if resolve_augment_device(cfg.data.augment_device, device) == "gpu":
+        from distill.gpu_augment import DeviceBatches
+        device_batches = DeviceBatches(train_set, cfg.data.augment, device, seed=cfg.seed, rank=dist_info.rank,
+                                       batch_size=cfg.data.batch_size, log=lambda msg: _log(msg, dist_info))
+        _log(f"augmentation: on {device} (kornia), batch {cfg.data.batch_size}", dist_info)
 
     model = create_student(cfg.model.variant, vis_channels=cfg.model.vis_channels).to(device)
     ema = ModelEMA(model, cfg.optim.ema_decay)
@@ -489,7 +506,11 @@ def train(cfg: TrainConfig, feature_teacher=None) -> dict:
         progress = tqdm(total=cfg.steps, initial=start_step, desc="distill", unit="step", dynamic_ncols=True,
                         file=sys.stderr)
 
-    per_epoch = batches_per_epoch(train_set, cfg, dist_info)
+    if device_batches is not None:
+        from distill.gpu_augment import batches_per_epoch as device_batches_per_epoch
+        per_epoch = device_batches_per_epoch(len(train_set), cfg.data.batch_size, dist_info.world)
+    else:
+        per_epoch = batches_per_epoch(train_set, cfg, dist_info)
     metadata = {"config_hash": config_hash(cfg), "names": [f"{s.root}/{s.names}" for s in training_sets(cfg)],
                 "teacher": cfg.data.online_teacher or [s.teacher_dir for s in training_sets(cfg)]}
     step, epoch = start_step, start_step // per_epoch
@@ -501,7 +522,9 @@ def train(cfg: TrainConfig, feature_teacher=None) -> dict:
     stop = False
     model.train()
     while step < cfg.steps and not stop:
-        for batch_index, batch in enumerate(epoch_loader(train_set, cfg, dist_info, epoch)):
+        batches = device_batches.epoch(epoch, per_epoch, skip) if device_batches is not None else \
+            epoch_loader(train_set, cfg, dist_info, epoch)
+        for batch_index, batch in enumerate(batches):
             if batch_index < skip:
                 continue
             ir, vis = batch["ir"].to(device, non_blocking=True), batch["vis"].to(device, non_blocking=True)
@@ -535,7 +558,7 @@ def train(cfg: TrainConfig, feature_teacher=None) -> dict:
             running["_n"] = running.get("_n", 0) + 1
             if progress is not None:
                 progress.update(1)
-            if step % cfg.log_every == 0 and dist_info.main:
+            if every(step, cfg.log_every) and dist_info.main:
                 means = {k: v / running["_n"] for k, v in running.items() if k != "_n"}
                 running = {}
                 lr = scheduler.get_last_lr()[0]
@@ -556,7 +579,7 @@ def train(cfg: TrainConfig, feature_teacher=None) -> dict:
                 out_of_time = bool(flag.item() > 0)
             finished = step >= cfg.steps or out_of_time
             if dist_info.main:
-                if val_set is not None and (step % cfg.val_every == 0 or finished):
+                if val_set is not None and (every(step, cfg.val_every) or finished):
                     last_val = validate(ema.module, val_set, device, target_teacher)
                     if writer is not None:
                         for k, v in last_val.items():
@@ -569,12 +592,13 @@ def train(cfg: TrainConfig, feature_teacher=None) -> dict:
                         fh.write(json.dumps({"step": step, "val": last_val, "best_score": best_score}) + "\n")
                     _log(f"step {step}: val L1 {last_val['l1']:.4f} SSIM {last_val['ssim']:.4f} "
                          f"PSNR {last_val['psnr']:.2f} (best score {best_score:.4f})", dist_info)
-                if writer is not None and val_set is not None and (step % cfg.image_every == 0 or finished):
+                if writer is not None and val_set is not None and cfg.image_every > 0 and \
+                        (every(step, cfg.image_every) or finished):
                     writer.add_image("val/ir_vis_teacher_student", preview_grid(ema.module, val_set[0], device,
                                                                                  target_teacher), step)
                 if val_set is None and finished:
                     save_student(ema.module, run_dir / "best", metadata={**metadata, "step": step})
-                if step % cfg.save_every == 0 or finished:
+                if every(step, cfg.save_every) or finished:
                     save_checkpoint(run_dir / "last", model, ema, optimizer, scheduler, scaler, step, best_score,
                                     metadata={**metadata, "step": step})
                 model.train()

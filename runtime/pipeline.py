@@ -398,7 +398,8 @@ class FusionPipeline:
         packet = Packet(0, "pair", Frame(ir, 0.0, now, 0), Frame(vis, 0.0, now, 0), now)
         self._preprocess(packet)
         self._infer(packet)
-        return self._postprocess(packet)
+        out = self._postprocess(packet)
+        return out.astype(np.float32) / 255.0 if out.dtype == np.uint8 else out
 
     def run(self) -> dict:
         """Run until the sources end, `max_frames`/`duration_s` is reached or `stop()` is called.
@@ -836,6 +837,10 @@ class FusionPipeline:
         ir, vis = self.registration.apply(packet.ir.image, packet.vis.image)
         native_hw = tuple(vis.shape[:2])
         model_hw, out_native = self._sizes_for(native_hw)
+        if getattr(self.backend, "fuses_frames", False):   # torch-gpu converts the raw frames on its device
+            packet.model_ir, packet.model_vis = ir, vis
+            packet.out_size = native_hw if out_native else model_hw
+            return
         ir_small = ir_to_float(self._resize(ir, model_hw), clahe=self.config.clahe)
         vis_small = vis_to_float(self._resize(vis, model_hw))
         channels = self.backend.vis_channels
@@ -890,6 +895,11 @@ class FusionPipeline:
     def _infer(self, packet: Packet) -> None:
         if packet.mode != "fused":
             return
+        if getattr(self.backend, "fuses_frames", False):   # uint8 RGB at the output size, made on the device
+            model_hw, _ = self._sizes_for(tuple(packet.model_vis.shape[:2]))
+            packet.fused = self.backend.fuse_frames(packet.model_ir, packet.model_vis, model_hw, packet.out_size,
+                                                    clahe=self.config.clahe)
+            return
         fused = self.backend.infer(packet.model_ir, packet.model_vis)
         expected = packet.model_vis.shape
         if fused.ndim != 4 or fused.shape[0] != 1 or fused.shape[1] != expected[1]:
@@ -902,6 +912,8 @@ class FusionPipeline:
         if packet.mode != "fused":
             img = packet.passthrough
             return np.repeat(img[:, :, None], 3, axis=2) if img.ndim == 2 else img
+        if packet.fused.dtype == np.uint8:   # already the output frame (torch-gpu)
+            return packet.fused
         out_hw = packet.out_size
         if packet.fused.shape[0] == 3:
             rgb = np.clip(packet.fused.transpose(1, 2, 0), 0.0, 1.0)

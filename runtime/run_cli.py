@@ -42,8 +42,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--model", "--weights", dest="model",
                        help="a .onnx file, a TensorRT .engine, a model folder, or 'default' (the shipped student)")
-    model.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime", "torch"),
-                       help="auto: TensorRT engine with a GPU, else ONNX Runtime (best provider), else torch")
+    model.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime", "torch", "torch-gpu"),
+                       help="auto: TensorRT engine with a GPU, else ONNX Runtime (best provider), else torch; "
+                            "torch-gpu: fp16 + CUDA graphs, frames converted on the GPU")
     model.add_argument("--device", choices=("auto", "cpu"), help="cpu forces ONNX Runtime/torch onto the CPU")
     model.add_argument("--threads", type=int, help="inference threads (default: the runtime's choice)")
     model.add_argument("--imgsz", help="model input HxW (default: the model's fixed size, else 640 wide at the frame's aspect ratio), "

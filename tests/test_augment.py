@@ -188,3 +188,30 @@ def test_conditions_are_reproducible_per_seed(real_pair):
     for _ in range(3):
         for x, y in zip(a(ir, vis), b(ir, vis)):
             np.testing.assert_array_equal(x, y)
+
+
+def test_albumentations_never_asks_the_network_for_its_version():
+    """Building the augmentation switches albumentations' update check off before importing it (offline runs warned
+    on every start). A fresh interpreter records every URL opened while the package loads."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    code = ("import urllib.request, os\n"
+            "opened = []\n"
+            "real = urllib.request.OpenerDirector.open\n"
+            "def spy(self, url, *args, **kwargs):\n"
+            "    opened.append(str(getattr(url, 'full_url', url)))\n"
+            "    return real(self, url, *args, **kwargs)\n"
+            "urllib.request.OpenerDirector.open = spy\n"
+            "from distill.data import AugmentConfig, PairAugment\n"
+            "PairAugment(AugmentConfig())\n"
+            "import albumentations\n"
+            "print('opened', opened, os.environ.get('NO_ALBUMENTATIONS_UPDATE'))\n")
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    env["PYTHONPATH"] = str(repo)
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert "opened [] 1" in result.stdout, result.stdout + result.stderr[-500:]

@@ -246,3 +246,42 @@ def test_a_missing_extra_is_one_sentence(monkeypatch):
     monkeypatch.setitem(sys.modules, "thop", None)  # what Python does for a package that is not installed
     with pytest.raises(MissingExtraError, match=r"fusion bench needs 'thop'.*irvis-fusion\[train\]"):
         run_benchmark(BenchConfig())
+
+
+def test_torch_gpu_rows_for_student_and_peers_or_a_note_why_not(monkeypatch):
+    """torch-cuda-fp16 / torch-cuda-graph rows go to the student and every peer alike; without a GPU they are absent
+    and one note says why (GPU faked absent/present: no CUDA is needed to check which rows are asked for)."""
+    import benchmarks.bench as bench
+    from benchmarks.bench import BenchConfig, build_candidates, torch_gpu_candidates
+    from distill.models import create_student
+    model = create_student("tiny-test").eval()
+    cfg = BenchConfig(backends=["torch", "torch-cuda-fp16", "torch-cuda-graph"], peers=["densefuse"])
+    monkeypatch.setattr(bench, "_gpu_available", lambda: False)
+    notes: list = []
+    from pathlib import Path
+    candidates = build_candidates(cfg, model, "student", Path("unused.onnx"), None, notes)
+    assert [c.backend for c in candidates] == ["torch-cpu"]
+    assert torch_gpu_candidates(cfg, "densefuse", model, notes, role="peer") == []
+    assert notes == ["torch-cuda-fp16 and torch-cuda-graph rows absent: torch sees no CUDA GPU on this machine"]
+    made = []
+    monkeypatch.setattr("benchmarks.candidates.TorchGraphCandidate",
+                        lambda name, module, device, half, graphs, role: made.append((name, half, graphs, role)))
+    monkeypatch.setattr(bench, "_gpu_available", lambda: True)
+    torch_gpu_candidates(cfg, "densefuse", model, [], role="peer")
+    assert made == [("densefuse", True, False, "peer"), ("densefuse", True, True, "peer")]
+
+
+def test_graph_candidate_runs_the_same_function_off_cuda(roadscene):
+    """The candidate behind those rows, on the CPU (fp32, eager): same output as the plain torch row."""
+    import numpy as np
+    import torch
+
+    from benchmarks.candidates import TorchCandidate, TorchGraphCandidate
+    from distill.models import create_student
+    torch.manual_seed(0)
+    model = create_student("tiny-test").eval()
+    plain, fast = TorchCandidate("s", model), TorchGraphCandidate("s", model, "cpu", half=True, graphs=True)
+    assert fast.precision == "fp32" and fast.backend == "torch-cpu"
+    ir = np.random.default_rng(0).random((1, 1, 48, 64), dtype=np.float32)
+    np.testing.assert_allclose(fast.infer(ir, ir), plain.infer(ir, ir), atol=1e-6)
+    assert fast.runner({"ir": ir, "vis": ir})() is not None

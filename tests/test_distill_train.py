@@ -183,3 +183,65 @@ def test_cuda_amp_training_steps(em_dataset, tmp_path):
     assert train(_config(em_dataset, run, 8, device="cuda", save_every=3, **{"optim.amp": "true"}))["step"] == 8
     from distill.models import load_student
     assert load_student(run / "best").config.variant == "tiny-test"
+
+
+def test_zero_periods_turn_periodic_actions_off(em_dataset, tmp_path, monkeypatch):
+    """image_every=0 means no preview images (it used to divide by zero); log_every=0 no log lines; val_every and
+    save_every 0 validate and save once, at the end."""
+    import distill.train as train_module
+    grids = []
+    monkeypatch.setattr(train_module, "preview_grid", lambda *args: grids.append(args) or torch.zeros(3, 8, 32))
+    run = tmp_path / "zero"
+    summary = train(_config(em_dataset, run, 3, image_every=0, log_every=0, val_every=0, save_every=0))
+    assert summary["step"] == 3 and grids == []
+    records = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [3] and "val" in records[0]
+    assert json.loads((run / "last" / "trainer_state.json").read_text())["step"] == 3
+
+
+def test_pick_device_gives_set_device_an_index(monkeypatch):
+    """torch.cuda.set_device refuses an index-less device ("Expected a torch.device with a specified index"): plain
+    `cuda` (what device=auto resolves to) must become this process's GPU. Checked with CUDA faked on the CPU."""
+    from distill.train import Dist, pick_device
+    given = []
+
+    def set_device(device):
+        if isinstance(device, torch.device) and device.index is None:
+            raise ValueError("Expected a torch.device with a specified index or an integer, but got:cuda")
+        given.append(device)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    assert pick_device("auto", Dist()) == torch.device("cuda:0")
+    assert pick_device("cuda", Dist(rank=1, world=2, local_rank=1)) == torch.device("cuda:1")
+    assert pick_device("cuda:3", Dist()) == torch.device("cuda:3")
+    assert [d.index for d in given] == [0, 1, 3]
+    assert pick_device("cpu", Dist()) == torch.device("cpu")
+
+
+def test_device_augmentation_trains_resumes_exactly_and_takes_big_batches(em_dataset, tmp_path, monkeypatch):
+    """data.augment_device=gpu (kornia batches on the training device, here the CPU): a batch of 6 from 3 training
+    pairs trains, and a run killed at step 5 (after the step-3 checkpoint) and started again ends with the weights
+    of an uninterrupted one."""
+    from safetensors.torch import load_file
+
+    from distill.gpu_augment import DeviceBatches
+    gpu = {"data.augment_device": "gpu", "data.batch_size": 6, "save_every": 3}
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert train(_config(em_dataset, straight, 6, **gpu))["step"] == 6
+    real_batch = DeviceBatches.batch
+
+    def killed_at_step_4(self, step):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real_batch(self, step)
+    monkeypatch.setattr(DeviceBatches, "batch", killed_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(em_dataset, resumed, 6, **gpu))
+    assert json.loads((resumed / "last" / "trainer_state.json").read_text())["step"] == 3
+    monkeypatch.setattr(DeviceBatches, "batch", real_batch)
+    assert train(_config(em_dataset, resumed, 6, **gpu))["step"] == 6
+    a = load_file(str(straight / "last" / "model.safetensors"))
+    b = load_file(str(resumed / "last" / "model.safetensors"))
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5), key

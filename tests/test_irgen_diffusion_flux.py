@@ -185,3 +185,46 @@ def test_tiny_models_train_and_sample_on_cuda_in_bf16(flux_base, roadscene, two_
         generator = cls.from_pretrained(folder, device="cuda")
         ir = generator.generate(rgb_frame, seed=0)
         assert ir.shape == rgb_frame.shape[:2] and np.isfinite(ir).all()
+
+
+def test_bf16_training_on_cpu_keeps_finite_losses(flux_base, roadscene, two_names, tmp_path, monkeypatch):
+    """The bf16 branch of the training step (bf16 base weights, fp32 LoRA, autocast) run on the CPU, where the
+    CUDA-only test cannot go: the losses stay finite over the steps after the first update. resolve_precision is
+    told to keep bf16 on the CPU (it falls back to fp32 there by default)."""
+    import teacher.irgen.diffusion_common as common
+    monkeypatch.setattr(common, "resolve_precision", lambda name, device: name)
+    out = tmp_path / "bf16"
+    assert fusion(["teacher", "train-irgen", "--generator", "flux-fill", "--base", str(flux_base), "--data",
+                   str(roadscene), "--names", str(two_names), "--out", str(out), *TINY, "--set",
+                   "train.mixed_precision=bf16", "--set", "train.steps=3", "--set", "train.sample_every=0"]) == 0
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 3 and all(np.isfinite(r["loss"]) for r in log)
+
+
+def test_nonfinite_gradients_stop_training_at_the_step_they_appear(tmp_path):
+    """A finite loss with an infinite gradient (sqrt at 0) must stop the run there, naming the tensor, instead of
+    turning every weight into nan and failing one step later with a misleading 'the loss became nan'."""
+    from dataclasses import dataclass, field
+
+    from runtime.errors import FusionError
+    from teacher.irgen.diffusion_common import (DiffusionLoopConfig, DiffusionOptimConfig, TrainingJob,
+                                                make_accelerator, run_training)
+
+    @dataclass
+    class Config:
+        optim: DiffusionOptimConfig = field(default_factory=DiffusionOptimConfig)
+        train: DiffusionLoopConfig = field(default_factory=lambda: DiffusionLoopConfig(steps=3, sample_every=0))
+
+    model = torch.nn.Linear(2, 2)
+
+    def loss_fn(m, step, micro):
+        weight = m.weight
+        loss = torch.sqrt(weight - weight.detach()).sum() + 1.0  # value 1, gradient inf
+        return loss, {"loss": float(loss.detach())}
+
+    cfg = Config()
+    job = TrainingJob(name="probe", model=model, loss_fn=loss_fn, save_fn=lambda folder, step: None, sample_fn=None)
+    args = type("Args", (), {"resume": False})()
+    with pytest.raises(FusionError, match=r"non-finite at step 0 .* in model\.weight"):
+        run_training(job, cfg, args, make_accelerator(cfg, "cpu", tmp_path), tmp_path)
+    assert torch.isfinite(model.weight).all()

@@ -3,9 +3,11 @@
     backend = create_backend("runtime/models/default", backend="auto")
     fused = backend(ir, vis)       # ir (N, 1, H, W), vis (N, C, H, W) float32 [0, 1] -> fused (N, C, H, W)
 
-`auto` picks a TensorRT engine when one (model.engine / *.plan beside the model) and a GPU are present, else ONNX
-Runtime with the best provider it offers (TensorRT EP > CUDA EP > CPU), else PyTorch (only for a student folder
-without model.onnx). ONNX Runtime and TensorRT never import torch; the torch backend imports `distill` lazily.
+`auto` picks a TensorRT engine when one (model.engine / *.plan beside the model) and a GPU are present; else, on a
+CUDA machine whose ONNX Runtime has no GPU provider, `torch-gpu` for a student folder (fp16, CUDA graphs, frames
+converted on the GPU: runtime/backends/torch_fast.py); else ONNX Runtime with the best provider it offers (TensorRT
+EP > CUDA EP > CPU), else PyTorch (only for a student folder without model.onnx). ONNX Runtime and TensorRT never
+import torch; the torch backends import `distill` lazily.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import numpy as np
 
 from runtime.errors import FusionError, require
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch", "torch-gpu")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "default"
 
@@ -279,6 +281,8 @@ def create_backend(model: str | os.PathLike | None = "default", backend: str = "
     if backend == "auto":
         if files.engine is not None and cuda_gpu_present() and _importable("tensorrt"):
             return TensorRTBackend(files.engine)
+        if files.student is not None and cuda_gpu_present() and _torch_cuda() and not _ort_gpu_provider():
+            return _torch_gpu_backend()(files.student, threads, device)
         if files.onnx is not None and _importable("onnxruntime"):
             return OnnxRuntimeBackend(files.onnx, threads, device)
         if files.student is not None and _importable("torch"):
@@ -299,9 +303,31 @@ def create_backend(model: str | os.PathLike | None = "default", backend: str = "
                               f"{_offered(files)}; export one with `fusion export --format onnx`")
         return OnnxRuntimeBackend(files.onnx, threads, device)
     if files.student is None:
-        raise FusionError(f"--backend torch needs a student folder (config.json + model.safetensors), and "
+        raise FusionError(f"--backend {backend} needs a student folder (config.json + model.safetensors), and "
                           f"{files.given} offers {_offered(files)}")
+    if backend == "torch-gpu":
+        return _torch_gpu_backend()(files.student, threads, device)
     return TorchBackend(files.student, threads, device)
+
+
+def _torch_gpu_backend():
+    from runtime.backends.torch_fast import TorchGpuBackend
+    return TorchGpuBackend
+
+
+def _torch_cuda() -> bool:
+    if not _importable("torch"):
+        return False
+    import torch
+    return bool(torch.cuda.is_available())
+
+
+def _ort_gpu_provider() -> bool:
+    if not _importable("onnxruntime"):
+        return False
+    import onnxruntime
+    return any(p in onnxruntime.get_available_providers()
+               for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider"))
 
 
 def _offered(files: ModelFiles) -> str:

@@ -374,6 +374,15 @@ def trainable_tensors(modules: dict) -> dict:
             for name, p in module.named_parameters() if p.requires_grad}
 
 
+def nonfinite_gradients(modules: dict, limit: int = 3) -> str:
+    """The first trainable tensors whose gradient holds inf or nan, for the error message."""
+    import torch
+    names = [name for name, p in trainable_tensors(modules).items()
+             if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "") \
+        if names else "no tensor (the norm itself overflowed)"
+
+
 def save_checkpoint(folder: Path, modules: dict, optimizer, step: int) -> None:
     """Trainable tensors + optimizer state as safetensors, scalars as JSON; state.json last, so a checkpoint counts
     only once complete."""
@@ -489,8 +498,16 @@ def run_training(job: TrainingJob, cfg, args: argparse.Namespace, accelerator, o
                 if not torch.isfinite(loss):
                     raise FusionError(f"the loss became {loss.item()} at step {step}; lower optim.lr")
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.optim.grad_clip > 0:
-                    accelerator.clip_grad_norm_(params, cfg.optim.grad_clip)
+                if accelerator.sync_gradients:
+                    # max_norm inf only measures; a non-finite norm means the step would turn the weights to nan
+                    # (fp16 is exempt: its grad scaler skips such steps by design)
+                    norm = accelerator.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0
+                                                       else float("inf"))
+                    if norm is not None and accelerator.mixed_precision != "fp16" and \
+                            not torch.isfinite(torch.as_tensor(norm)):
+                        raise FusionError(f"the gradients became non-finite at step {step} (loss {loss.item():.4g}) "
+                                          f"in {nonfinite_gradients(modules)}; lower optim.lr or train with "
+                                          f"train.mixed_precision=no")
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             for key, value in parts.items():

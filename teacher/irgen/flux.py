@@ -412,7 +412,11 @@ class FluxFillGenerator(IRGenerator):
             lh, lw = latents.shape[2:]
             x0 = pipe._pack_latents(latents, b, latent_channels, lh, lw)
             image_ids = pipe._prepare_latent_image_ids(b, lh // 2, lw // 2, device, dtype)
-            noise = torch.randn(x0.shape, generator=generator).to(device, x0.dtype)
+            # The flow-matching arithmetic (sigma, the interpolation, the velocity target) stays in fp32 whatever
+            # the weights are: in bf16, sigma keeps 3 significant digits and noise - x0 loses the small differences
+            # the loss is made of. Only the transformer's input is cast to the weight dtype.
+            x0 = x0.float()
+            noise = torch.randn(x0.shape, generator=generator).to(device)
             if cfg.flow.timestep_sampling == "logit_normal":
                 u = torch.sigmoid(cfg.flow.logit_mean + cfg.flow.logit_std * torch.randn(b, generator=generator))
             else:
@@ -421,8 +425,8 @@ class FluxFillGenerator(IRGenerator):
             mu = calculate_shift(x0.shape[1], sched.get("base_image_seq_len", 256),
                                  sched.get("max_image_seq_len", 4096), sched.get("base_shift", 0.5),
                                  sched.get("max_shift", 1.15))
-            sigma = (np.exp(mu) / (np.exp(mu) + (1 / u.clamp(1e-4, 1 - 1e-4) - 1))).to(device, x0.dtype)
-            noisy = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
+            sigma = (np.exp(mu) / (np.exp(mu) + (1 / u.clamp(1e-4, 1 - 1e-4) - 1))).to(device, torch.float32)
+            noisy = ((1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise).to(dtype)
             if adapter is not None:
                 with torch.set_grad_enabled(cfg.adapter.train_tqd):
                     adapter.set_tokens(adapter.tokens_from_rgb(rgb.float()))
@@ -432,7 +436,7 @@ class FluxFillGenerator(IRGenerator):
                               timestep=sigma, guidance=guidance, pooled_projections=pooled.expand(b, -1),
                               encoder_hidden_states=embeds.expand(b, -1, -1), txt_ids=text_ids, img_ids=image_ids,
                               return_dict=False)[0]
-            error = ((predicted.float() - (noise - x0).float()) ** 2).mean(dim=2)  # (B, L)
+            error = ((predicted.float() - (noise - x0)) ** 2).mean(dim=2)  # (B, L)
             if cfg.flow.loss_region == "ir":
                 error = error[:, right_half_tokens(image_ids, lw // 2)]
             loss = error.mean()
