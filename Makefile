@@ -119,14 +119,15 @@ irgen-heldout: setup targets
 # does (train.txt of RoadScene; every recipe built, the best PSNR against fp32 on held-out training pairs kept, within
 # --max-metric-drop), dynamic like model.onnx; the report on test.txt goes to <model>.json. Then the done-when check
 # of the CPU model against the fp32 student on the 50 test pairs (python -m export.int8_check: median PSNR >= 45 dB,
-# VIF and Qabf at most 0.02 below fp32; it fails the target otherwise).
+# VIF and Qabf at most 0.02 below fp32; it fails the target otherwise). The TensorRT form (symmetric activations)
+# loses more (VIF -0.024 static at 480x640, docs/export.md), so its export allows 0.03.
 INT8_CALIB = --calib $(DATA)/roadscene --calib-names $(DATA)/roadscene/train.txt
 .PHONY: export-int8
 export-int8: setup
 	$(BIN)/fusion export --weights default --format onnx-int8 $(INT8_CALIB) --dynamic \
 	  --out runtime/models/default/model.int8.onnx
 	$(BIN)/fusion export --weights default --format onnx-int8 $(INT8_CALIB) --qdq-target tensorrt --dynamic \
-	  --out runtime/models/default/model.int8.trt.onnx
+	  --max-metric-drop VIF=0.03,Qabf=0.03 --out runtime/models/default/model.int8.trt.onnx
 	$(BIN)/python -m export.int8_check runtime/models/default/model.int8.onnx --data $(DATA)/roadscene
 
 # Teacher (docs/teacher.md): EM fusion targets for the training split, resumable (rerun to finish an interrupted

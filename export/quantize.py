@@ -412,7 +412,7 @@ def cpu_speed(reference_path, candidate_path, feeds: dict, runs: int = 30, threa
             "int8_median_ms": medians["int8"], "speedup_fp32_over_int8": medians["fp32"] / medians["int8"]}
 
 
-# --------------------------------------------------------------------------------------------------------------- CLI
+# ---------------------------------------------------------------------------------------------------- recipe choice
 def score_candidates(fp32_path, recipes, calib_inputs, select_inputs, work: Path, preprocessed=None,
                      log=lambda message: None) -> tuple[list[dict], dict]:
     """Build every recipe (calibration ranges cached per method in `work`) and score each on the selection pairs:
@@ -438,6 +438,7 @@ def score_candidates(fp32_path, recipes, calib_inputs, select_inputs, work: Path
     return candidates, reference_metrics
 
 
+# --------------------------------------------------------------------------------------------------------------- CLI
 def quantize_command(args) -> int:
     """`fusion export --format onnx-int8`: fp32 export (parity-checked), calibration, every candidate recipe scored on
     held-out training pairs, the best kept, the report on the test split."""
