@@ -26,12 +26,12 @@ def test_without_a_gpu_the_script_says_so_and_exits_3(tmp_path):
 
 
 def test_make_gpu_check_with_py_skips_setup_and_fails_without_a_gpu(tmp_path):
-    dry = subprocess.run(["make", "-n", "gpu-check", "PY=python3"], cwd=REPO, capture_output=True, text=True)
+    dry = subprocess.run(["make", "--no-print-directory", "-n", "gpu-check", "PY=python3"], cwd=REPO, capture_output=True, text=True)
     assert dry.returncode == 0
     assert dry.stdout.strip().splitlines() == ["python3 -m benchmarks.gpu_check --out build/gpu-check --data "
                                                "../shared/data"]
     had_venv = (REPO / ".venv").exists()
-    result = subprocess.run(["make", "gpu-check", f"PY={sys.executable}", f"GPU_CHECK_OUT={tmp_path / 'out'}"],
+    result = subprocess.run(["make", "--no-print-directory", "gpu-check", f"PY={sys.executable}", f"GPU_CHECK_OUT={tmp_path / 'out'}"],
                             cwd=REPO, env=NO_GPU, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "gpu-check: no GPU to check" in result.stdout

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from runtime.backends import TorchBackend
+from runtime.backends.base import TorchBackend
 from runtime.color import KB, KG, KR
 
 
