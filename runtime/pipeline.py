@@ -204,7 +204,17 @@ class FrameBuffer:
 
 # --------------------------------------------------------------------------------------------------------- capture
 class CaptureWorker(threading.Thread):
-    """Reads one source into its FrameBuffer; reconnects a lost live source with exponential backoff."""
+    """Reads one source into its FrameBuffer; reconnects a lost live source with exponential backoff.
+
+    Files keep one continuous timeline across restarts (`loop`, or a reopen after a read failure): each pass starts
+    one frame period after the last frame of the previous one, so pairing and real-time pacing never see time jump
+    back or a pass-long gap ahead. With `realtime`, a file is paced like a camera (its frames are due at the media
+    time on the wall clock); after an outage the clock is re-anchored instead of replaying the missed seconds at
+    full speed, as a camera would not deliver the frames it missed either.
+    """
+
+    # Further behind the real-time schedule than this and a paced file re-anchors its clock.
+    MAX_LAG_S = 1.0
 
     def __init__(self, role: str, source: Source, buffer: FrameBuffer, stats: StatsRecorder, stop: threading.Event,
                  realtime: bool = False, loop: bool = False, reconnect_max_s: float = 5.0, fps_override: float = 0.0):
@@ -217,12 +227,20 @@ class CaptureWorker(threading.Thread):
         self.state = "ok"
         self.error: Optional[BaseException] = None
         self.frames = 0
-        self._offset = 0.0          # media-time offset of the current loop
-        self._last_media = 0.0
+        self.passes = 1             # passes through a looped file (1 during the first)
+        self._offset = 0.0          # added to the source's media time so restarts continue the timeline
+        self._last_media: Optional[float] = None
+        self._rebase = False        # the source was reopened: the next frame continues the timeline
+        self._clock: Optional[float] = None   # realtime: wall-clock time of media time 0
 
     @property
     def down(self) -> bool:
         return self.state in ("lost", "reconnecting")
+
+    @property
+    def period(self) -> float:
+        """The nominal interval between frames, seconds."""
+        return 1.0 / (self.fps_override or self.source.fps or 30.0)
 
     def _set_state(self, state: str, **info) -> None:
         if state != self.state:
@@ -243,17 +261,25 @@ class CaptureWorker(threading.Thread):
     def _run(self) -> None:
         self.stats.source_state(self.role, state="ok", uri=self.source.uri, kind=self.source.kind,
                                 fps=self.source.fps, reconnects=0)
-        started = time.monotonic()
         reconnects = 0
         while not self.stop_event.is_set():
             t0 = time.perf_counter()
             try:
                 frame = self.source.read()
+                if frame is None and self.loop and not self.source.live:
+                    self.source.reopen()
+                    self._rebase = True
+                    self.passes += 1
+                    self.stats.count(f"loops_{self.role}")
+                    self.stats.source_state(self.role, passes=self.passes)
+                    continue
             except SourceLost as exc:
                 self._set_state("lost", reason=str(exc))
                 self.stats.count(f"lost_{self.role}")
                 if not self._reconnect():
                     return
+                self._rebase = True
+                self._clock = None        # re-anchor real-time pacing: the missed seconds are not replayed
                 reconnects += 1
                 self.stats.count(f"reconnects_{self.role}")
                 self.stats.source_state(self.role, reconnects=reconnects)
@@ -261,22 +287,12 @@ class CaptureWorker(threading.Thread):
             # A camera's read blocks until its next frame: that is waiting, not work.
             self.stats.add("capture_wait" if self.source.live else "capture", time.perf_counter() - t0)
             if frame is None:
-                if self.loop and not self.source.live:
-                    self._offset = self._last_media + 1.0 / (self.fps_override or self.source.fps or 30.0)
-                    self.source.reopen()
-                    continue
                 self._set_state("ended")
                 return
-            if self.fps_override and not self.source.live:
-                frame.t_media = frame.index / self.fps_override
-            frame.t_media += self._offset
-            self._last_media = frame.t_media
-            if self.realtime:
-                # Pace the file like a camera, then give it a camera's clock.
-                delay = started + frame.t_media - time.monotonic()
-                if delay > 0 and self.stop_event.wait(delay):
-                    return
-                frame.t_capture = frame.t_media = time.monotonic()
+            if not self.source.live:
+                self._continue_timeline(frame)
+            if self.realtime and not self._pace(frame):
+                return
             self.frames += 1
             if self.state != "ok":
                 self._set_state("ok")
@@ -284,6 +300,28 @@ class CaptureWorker(threading.Thread):
             self.buffer.put(frame, self.stop_event)
             if self.buffer.dropped != before:
                 self.stats.count(f"stale_dropped_{self.role}", self.buffer.dropped - before)
+
+    def _continue_timeline(self, frame: Frame) -> None:
+        """A file's media time (its position in the current pass) onto the run's monotonic timeline."""
+        t = frame.t_media
+        if self.fps_override:
+            t *= (self.source.fps or 30.0) / self.fps_override
+        if self._rebase and self._last_media is not None:
+            self._offset = self._last_media + self.period - t
+        self._rebase = False
+        frame.t_media = t + self._offset
+        self._last_media = frame.t_media
+
+    def _pace(self, frame: Frame) -> bool:
+        """Realtime: wait until the frame is due, then give it a camera's clock. False when stopped meanwhile."""
+        now = time.monotonic()
+        if self._clock is None or now - (self._clock + frame.t_media) > self.MAX_LAG_S:
+            self._clock = now - frame.t_media
+        delay = self._clock + frame.t_media - now
+        if delay > 0 and self.stop_event.wait(delay):
+            return False
+        frame.t_capture = frame.t_media = time.monotonic()
+        return True
 
     def _reconnect(self) -> bool:
         delay = 0.25
