@@ -42,7 +42,7 @@ from runtime.config import parse_hw
 from runtime.errors import FusionError
 from runtime.imageio import discover_pairs, ir_to_float, read_raw, to_uint8, vis_to_float, write_image, write_json
 from runtime.registration import Registration
-from runtime.sinks import OutputInfo, Sink, draw_overlay, open_sink
+from runtime.sinks import OutputInfo, Sink, draw_overlay, ensure_writable_folder, open_sink, output_error
 from runtime.sources import Frame, Source, SourceLost, open_source
 from runtime.stats import StatsRecorder, format_report
 
@@ -78,6 +78,8 @@ class RunConfig:
     stats: Optional[str] = None         # write the statistics JSON here at exit
     headless: bool = False              # no window
     bind: str = "127.0.0.1"             # address MJPEG outputs listen on
+    auth_token: Optional[str] = None    # MJPEG stream token (else $FUSION_STREAM_TOKEN; generated beyond loopback)
+    max_clients: int = 8                # concurrent MJPEG viewers (503 beyond)
     overlay: str = "auto"               # auto (display and MJPEG) | on | off
     image_ext: str = ".png"             # image-folder outputs
     queue_size: int = 0                 # depth of each inter-stage queue (0: 1 for live sources, 2 for files)
@@ -86,6 +88,15 @@ class RunConfig:
     resume: bool = False                # folder mode: skip pairs whose fused image already exists
     names: Optional[str] = None         # folder mode: a split file (one name per line) choosing and ordering pairs
     verbose: bool = True
+
+
+def redacted_config(config: RunConfig) -> dict:
+    """The config as plain data for files and the stats page: the stream token is never written anywhere."""
+    from runtime.config import config_to_dict
+    data = config_to_dict(config)
+    if data.get("auth_token"):
+        data["auth_token"] = "<redacted>"
+    return data
 
 
 def parse_size(text: str) -> Optional[tuple[int, int]]:
@@ -444,11 +455,9 @@ class FusionPipeline:
         config = self.config
         tune_allocator()
         try:
+            self._check_output_paths()
             self._ensure_backend()
             self._open_sinks()
-            if config.record_pairs:
-                for sub in ("ir", "vi"):
-                    Path(config.record_pairs, sub).mkdir(parents=True, exist_ok=True)
             stages = self._start_stages()
             deadline = time.monotonic() + config.duration_s if config.duration_s > 0 else None
             output_thread = stages[-1]
@@ -480,10 +489,26 @@ class FusionPipeline:
         if self._owns_backend and self.backend is not None:
             self.backend.close()
         if config.stats:
-            write_json(config.stats, report)
+            try:
+                write_json(config.stats, report)
+            except OSError as exc:
+                self._errors.append(output_error(f"statistics {config.stats}", exc))
         if self._errors:
             raise self._errors[0]
         return report
+
+    def _check_output_paths(self) -> None:
+        """Statistics and recorded pairs are written to paths given up front: prove them writable before any work
+        (a bad path is a one-line error now, not after an hour's run)."""
+        config = self.config
+        if config.stats:
+            stats = Path(config.stats)
+            if stats.is_dir():
+                raise FusionError(f"--stats {stats} is a folder; give a file name such as {stats / 'stats.json'}")
+            ensure_writable_folder(stats.parent, f"statistics {stats}")
+        if config.record_pairs:
+            for sub in ("ir", "vi"):
+                ensure_writable_folder(Path(config.record_pairs, sub), f"recorded pairs to {config.record_pairs}")
 
     def report(self) -> dict:
         report = self.stats.snapshot()
@@ -495,8 +520,7 @@ class FusionPipeline:
         report["outputs"] = [sink.describe() for sink in self.sinks]
         if self.config.record_pairs:
             report["recorded_pairs"] = self.recorded
-        from runtime.config import config_to_dict
-        report["config"] = config_to_dict(self.config)
+        report["config"] = redacted_config(self.config)
         return report
 
     def summary(self) -> str:
@@ -551,10 +575,16 @@ class FusionPipeline:
                 if self.config.headless and str(uri).startswith("display"):
                     continue
                 sink = open_sink(uri, fps=fps, bind=self.config.bind, image_ext=self.config.image_ext,
-                                 stats=self._live_stats)
+                                 stats=self._live_stats, auth_token=self.config.auth_token,
+                                 max_clients=self.config.max_clients)
                 opened.append(sink)
                 if sink.kind == "mjpeg":
-                    self._log(f"streaming MJPEG at {sink.uri}")
+                    if sink.token_generated:
+                        print(sink.announcement(), flush=True)   # even with -q: nobody else knows the token
+                    else:
+                        self._log(sink.announcement())
+                if getattr(sink, "warning", None):
+                    print(sink.warning, file=sys.stderr, flush=True)
         except BaseException:
             for sink in opened:
                 sink.close()
@@ -853,8 +883,11 @@ class FusionPipeline:
     def _record(self, packet: Packet) -> None:
         name = f"{self.recorded:06d}"
         root = Path(self.config.record_pairs)
-        write_image(root / "ir" / f"{name}.png", packet.ir.image)
-        write_image(root / "vi" / f"{name}.png", packet.vis.image)
+        try:
+            write_image(root / "ir" / f"{name}.png", packet.ir.image)
+            write_image(root / "vi" / f"{name}.png", packet.vis.image)
+        except OSError as exc:
+            raise output_error(f"recorded pair {name} to {root}", exc) from None
         self.recorded += 1
 
     # ------------------------------------------------------------------------------------------- per-frame work

@@ -4,17 +4,25 @@
     out.mp4, out.avi, out.mkv   a video file, written under a temporary name and renamed when finalised, so it is
                                 playable after Ctrl-C and never half-written under its final name
     OUTDIR/                     a folder of images (<frame name>.png: the input stems in folder mode)
-    mjpeg://:8090, http://:8090 an MJPEG stream for browsers, bound to 127.0.0.1 unless --bind says otherwise
+    mjpeg://:8090, http://:8090 an MJPEG stream for browsers, bound to 127.0.0.1 unless --bind says otherwise; beyond
+                                loopback every request needs the stream token (runtime.mjpeg)
     rtp://HOST:PORT, udp://...  H.264 over RTP/UDP through GStreamer (where OpenCV has it)
     rtsp://HOST:PORT/PATH       pushed to an RTSP server (e.g. mediamtx) through GStreamer's rtspclientsink
     "appsrc ! ... "             a raw GStreamer pipeline string
 
 Sinks receive RGB uint8 frames and an `OutputInfo` (frame name, index, and what the overlay shows).
+
+Output problems are FusionErrors of one line (exit 2): a path that cannot be created or written is found when the
+sink opens, before any work; a disk that fills up during the run stops it, with what was written finalised (a video
+keeps the frames written so far and stays playable; image files are written whole or not at all).
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
+import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +36,45 @@ from runtime.imageio import write_image
 from runtime.sources import VIDEO_EXTENSIONS, gstreamer_available
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+_OS_REASONS = {
+    errno.ENOSPC: "the disk is full (free some space or write elsewhere)",
+    errno.EDQUOT: "the disk quota is used up (free some space or write elsewhere)",
+    errno.EACCES: "no permission (choose a folder you can write to)",
+    errno.EPERM: "no permission (choose a folder you can write to)",
+    errno.EROFS: "the file system is read-only (choose another place)",
+    errno.ENOENT: "a folder on the way does not exist and cannot be created there",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "that is a folder, not a file",
+    errno.ENAMETOOLONG: "the name is too long",
+}
+
+
+def output_error(target, exc: OSError, action: str = "write") -> FusionError:
+    """One sentence for an OSError met while writing an output: what, where, and what to do."""
+    reason = _OS_REASONS.get(exc.errno, exc.strerror or str(exc))
+    return FusionError(f"cannot {action} {target}: {reason}")
+
+
+def ensure_writable_folder(folder: Path, what) -> None:
+    """Create `folder` if needed and prove it takes a file (a real probe: permission bits say little as root, on
+    read-only mounts or in /proc), or raise the one-line FusionError for `what`."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise FusionError(f"cannot write {what}: {folder} exists and is not a folder") from None
+    except OSError as exc:
+        raise output_error(what, exc) from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".fusion-write-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise output_error(what, exc) from None
+
+
+def free_bytes(folder: Path) -> int:
+    return shutil.disk_usage(folder).free
 
 
 @dataclass
@@ -102,6 +149,11 @@ class VideoFileSink(Sink):
 
     kind = "video file"
 
+    # Stop (and finalise) when the disk holding the video has less than this left: the container index written at
+    # the end needs room, and a full disk would otherwise go unnoticed (OpenCV's writer reports no write errors).
+    RESERVE_BYTES = 16 * 1024 * 1024
+    CHECK_EVERY = 15                  # frames between free-space checks
+
     def __init__(self, path: str | os.PathLike, fps: float = 30.0, fourcc: Optional[str] = None):
         self.path = Path(path)
         self.uri = str(path)
@@ -110,15 +162,26 @@ class VideoFileSink(Sink):
             raise FusionError(f"cannot write video '{self.path}': use one of {', '.join(FOURCC_BY_SUFFIX)}")
         self.fourcc = fourcc or FOURCC_BY_SUFFIX.get(suffix, "mp4v")
         self.fps = fps if fps and fps > 0 else 30.0
-        parent = self.path.parent
-        if parent and not parent.exists():
-            parent.mkdir(parents=True, exist_ok=True)
-        if not os.access(parent or ".", os.W_OK):
-            raise FusionError(f"cannot write to {parent}: no permission")
+        if self.path.is_dir():
+            raise FusionError(f"cannot write video {self.path}: that is a folder, not a file")
+        self.folder = self.path.parent
+        ensure_writable_folder(self.folder, f"video {self.path}")
+        self._check_space()
         self.tmp_path = self.path.with_name(f".{self.path.stem}.partial{suffix}")
         self.writer: Optional[cv2.VideoWriter] = None
         self.size: Optional[tuple[int, int]] = None
         self.frames = 0
+
+    def _check_space(self) -> None:
+        try:
+            left = free_bytes(self.folder)
+        except OSError:
+            return
+        if left < self.RESERVE_BYTES:
+            written = getattr(self, "frames", 0)
+            kept = f"; the {written} frames written so far are finalised in it" if written else ""
+            raise FusionError(f"the disk holding {self.path} is full ({left // (1024 * 1024)} MB left){kept}; free "
+                              f"some space or write elsewhere")
 
     def write(self, rgb: np.ndarray, info: OutputInfo) -> None:
         height, width = rgb.shape[:2]
@@ -132,6 +195,8 @@ class VideoFileSink(Sink):
                                   f"or .avi")
         elif (width, height) != self.size:
             rgb = cv2.resize(rgb, self.size, interpolation=cv2.INTER_AREA)
+        if self.frames % self.CHECK_EVERY == 0:
+            self._check_space()
         self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else cv2.cvtColor(
             rgb, cv2.COLOR_GRAY2BGR))
         self.frames += 1
@@ -140,7 +205,10 @@ class VideoFileSink(Sink):
         if self.writer is not None:
             self.writer.release()  # writes the container index (the mp4 moov atom): the file becomes playable
             self.writer = None
-            os.replace(self.tmp_path, self.path)
+            try:
+                os.replace(self.tmp_path, self.path)
+            except OSError as exc:
+                raise output_error(f"video {self.path} (kept as {self.tmp_path})", exc, "finalise") from None
 
 
 # ------------------------------------------------------------------------------------------------------- image folder
@@ -155,11 +223,16 @@ class ImageFolderSink(Sink):
         self.ext = ext if ext.startswith(".") else f".{ext}"
         if self.folder.exists() and not self.folder.is_dir():
             raise FusionError(f"output {self.folder} exists and is not a folder")
-        self.folder.mkdir(parents=True, exist_ok=True)
+        ensure_writable_folder(self.folder, f"images to {self.folder}")
         self.frames = 0
 
     def write(self, rgb: np.ndarray, info: OutputInfo) -> None:
-        write_image(self.folder / f"{info.name}{self.ext}", rgb)
+        target = self.folder / f"{info.name}{self.ext}"
+        try:
+            write_image(target, rgb)        # atomic: a failed write leaves no partial image behind
+        except OSError as exc:
+            kept = f" ({self.frames} images written before it are complete)" if self.frames else ""
+            raise FusionError(f"{output_error(target, exc)}{kept}") from None
         self.frames += 1
 
 
@@ -209,10 +282,23 @@ class MjpegSink(Sink):
     kind = "mjpeg"
     wants_overlay = True
 
-    def __init__(self, host: str, port: int, stats: Optional[Callable[[], dict]] = None, quality: int = 80):
+    def __init__(self, host: str, port: int, stats: Optional[Callable[[], dict]] = None, quality: int = 80,
+                 token: Optional[str] = None, max_clients: int = 8, token_generated: bool = False):
         from runtime.mjpeg import MjpegServer
-        self.server = MjpegServer(host, port, quality=quality, stats=stats)
+        self.server = MjpegServer(host, port, quality=quality, stats=stats, token=token, max_clients=max_clients)
         self.uri = self.server.url
+        self.token_generated = token_generated
+
+    def announcement(self) -> str:
+        """The line telling the user where to watch (with the token only when it was generated here: nobody else
+        knows it)."""
+        server = self.server
+        if not server.token:
+            return f"streaming MJPEG at {server.url}"
+        if self.token_generated:
+            return (f"streaming MJPEG at {server.viewing_url} (token generated for this run; anyone with this URL "
+                    f"can watch; set --auth-token or $FUSION_STREAM_TOKEN to choose it)")
+        return f"streaming MJPEG at {server.url} (token required: ?token=... or Authorization: Bearer)"
 
     def write(self, rgb: np.ndarray, info: OutputInfo) -> None:
         self.server.publish(rgb)
@@ -229,22 +315,52 @@ def gstreamer_encoder() -> str:
     return "x264enc tune=zerolatency speed-preset=ultrafast bitrate=4000 key-int-max=30 ! h264parse"
 
 
-def network_pipeline(uri: str) -> str:
-    """The appsrc pipeline streaming to rtp://, udp:// or rtsp:// (RTSP needs a server to push to)."""
-    match = re.fullmatch(r"(rtp|udp|rtsp)://([^:/]+)?:(\d+)(/.*)?", uri)
+def parse_network_uri(uri: str) -> tuple[str, Optional[str], Optional[str], str, str, str]:
+    """rtp://HOST:PORT, udp://HOST:PORT, rtsp://[USER:PASSWORD@]HOST:PORT/PATH -> (scheme, user, password, host,
+    port, path)."""
+    match = re.fullmatch(r"(rtp|udp|rtsp)://(?:([^:@/]+):([^@/]+)@)?([^:/@]+)?:(\d+)(/.*)?", uri)
     if not match:
-        raise FusionError(f"output '{uri}' should look like rtp://HOST:PORT, udp://HOST:PORT or rtsp://HOST:PORT/PATH")
-    scheme, host, port, path = match.group(1), match.group(2) or "127.0.0.1", match.group(3), match.group(4) or ""
+        raise FusionError(f"output '{uri}' should look like rtp://HOST:PORT, udp://HOST:PORT or "
+                          f"rtsp://[USER:PASSWORD@]HOST:PORT/PATH")
+    scheme, user, password, host, port, path = match.groups()
+    return scheme, user, password, host or "127.0.0.1", port, path or ""
+
+
+def network_pipeline(uri: str, token: Optional[str] = None) -> str:
+    """The appsrc pipeline streaming to rtp://, udp:// or rtsp:// (RTSP needs a server to push to). An RTSP push
+    authenticates with the URL's credentials, else with user 'fusion' and `token` as the password when given."""
+    scheme, user, password, host, port, path = parse_network_uri(uri)
     head = f"appsrc ! videoconvert ! {gstreamer_encoder()}"
     if scheme == "rtsp":
-        return f"{head} ! rtspclientsink location=rtsp://{host}:{port}{path}"
+        if user is None and token:
+            user, password = "fusion", token
+        credentials = f" user-id={user} user-pw={password}" if user is not None else ""
+        return f"{head} ! rtspclientsink location=rtsp://{host}:{port}{path}{credentials}"
     return f"{head} ! rtph264pay config-interval=1 pt=96 ! udpsink host={host} port={port} sync=false async=false"
+
+
+def network_warning(uri: str, token: Optional[str] = None) -> Optional[str]:
+    """What the user must know about a network output beyond this machine, or None. RTP/UDP carries no
+    authentication at all; an RTSP server decides itself who may watch what is pushed to it."""
+    from runtime.mjpeg import is_loopback
+    scheme, user, _, host, _, _ = parse_network_uri(uri)
+    if is_loopback(host):
+        return None
+    if scheme in ("rtp", "udp"):
+        return (f"warning: {uri} sends the fused video unencrypted and without authentication to {host}; anyone "
+                f"on the way can watch it (use mjpeg:// with a token, or rtsp:// to a server that requires "
+                f"credentials)")
+    if user is None and not token:
+        return (f"warning: {uri} is pushed without credentials; who may watch is up to that RTSP server (give "
+                f"rtsp://USER:PASSWORD@... or --auth-token, and require read credentials on the server)")
+    return None
 
 
 class GStreamerSink(Sink):
     kind = "gstreamer"
 
-    def __init__(self, uri: str, pipeline: str, fps: float = 30.0):
+    def __init__(self, uri: str, pipeline: str, fps: float = 30.0, warning: Optional[str] = None):
+        self.warning = warning
         if not gstreamer_available():
             raise FusionError(f"output '{uri}' needs OpenCV built with GStreamer, and this OpenCV has none; use "
                               f"--output mjpeg://:8090 instead, or the JetPack OpenCV on a Jetson")
@@ -275,8 +391,12 @@ def parse_http_uri(uri: str) -> tuple[Optional[str], int]:
 
 
 def open_sink(uri: str, fps: float = 30.0, bind: Optional[str] = None, image_ext: str = ".png",
-              stats: Optional[Callable[[], dict]] = None) -> Sink:
-    """A Sink for `uri` (see the module docstring). `bind` is the address MJPEG listens on (default loopback)."""
+              stats: Optional[Callable[[], dict]] = None, auth_token: Optional[str] = None,
+              max_clients: int = 8) -> Sink:
+    """A Sink for `uri` (see the module docstring). `bind` is the address MJPEG listens on (default loopback).
+
+    auth_token: the stream token (else $FUSION_STREAM_TOKEN; an MJPEG server beyond loopback generates one, see
+    runtime.mjpeg.stream_token). max_clients: concurrent MJPEG viewers."""
     uri = str(uri).strip()
     if not uri:
         raise FusionError("empty --output; give a video file, a folder, display://0 or mjpeg://:8090")
@@ -288,9 +408,13 @@ def open_sink(uri: str, fps: float = 30.0, bind: Optional[str] = None, image_ext
         if host and host not in (address,) + (LOOPBACK if address in LOOPBACK else ()):
             raise FusionError(f"output {uri} would serve on {host}, but the stream is only served on {address}; "
                               f"pass --bind {host} to serve beyond this machine")
-        return MjpegSink(address if not host or host == address else host, port, stats=stats)
+        from runtime.mjpeg import stream_token
+        listen = address if not host or host == address else host
+        token, generated = stream_token(listen, auth_token)
+        return MjpegSink(listen, port, stats=stats, token=token, max_clients=max_clients, token_generated=generated)
     if uri.startswith(("rtp://", "udp://", "rtsp://")):
-        return GStreamerSink(uri, network_pipeline(uri), fps)
+        token = auth_token or os.environ.get("FUSION_STREAM_TOKEN") or None
+        return GStreamerSink(uri, network_pipeline(uri, token), fps, warning=network_warning(uri, token))
     if "!" in uri:
         return GStreamerSink(uri, uri, fps)
     if uri.startswith("file://"):
