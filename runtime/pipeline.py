@@ -887,7 +887,7 @@ class FusionPipeline:
             write_image(root / "ir" / f"{name}.png", packet.ir.image)
             write_image(root / "vi" / f"{name}.png", packet.vis.image)
         except OSError as exc:
-            raise output_error(f"recorded pair {name} to {root}", exc) from None
+            raise output_error(f"recorded pair {name} to {root}", exc, folder=root) from None
         self.recorded += 1
 
     # ------------------------------------------------------------------------------------------- per-frame work

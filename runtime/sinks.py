@@ -50,9 +50,18 @@ _OS_REASONS = {
 }
 
 
-def output_error(target, exc: OSError, action: str = "write") -> FusionError:
-    """One sentence for an OSError met while writing an output: what, where, and what to do."""
-    reason = _OS_REASONS.get(exc.errno, exc.strerror or str(exc))
+def output_error(target, exc: OSError, action: str = "write", folder: Optional[Path] = None) -> FusionError:
+    """One sentence for an OSError met while writing an output: what, where, and what to do. Short writes come
+    without an errno (numpy's tofile: "N requested and M written"); with `folder` given, a nearly full disk there
+    names the cause."""
+    code = exc.errno
+    if code is None and folder is not None:
+        try:
+            if free_bytes(folder) < 4 * 1024 * 1024:
+                code = errno.ENOSPC
+        except OSError:
+            pass
+    reason = _OS_REASONS.get(code, exc.strerror or str(exc))
     return FusionError(f"cannot {action} {target}: {reason}")
 
 
@@ -232,7 +241,7 @@ class ImageFolderSink(Sink):
             write_image(target, rgb)        # atomic: a failed write leaves no partial image behind
         except OSError as exc:
             kept = f" ({self.frames} images written before it are complete)" if self.frames else ""
-            raise FusionError(f"{output_error(target, exc)}{kept}") from None
+            raise FusionError(f"{output_error(target, exc, folder=self.folder)}{kept}") from None
         self.frames += 1
 
 
