@@ -239,6 +239,7 @@ class CaptureWorker(threading.Thread):
         self.error: Optional[BaseException] = None
         self.frames = 0
         self.passes = 1             # passes through a looped file (1 during the first)
+        self._pass_frames = 0
         self._offset = 0.0          # added to the source's media time so restarts continue the timeline
         self._last_media: Optional[float] = None
         self._rebase = False        # the source was reopened: the next frame continues the timeline
@@ -277,7 +278,8 @@ class CaptureWorker(threading.Thread):
             t0 = time.perf_counter()
             try:
                 frame = self.source.read()
-                if frame is None and self.loop and not self.source.live:
+                if frame is None and self.loop and not self.source.live and self._pass_frames:
+                    self._pass_frames = 0       # (a pass without a frame ends the source instead of spinning)
                     self.source.reopen()
                     self._rebase = True
                     self.passes += 1
@@ -305,6 +307,7 @@ class CaptureWorker(threading.Thread):
             if self.realtime and not self._pace(frame):
                 return
             self.frames += 1
+            self._pass_frames += 1
             if self.state != "ok":
                 self._set_state("ok")
             before = self.buffer.dropped
@@ -461,8 +464,12 @@ class FusionPipeline:
             stages = self._start_stages()
             deadline = time.monotonic() + config.duration_s if config.duration_s > 0 else None
             output_thread = stages[-1]
+            next_trim = time.monotonic() + TRIM_EVERY_S
             while output_thread.is_alive():
                 output_thread.join(0.1)
+                if time.monotonic() >= next_trim:
+                    release_free_memory()
+                    next_trim = time.monotonic() + TRIM_EVERY_S
                 if deadline is not None and time.monotonic() >= deadline:
                     self.stop()
                 if any(getattr(sink, "stop_requested", False) for sink in self.sinks):
@@ -1016,6 +1023,8 @@ def merge_ycrcb(y: np.ndarray, ycrcb: np.ndarray) -> np.ndarray:
 
 
 _ALLOCATOR_TUNED = False
+_LIBC = None
+TRIM_EVERY_S = 20.0       # how often a running pipeline hands freed heap memory back to the system
 
 
 def tune_allocator() -> None:
@@ -1023,8 +1032,11 @@ def tune_allocator() -> None:
 
     Every stage allocates a few megabytes of temporaries per frame; with glibc's default thresholds each one is a fresh
     mmap that the kernel must zero page by page (thousands of page faults per frame, measured), then gives back.
+    The price is that freed memory stays with the process at its high-water mark, and fragments: resident memory
+    crept up ~2 MB a minute in a 10-minute soak (benchmarks.soak). `release_free_memory`, called every
+    TRIM_EVERY_S by the running pipeline, hands the free pages back.
     """
-    global _ALLOCATOR_TUNED
+    global _ALLOCATOR_TUNED, _LIBC
     if _ALLOCATOR_TUNED or os.environ.get("FUSION_NO_MALLOPT") or not sys.platform.startswith("linux"):
         return
     _ALLOCATOR_TUNED = True
@@ -1034,8 +1046,19 @@ def tune_allocator() -> None:
         m_trim_threshold, m_mmap_threshold = -1, -3
         libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)
         libc.mallopt(m_trim_threshold, 256 * 1024 * 1024)
+        _LIBC = libc
     except (OSError, AttributeError):
         pass  # not glibc (musl, macOS): nothing to tune
+
+
+def release_free_memory() -> None:
+    """glibc's malloc_trim(0): return free heap pages (in every arena, not only at the top) to the system. A few
+    milliseconds, off the frame path (the pipeline's supervising thread calls it)."""
+    if _LIBC is not None:
+        try:
+            _LIBC.malloc_trim(0)
+        except AttributeError:
+            pass
 
 
 def _is_dir(uri: str) -> bool:

@@ -249,3 +249,17 @@ def test_page_stream_and_stats_of_a_running_pipeline(tmp_path, monkeypatch, caps
         runner.join(10)
     assert not runner.is_alive()
     assert server.token not in stats_file.read_text()
+
+
+def test_network_outputs_beyond_loopback_say_what_protects_them():
+    from runtime.sinks import network_pipeline, network_warning
+    assert network_warning("rtp://127.0.0.1:5000") is None
+    assert "without authentication" in network_warning("rtp://192.168.1.9:5000")
+    assert "without credentials" in network_warning("rtsp://10.0.0.2:8554/fused")
+    assert network_warning("rtsp://10.0.0.2:8554/fused", token=TOKEN) is None
+    assert network_warning("rtsp://me:pw@10.0.0.2:8554/fused") is None
+    pipeline = network_pipeline("rtsp://10.0.0.2:8554/fused", token=TOKEN)
+    assert pipeline.endswith(f"location=rtsp://10.0.0.2:8554/fused user-id=fusion user-pw={TOKEN}")
+    pipeline = network_pipeline("rtsp://me:pw@10.0.0.2:8554/fused", token=TOKEN)
+    assert pipeline.endswith("location=rtsp://10.0.0.2:8554/fused user-id=me user-pw=pw")
+    assert "udpsink host=192.168.1.9 port=5000" in network_pipeline("rtp://192.168.1.9:5000")
