@@ -18,7 +18,8 @@ prober without the token (must get 401, every time).
 It prints fps per minute, resident memory over time, pairs fused / dropped / unpaired, reconnects and each fault's
 recovery time, and exits 1 when
   - any minute's fps is more than 10% below the first minute's,
-  - resident memory grows more than 5% after the first minute (largest sample against the first minute's last),
+  - resident memory grows more than 5% after the first minute (each later minute's median sample against the
+    first minute's: single samples swing by several MB as the allocator hands frame buffers back and takes them),
   - any exception escapes (the pipeline, any thread), a request without the token is served, or
   - a fault is not recovered within --reconnect-max seconds (its end to the source delivering again, or for the
     flood: the clients gone to a viewer streaming again).
@@ -261,11 +262,20 @@ class Clients:
 
 
 def rss_mb() -> float:
+    return memory_status().get("VmRSS", 0.0)
+
+
+def memory_status() -> dict:
+    """VmRSS, RssAnon, RssFile (MB) and Threads of this process, from /proc/self/status."""
+    out = {}
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return 0.0
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                out[key] = int(value.split()[0]) / 1024.0
+            elif key == "Threads":
+                out[key] = int(value)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------------ soak
@@ -314,6 +324,7 @@ def run(args) -> int:
     counters = pipeline.stats.counters
     minute_frames = [counters.get("frames_out", 0)]
     rss = [(0.0, rss_mb())]
+    breakdown = [(0.0, memory_status())]
     faults: List[dict] = []
     minute_marks = [start + 60.0 * (m + 1) for m in range(int(args.minutes))]
     schedule = [(start + 60.0 * m + 20.0, FAULTS[(m - 1) % len(FAULTS)]) for m in range(1, int(args.minutes))]
@@ -337,6 +348,7 @@ def run(args) -> int:
                 fault["recovery_s"] = round(source.recovered_at - source.waiting_since, 3)
         if now >= next_rss:
             rss.append((round(now - start, 1), rss_mb()))
+            breakdown.append((round(now - start, 1), memory_status()))
             next_rss += 10.0
         if minute_marks and now >= minute_marks[0]:
             minute_marks.pop(0)
@@ -355,7 +367,7 @@ def run(args) -> int:
     runner.join(60)
     threading.excepthook = previous_hook
     report = result.get("report") or pipeline.report()
-    return verdict(args, report, minute_frames, rss, faults, clients, server, escaped, out)
+    return verdict(args, report, minute_frames, rss, faults, clients, server, escaped, out, breakdown)
 
 
 def inject(kind: str, ir: FaultySource, vis: FaultySource, clients: Clients, start: float) -> dict:
@@ -375,7 +387,16 @@ def inject(kind: str, ir: FaultySource, vis: FaultySource, clients: Clients, sta
     return {"kind": kind, "at": at, "source": source}
 
 
-def verdict(args, report, minute_frames, rss, faults, clients, server, escaped, out) -> int:
+def minute_medians(rss) -> list:
+    """Median resident memory of each minute's samples (minute 1: the samples in (0, 60] s)."""
+    minutes: dict = {}
+    for t, mb in rss:
+        if t > 0:
+            minutes.setdefault(int((t - 1e-6) // 60), []).append(mb)
+    return [sorted(v)[len(v) // 2] for _, v in sorted(minutes.items())]
+
+
+def verdict(args, report, minute_frames, rss, faults, clients, server, escaped, out, breakdown=()) -> int:
     fps = [(b - a) / 60.0 for a, b in zip(minute_frames, minute_frames[1:])]
     failures = []
     if fps:
@@ -384,11 +405,14 @@ def verdict(args, report, minute_frames, rss, faults, clients, server, escaped, 
             if value < 0.9 * first:
                 failures.append(f"minute {m}: {value:.2f} fps is {100 * (1 - value / first):.0f}% below the first "
                                 f"minute's {first:.2f}")
-    after_first = [mb for t, mb in rss if t > 60.0]
-    at_first = [mb for t, mb in rss if t <= 60.0][-1]
+    # Growth: each later minute's median sample against the first minute's (single samples swing by several MB as
+    # the allocator returns and takes back frame buffers; a trend is what a leak looks like).
+    medians = minute_medians(rss)
+    at_first = medians[0]
+    after_first = medians[1:]
     growth = (max(after_first) / at_first - 1.0) if after_first else 0.0
     if growth > 0.05:
-        failures.append(f"resident memory grew {100 * growth:.1f}% after the first minute ({at_first:.0f} -> "
+        failures.append(f"resident memory grew {100 * growth:.1f}% after the first minute (median {at_first:.0f} -> "
                         f"{max(after_first):.0f} MB)")
     for text in escaped:
         failures.append(f"exception escaped: {text}")
@@ -403,7 +427,8 @@ def verdict(args, report, minute_frames, rss, faults, clients, server, escaped, 
     summary = {
         "minutes": args.minutes, "model": report.get("model"), "imgsz": args.imgsz,
         "fps_per_minute": [round(v, 2) for v in fps],
-        "rss_mb": [(t, round(mb, 1)) for t, mb in rss], "rss_growth_after_first_minute": round(growth, 4),
+        "rss_mb": [(t, round(mb, 1)) for t, mb in rss], "rss_median_per_minute_mb": [round(m, 1) for m in medians],
+        "rss_growth_after_first_minute": round(growth, 4), "memory_status": list(breakdown),
         "frames_out": report.get("frames"), "fused": report.get("frames", 0) - counters.get("passthrough", 0),
         "passthrough": counters.get("passthrough", 0), "stale_dropped_pairs": counters.get("stale_dropped_pairs", 0),
         "unpaired": counters.get("unpaired", 0),
@@ -421,8 +446,8 @@ def verdict(args, report, minute_frames, rss, faults, clients, server, escaped, 
           f"{summary['stale_dropped_pairs']}, unpaired {summary['unpaired']}; reconnects {summary['reconnects']}, "
           f"loops {summary['loops']}; capture->output p50/p90 {summary['latency_ms']['p50']}/"
           f"{summary['latency_ms']['p90']} ms, inference p50 {summary['inference_ms']['p50']} ms")
-    print(f"memory: {at_first:.0f} MB after minute 1, largest later {max(after_first or [at_first]):.0f} MB "
-          f"({100 * growth:+.1f}%)")
+    print(f"memory (median per minute): {', '.join(f'{m:.0f}' for m in medians)} MB; largest after minute 1 "
+          f"{100 * growth:+.1f}% against it")
     for fault in summary["faults"]:
         extra = f", {fault['served']} served / {fault['refused']} refused" if fault["kind"] == "flood" else ""
         print(f"fault {fault['kind']:<10} at {fault['at']:>5.0f} s: recovered in {fault.get('recovery_s')} s{extra}")

@@ -249,20 +249,18 @@ def _paced_run(loop: bool, speed: float):
 
 
 def test_three_looped_passes_keep_the_single_pass_rate():
-    """The bundled clips (300 VIS frames at 30 fps, 90 IR at 9 fps) played at camera rate (sped up 3x to keep the
-    test short): each of three looped passes gives the single pass's frame count within 5%, in the single pass's
-    time within 5% (restarts used to stall the pipeline for a whole pass)."""
-    speed = 3.0
+    """The bundled clips (300 VIS frames at 30 fps, 90 IR at 9 fps) played at camera rate (sped up 2x to keep the
+    test short): each of three looped passes gives the single pass's frame count within 5%, and each pass starts
+    one clip length (5 s here) after the one before, within 5% (restarts used to stall the pipeline for a whole
+    pass: the passes came 10 s apart, then 20 s, and so on)."""
+    speed = 2.0
     single, _ = _paced_run(False, speed)
-    single_count = len(single)
-    single_span = single[-1][0] - single[0][0]
-    assert single_span == pytest.approx(10.0 / speed, rel=0.05)
     looped, report = _paced_run(True, speed)
     assert report["counters"]["loops_vis"] >= 3 and report["counters"]["loops_ir"] >= 3
     starts = []
     for k in range(3):
         times = [t for t, index in looped if index // 300 == k]
-        assert len(times) == pytest.approx(single_count, rel=0.05), (k, len(times), single_count)
+        assert len(times) == pytest.approx(len(single), rel=0.05), (k, len(times), len(single))
         starts.append(times[0])
     starts.append(next(t for t, index in looped if index >= 900))
     for k in range(3):
