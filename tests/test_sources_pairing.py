@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from runtime.errors import FusionError
-from runtime.pipeline import CaptureWorker, FrameBuffer, FusionPipeline
+from runtime.capture import CaptureWorker, FrameBuffer
+from runtime.pairing import match_nearest
+from runtime.pipeline import FusionPipeline
 from runtime.sources import Frame, open_source, parse_camera_index
 from runtime.stats import StatsRecorder
 from test_runtime_helpers import NumpyBackend, RecordingSink, SyntheticSource
@@ -25,9 +27,9 @@ def test_frame_buffer_match_picks_nearest_and_keeps_it():
     for i, t in enumerate([0.0, 0.111, 0.222, 0.333]):
         buffer.put(_frame(t, i), stop)
     buffer.end()
-    assert buffer.match(0.10, None, stop, lambda: False).index == 1   # 0.111 is nearer than 0.0
-    assert buffer.match(0.16, None, stop, lambda: False).index == 1   # still there for the next query
-    assert buffer.match(0.17, None, stop, lambda: False).index == 2
+    assert match_nearest(buffer, 0.10, None, stop, lambda: False).index == 1   # 0.111 is nearer than 0.0
+    assert match_nearest(buffer, 0.16, None, stop, lambda: False).index == 1   # still there for the next query
+    assert match_nearest(buffer, 0.17, None, stop, lambda: False).index == 2
     assert [f.index for f in buffer.frames] == [2, 3]                 # older frames were discarded
 
 
