@@ -252,7 +252,7 @@ def test_page_stream_and_stats_of_a_running_pipeline(tmp_path, monkeypatch, caps
 
 
 def test_network_outputs_beyond_loopback_say_what_protects_them():
-    from runtime.sinks import network_pipeline, network_warning
+    from runtime.gstreamer_sinks import network_pipeline, network_warning
     assert network_warning("rtp://127.0.0.1:5000") is None
     assert "without authentication" in network_warning("rtp://192.168.1.9:5000")
     assert "without credentials" in network_warning("rtsp://10.0.0.2:8554/fused")
