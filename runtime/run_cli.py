@@ -21,8 +21,8 @@ from runtime.errors import FusionError
 # CLI flag dest -> RunConfig field (flags left out keep the YAML/default value).
 FIELDS = ("ir", "vis", "model", "backend", "device", "threads", "imgsz", "output_size", "sync_ms", "primary",
           "homography", "clahe", "realtime", "loop", "fps", "ir_fps", "vis_fps", "output_fps", "max_frames",
-          "duration_s", "record_pairs", "stats", "headless", "bind", "overlay", "image_ext", "queue_size",
-          "reconnect_max_s", "on_loss", "resume", "names")
+          "duration_s", "record_pairs", "stats", "headless", "bind", "auth_token", "max_clients", "overlay",
+          "image_ext", "queue_size", "reconnect_max_s", "on_loss", "resume", "names")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +36,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                     help="output, repeatable: display://0, a video file (.mp4/.avi/.mkv), a folder, "
                          "mjpeg://:PORT, rtp://HOST:PORT, rtsp://HOST:PORT/PATH")
     io.add_argument("--headless", action="store_true", default=None, help="never open a window")
-    io.add_argument("--bind", help="address MJPEG outputs listen on (default 127.0.0.1: this machine only)")
+    io.add_argument("--bind", help="address MJPEG outputs listen on (default 127.0.0.1: this machine only; any "
+                                   "other address requires a stream token)")
+    io.add_argument("--auth-token", metavar="TOKEN",
+                    help="token viewers must give (?token=TOKEN or Authorization: Bearer TOKEN); default "
+                         "$FUSION_STREAM_TOKEN, else generated and printed when --bind is not loopback")
+    io.add_argument("--max-clients", type=int, help="concurrent MJPEG viewers (default 8; 503 beyond)")
     io.add_argument("--record-pairs", metavar="DIR", help="save the synchronised raw pairs to DIR/ir and DIR/vi")
     io.add_argument("--stats", metavar="FILE", help="write latency/throughput statistics as JSON at exit")
     model = parser.add_argument_group("model")
@@ -105,17 +110,27 @@ def build_config(args: argparse.Namespace):
 
 
 def write_resolved_config(config) -> None:
-    """The resolved config beside each file/folder output (how this output was made)."""
+    """The resolved config beside each file/folder output (how this output was made; never the stream token)."""
+    import dataclasses
     from runtime.config import save_config
+    from runtime.sinks import output_error
     from runtime.sources import VIDEO_EXTENSIONS
+    if config.auth_token:
+        config = dataclasses.replace(config, auth_token="<redacted>")
     for uri in config.outputs:
         if "://" in uri or "!" in uri:
             continue
         path = Path(uri)
         if path.suffix.lower() in VIDEO_EXTENSIONS:
-            save_config(config, path.with_name(f"{path.stem}.run_config.yaml"))
+            target = path.with_name(f"{path.stem}.run_config.yaml")
         elif path.is_dir():
-            save_config(config, path / "run_config.yaml")
+            target = path / "run_config.yaml"
+        else:
+            continue
+        try:
+            save_config(config, target)
+        except OSError as exc:
+            raise output_error(f"the run config {target}", exc) from None
 
 
 def main(args: argparse.Namespace) -> int:

@@ -4,19 +4,25 @@
     out.mp4, out.avi, out.mkv   a video file, written under a temporary name and renamed when finalised, so it is
                                 playable after Ctrl-C and never half-written under its final name
     OUTDIR/                     a folder of images (<frame name>.png: the input stems in folder mode)
-    mjpeg://:8090, http://:8090 an MJPEG stream for browsers, bound to 127.0.0.1 unless --bind says otherwise
-    rtp://HOST:PORT, udp://...  H.264 over RTP/UDP through GStreamer (where OpenCV has it)
+    mjpeg://:8090, http://:8090 an MJPEG stream for browsers, bound to 127.0.0.1 unless --bind says otherwise; beyond
+                                loopback every request needs the stream token (runtime.mjpeg)
+    rtp://HOST:PORT, udp://...  H.264 over RTP/UDP through GStreamer (where OpenCV has it; runtime.gstreamer_sinks)
     rtsp://HOST:PORT/PATH       pushed to an RTSP server (e.g. mediamtx) through GStreamer's rtspclientsink
     "appsrc ! ... "             a raw GStreamer pipeline string
 
 Sinks receive RGB uint8 frames and an `OutputInfo` (frame name, index, and what the overlay shows).
+
+Output problems are FusionErrors of one line (exit 2): a path that cannot be created or written is found when the
+sink opens, before any work; a disk that fills up during the run stops it, with what was written finalised (a video
+keeps the frames written so far and stays playable; image files are written whole or not at all).
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -25,22 +31,58 @@ import numpy as np
 
 from runtime.errors import FusionError
 from runtime.imageio import write_image
-from runtime.sources import VIDEO_EXTENSIONS, gstreamer_available
+from runtime.sink_base import OutputInfo, Sink
+from runtime.sources import VIDEO_EXTENSIONS
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
+_OS_REASONS = {
+    errno.ENOSPC: "the disk is full (free some space or write elsewhere)",
+    errno.EDQUOT: "the disk quota is used up (free some space or write elsewhere)",
+    errno.EACCES: "no permission (choose a folder you can write to)",
+    errno.EPERM: "no permission (choose a folder you can write to)",
+    errno.EROFS: "the file system is read-only (choose another place)",
+    errno.ENOENT: "a folder on the way does not exist and cannot be created there",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "that is a folder, not a file",
+    errno.ENAMETOOLONG: "the name is too long",
+}
 
-@dataclass
-class OutputInfo:
-    """What a sink knows about a frame besides its pixels."""
 
-    index: int
-    name: str
-    fps: float = 0.0
-    stages_ms: dict = field(default_factory=dict)
-    health: dict = field(default_factory=dict)      # role -> "ok" / "lost" / "ended" / "reconnecting"
-    pair_error_ms: Optional[float] = None
-    mode: str = "fused"                             # "fused" or "ir only" / "vis only" while a camera is lost
+def output_error(target, exc: OSError, action: str = "write", folder: Optional[Path] = None) -> FusionError:
+    """One sentence for an OSError met while writing an output: what, where, and what to do. Short writes come
+    without an errno (numpy's tofile: "N requested and M written"); with `folder` given, a nearly full disk there
+    names the cause."""
+    code = exc.errno
+    if code is None and folder is not None:
+        try:
+            if free_bytes(folder) < 4 * 1024 * 1024:
+                code = errno.ENOSPC
+        except OSError:
+            pass
+    reason = _OS_REASONS.get(code, exc.strerror or str(exc))
+    return FusionError(f"cannot {action} {target}: {reason}")
+
+
+def ensure_writable_folder(folder: Path, what) -> None:
+    """Create `folder` if needed and prove it takes a file (a real probe: permission bits say little as root, on
+    read-only mounts or in /proc), or raise the one-line FusionError for `what`."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise FusionError(f"cannot write {what}: {folder} exists and is not a folder") from None
+    except OSError as exc:
+        raise output_error(what, exc) from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".fusion-write-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise output_error(what, exc) from None
+
+
+def free_bytes(folder: Path) -> int:
+    return shutil.disk_usage(folder).free
 
 
 STAGE_LABELS = {"preprocess": "pre", "inference": "infer", "postprocess": "post"}
@@ -76,23 +118,6 @@ def draw_overlay(rgb: np.ndarray, info: OutputInfo) -> np.ndarray:
     return out
 
 
-class Sink(ABC):
-    uri: str = ""
-    kind: str = "sink"
-    wants_overlay: bool = False
-    stop_requested: bool = False      # a display window closed by the user
-
-    @abstractmethod
-    def write(self, rgb: np.ndarray, info: OutputInfo) -> None:
-        """Show, encode or send one fused RGB uint8 frame."""
-
-    def close(self) -> None:
-        pass
-
-    def describe(self) -> str:
-        return f"{self.kind} {self.uri}"
-
-
 # --------------------------------------------------------------------------------------------------------- video file
 FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "XVID"}
 
@@ -102,6 +127,11 @@ class VideoFileSink(Sink):
 
     kind = "video file"
 
+    # Stop (and finalise) when the disk holding the video has less than this left: the container index written at
+    # the end needs room, and a full disk would otherwise go unnoticed (OpenCV's writer reports no write errors).
+    RESERVE_BYTES = 16 * 1024 * 1024
+    CHECK_EVERY = 15                  # frames between free-space checks
+
     def __init__(self, path: str | os.PathLike, fps: float = 30.0, fourcc: Optional[str] = None):
         self.path = Path(path)
         self.uri = str(path)
@@ -110,15 +140,26 @@ class VideoFileSink(Sink):
             raise FusionError(f"cannot write video '{self.path}': use one of {', '.join(FOURCC_BY_SUFFIX)}")
         self.fourcc = fourcc or FOURCC_BY_SUFFIX.get(suffix, "mp4v")
         self.fps = fps if fps and fps > 0 else 30.0
-        parent = self.path.parent
-        if parent and not parent.exists():
-            parent.mkdir(parents=True, exist_ok=True)
-        if not os.access(parent or ".", os.W_OK):
-            raise FusionError(f"cannot write to {parent}: no permission")
+        if self.path.is_dir():
+            raise FusionError(f"cannot write video {self.path}: that is a folder, not a file")
+        self.folder = self.path.parent
+        ensure_writable_folder(self.folder, f"video {self.path}")
+        self._check_space()
         self.tmp_path = self.path.with_name(f".{self.path.stem}.partial{suffix}")
         self.writer: Optional[cv2.VideoWriter] = None
         self.size: Optional[tuple[int, int]] = None
         self.frames = 0
+
+    def _check_space(self) -> None:
+        try:
+            left = free_bytes(self.folder)
+        except OSError:
+            return
+        if left < self.RESERVE_BYTES:
+            written = getattr(self, "frames", 0)
+            kept = f"; the {written} frames written so far are finalised in it" if written else ""
+            raise FusionError(f"the disk holding {self.path} is full ({left // (1024 * 1024)} MB left){kept}; free "
+                              f"some space or write elsewhere")
 
     def write(self, rgb: np.ndarray, info: OutputInfo) -> None:
         height, width = rgb.shape[:2]
@@ -132,6 +173,8 @@ class VideoFileSink(Sink):
                                   f"or .avi")
         elif (width, height) != self.size:
             rgb = cv2.resize(rgb, self.size, interpolation=cv2.INTER_AREA)
+        if self.frames % self.CHECK_EVERY == 0:
+            self._check_space()
         self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else cv2.cvtColor(
             rgb, cv2.COLOR_GRAY2BGR))
         self.frames += 1
@@ -140,7 +183,10 @@ class VideoFileSink(Sink):
         if self.writer is not None:
             self.writer.release()  # writes the container index (the mp4 moov atom): the file becomes playable
             self.writer = None
-            os.replace(self.tmp_path, self.path)
+            try:
+                os.replace(self.tmp_path, self.path)
+            except OSError as exc:
+                raise output_error(f"video {self.path} (kept as {self.tmp_path})", exc, "finalise") from None
 
 
 # ------------------------------------------------------------------------------------------------------- image folder
@@ -155,11 +201,16 @@ class ImageFolderSink(Sink):
         self.ext = ext if ext.startswith(".") else f".{ext}"
         if self.folder.exists() and not self.folder.is_dir():
             raise FusionError(f"output {self.folder} exists and is not a folder")
-        self.folder.mkdir(parents=True, exist_ok=True)
+        ensure_writable_folder(self.folder, f"images to {self.folder}")
         self.frames = 0
 
     def write(self, rgb: np.ndarray, info: OutputInfo) -> None:
-        write_image(self.folder / f"{info.name}{self.ext}", rgb)
+        target = self.folder / f"{info.name}{self.ext}"
+        try:
+            write_image(target, rgb)        # atomic: a failed write leaves no partial image behind
+        except OSError as exc:
+            kept = f" ({self.frames} images written before it are complete)" if self.frames else ""
+            raise FusionError(f"{output_error(target, exc, folder=self.folder)}{kept}") from None
         self.frames += 1
 
 
@@ -209,60 +260,29 @@ class MjpegSink(Sink):
     kind = "mjpeg"
     wants_overlay = True
 
-    def __init__(self, host: str, port: int, stats: Optional[Callable[[], dict]] = None, quality: int = 80):
+    def __init__(self, host: str, port: int, stats: Optional[Callable[[], dict]] = None, quality: int = 80,
+                 token: Optional[str] = None, max_clients: int = 8, token_generated: bool = False):
         from runtime.mjpeg import MjpegServer
-        self.server = MjpegServer(host, port, quality=quality, stats=stats)
+        self.server = MjpegServer(host, port, quality=quality, stats=stats, token=token, max_clients=max_clients)
         self.uri = self.server.url
+        self.token_generated = token_generated
+
+    def announcement(self) -> str:
+        """The line telling the user where to watch (with the token only when it was generated here: nobody else
+        knows it)."""
+        server = self.server
+        if not server.token:
+            return f"streaming MJPEG at {server.url}"
+        if self.token_generated:
+            return (f"streaming MJPEG at {server.viewing_url} (token generated for this run; anyone with this URL "
+                    f"can watch; set --auth-token or $FUSION_STREAM_TOKEN to choose it)")
+        return f"streaming MJPEG at {server.url} (token required: ?token=... or Authorization: Bearer)"
 
     def write(self, rgb: np.ndarray, info: OutputInfo) -> None:
         self.server.publish(rgb)
 
     def close(self) -> None:
         self.server.close()
-
-
-# ---------------------------------------------------------------------------------------------------------- GStreamer
-def gstreamer_encoder() -> str:
-    """The H.264 encoder element: the Jetson hardware one when its plugin exists, else x264."""
-    if os.path.exists("/usr/lib/aarch64-linux-gnu/gstreamer-1.0/libgstnvvideo4linux2.so"):
-        return "nvvidconv ! nvv4l2h264enc insert-sps-pps=true idrinterval=30 ! h264parse"
-    return "x264enc tune=zerolatency speed-preset=ultrafast bitrate=4000 key-int-max=30 ! h264parse"
-
-
-def network_pipeline(uri: str) -> str:
-    """The appsrc pipeline streaming to rtp://, udp:// or rtsp:// (RTSP needs a server to push to)."""
-    match = re.fullmatch(r"(rtp|udp|rtsp)://([^:/]+)?:(\d+)(/.*)?", uri)
-    if not match:
-        raise FusionError(f"output '{uri}' should look like rtp://HOST:PORT, udp://HOST:PORT or rtsp://HOST:PORT/PATH")
-    scheme, host, port, path = match.group(1), match.group(2) or "127.0.0.1", match.group(3), match.group(4) or ""
-    head = f"appsrc ! videoconvert ! {gstreamer_encoder()}"
-    if scheme == "rtsp":
-        return f"{head} ! rtspclientsink location=rtsp://{host}:{port}{path}"
-    return f"{head} ! rtph264pay config-interval=1 pt=96 ! udpsink host={host} port={port} sync=false async=false"
-
-
-class GStreamerSink(Sink):
-    kind = "gstreamer"
-
-    def __init__(self, uri: str, pipeline: str, fps: float = 30.0):
-        if not gstreamer_available():
-            raise FusionError(f"output '{uri}' needs OpenCV built with GStreamer, and this OpenCV has none; use "
-                              f"--output mjpeg://:8090 instead, or the JetPack OpenCV on a Jetson")
-        self.uri, self.pipeline, self.fps = uri, pipeline, fps or 30.0
-        self.writer: Optional[cv2.VideoWriter] = None
-
-    def write(self, rgb: np.ndarray, info: OutputInfo) -> None:
-        if self.writer is None:
-            height, width = rgb.shape[:2]
-            self.writer = cv2.VideoWriter(self.pipeline, cv2.CAP_GSTREAMER, 0, float(self.fps), (width, height))
-            if not self.writer.isOpened():
-                raise FusionError(f"GStreamer could not start '{self.pipeline}' (check it with gst-launch-1.0)")
-        self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.release()
-            self.writer = None
 
 
 # ------------------------------------------------------------------------------------------------------------ factory
@@ -275,8 +295,12 @@ def parse_http_uri(uri: str) -> tuple[Optional[str], int]:
 
 
 def open_sink(uri: str, fps: float = 30.0, bind: Optional[str] = None, image_ext: str = ".png",
-              stats: Optional[Callable[[], dict]] = None) -> Sink:
-    """A Sink for `uri` (see the module docstring). `bind` is the address MJPEG listens on (default loopback)."""
+              stats: Optional[Callable[[], dict]] = None, auth_token: Optional[str] = None,
+              max_clients: int = 8) -> Sink:
+    """A Sink for `uri` (see the module docstring). `bind` is the address MJPEG listens on (default loopback).
+
+    auth_token: the stream token (else $FUSION_STREAM_TOKEN; an MJPEG server beyond loopback generates one, see
+    runtime.mjpeg.stream_token). max_clients: concurrent MJPEG viewers."""
     uri = str(uri).strip()
     if not uri:
         raise FusionError("empty --output; give a video file, a folder, display://0 or mjpeg://:8090")
@@ -288,10 +312,16 @@ def open_sink(uri: str, fps: float = 30.0, bind: Optional[str] = None, image_ext
         if host and host not in (address,) + (LOOPBACK if address in LOOPBACK else ()):
             raise FusionError(f"output {uri} would serve on {host}, but the stream is only served on {address}; "
                               f"pass --bind {host} to serve beyond this machine")
-        return MjpegSink(address if not host or host == address else host, port, stats=stats)
+        from runtime.mjpeg import stream_token
+        listen = address if not host or host == address else host
+        token, generated = stream_token(listen, auth_token)
+        return MjpegSink(listen, port, stats=stats, token=token, max_clients=max_clients, token_generated=generated)
     if uri.startswith(("rtp://", "udp://", "rtsp://")):
-        return GStreamerSink(uri, network_pipeline(uri), fps)
+        from runtime.gstreamer_sinks import GStreamerSink, network_pipeline, network_warning
+        token = auth_token or os.environ.get("FUSION_STREAM_TOKEN") or None
+        return GStreamerSink(uri, network_pipeline(uri, token), fps, warning=network_warning(uri, token))
     if "!" in uri:
+        from runtime.gstreamer_sinks import GStreamerSink
         return GStreamerSink(uri, uri, fps)
     if uri.startswith("file://"):
         uri = uri[len("file://"):]

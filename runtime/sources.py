@@ -126,7 +126,8 @@ class CaptureSource(Source):
         self.capture: Optional[cv2.VideoCapture] = None
         self.fps = 0.0
         self.frame_count = 0
-        self._index = 0
+        self._index = 0             # running frame index (names), across reopens
+        self._position = 0          # frame position in the file since the last open (files' media time)
         self._opened_once = False
 
     def open(self) -> None:
@@ -160,6 +161,7 @@ class CaptureSource(Source):
         self.fps = float(fps) if fps and np.isfinite(fps) and 0 < fps < 1000 else 0.0
         self.frame_count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if not self.live else 0
         self.capture = capture
+        self._position = 0
         self._opened_once = True
 
     def _open_error(self) -> str:
@@ -193,7 +195,10 @@ class CaptureSource(Source):
         if self.live:
             t_media = t_capture
         else:
-            t_media = index / self.fps if self.fps else index / 30.0
+            # The position in the file, restarting at 0 when the file is reopened (a loop): the capture thread
+            # continues the timeline across restarts; a running index here would jump a whole pass ahead each time.
+            t_media = self._position / (self.fps or 30.0)
+            self._position += 1
         return Frame(img, t_media, t_capture, index, f"{index:06d}")
 
     def close(self) -> None:

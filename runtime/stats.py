@@ -1,14 +1,14 @@
 """Run statistics: per-stage timings, capture-to-output latency, pairing error, drops and reconnects.
 
 Everything is recorded in seconds and reported in milliseconds. The recorder is thread-safe and bounded (a ring of
-the most recent samples per series), so a pipeline that runs for days does not grow.
+the most recent samples per series, 8 bytes a sample in a numpy array rather than a 32-byte Python float in a
+deque), so a pipeline that runs for days does not grow past a few megabytes of statistics.
 """
 from __future__ import annotations
 
 import threading
 import time
 from collections import defaultdict, deque
-from itertools import islice
 from typing import Deque, Dict, Optional
 
 import numpy as np
@@ -20,7 +20,9 @@ PERCENTILES = (50, 90, 99)
 
 def summarize(values_s, scale: float = 1000.0) -> dict:
     """count, mean, p50/p90/p99, max of a series (seconds -> milliseconds by default)."""
-    values = np.asarray(list(values_s), dtype=np.float64) * scale
+    if not isinstance(values_s, np.ndarray):
+        values_s = list(values_s)
+    values = np.asarray(values_s, dtype=np.float64) * scale
     if values.size == 0:
         return {"count": 0}
     out = {"count": int(values.size), "mean": round(float(values.mean()), 3)}
@@ -30,12 +32,56 @@ def summarize(values_s, scale: float = 1000.0) -> dict:
     return out
 
 
+class SampleRing:
+    """The newest `capacity` samples of a series in a float64 array (grown by doubling up to `capacity`, then
+    overwritten oldest first). Not thread-safe on its own: StatsRecorder holds its lock around it."""
+
+    __slots__ = ("capacity", "data", "size", "start")
+
+    def __init__(self, capacity: int):
+        self.capacity = max(1, int(capacity))
+        self.data = np.empty(min(self.capacity, 1024), dtype=np.float64)
+        self.size = 0          # samples held
+        self.start = 0         # index of the oldest once full
+
+    def append(self, value: float) -> None:
+        if self.size < self.capacity:
+            if self.size == len(self.data):
+                grown = np.empty(min(self.capacity, 2 * len(self.data)), dtype=np.float64)
+                grown[:self.size] = self.data
+                self.data = grown
+            self.data[self.size] = value
+            self.size += 1
+        else:
+            self.data[self.start] = value
+            self.start = (self.start + 1) % self.capacity
+
+    def values(self) -> np.ndarray:
+        """All samples held, oldest first (a copy)."""
+        if self.size < self.capacity:
+            return self.data[:self.size].copy()
+        return np.concatenate((self.data[self.start:], self.data[:self.start]))
+
+    def newest(self, n: int) -> np.ndarray:
+        """The newest min(n, size) samples (a copy)."""
+        n = min(n, self.size)
+        if self.size < self.capacity:
+            return self.data[self.size - n:self.size].copy()
+        end = self.start
+        if n <= end:
+            return self.data[end - n:end].copy()
+        return np.concatenate((self.data[self.capacity - (n - end):], self.data[:end]))
+
+    def __len__(self) -> int:
+        return self.size
+
+
 class StatsRecorder:
     """Thread-safe counters and bounded sample series."""
 
     def __init__(self, window: int = 100_000):
         self._lock = threading.Lock()
-        self._series: Dict[str, Deque[float]] = defaultdict(lambda: deque(maxlen=window))
+        self._series: Dict[str, SampleRing] = defaultdict(lambda: SampleRing(window))
         self._totals: Dict[str, float] = defaultdict(float)
         self.counters: Dict[str, int] = defaultdict(int)
         self.sources: Dict[str, dict] = {}
@@ -83,13 +129,14 @@ class StatsRecorder:
         # The newest n only: copying the whole series (up to `window` samples) per frame for the overlay cost
         # milliseconds a frame once a long run had filled it.
         with self._lock:
-            values = list(islice(reversed(self._series.get(series, ())), n))
-        return float(np.median(values) * 1000.0) if values else 0.0
+            ring = self._series.get(series)
+            values = ring.newest(n) if ring is not None else ()
+        return float(np.median(values) * 1000.0) if len(values) else 0.0
 
     def snapshot(self) -> dict:
         """Everything as plain JSON-able data (what `--stats FILE` writes)."""
         with self._lock:
-            series = {name: list(values) for name, values in self._series.items()}
+            series = {name: ring.values() for name, ring in self._series.items()}
             totals = dict(self._totals)
             counters = dict(self.counters)
             sources = {k: dict(v) for k, v in self.sources.items()}
@@ -108,7 +155,7 @@ class StatsRecorder:
             "fps": round(fps, 3),
             "stages_ms": stages,
             "latency_ms": summarize(series.get("latency", ())),
-            "pair_error_ms": summarize([abs(v) for v in series.get("pair_error", ())]),
+            "pair_error_ms": summarize(np.abs(series.get("pair_error", np.empty(0)))),
             "counters": counters,
             "sources": sources,
             "events": events,

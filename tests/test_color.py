@@ -38,3 +38,25 @@ def test_gray_inputs_pass_through():
     assert cbcr is None and y is gray
     assert merge_luminance(gray, None).shape == (10, 12)
     assert luminance(torch.ones(2, 1, 5, 5), channel_axis=1).shape == (2, 5, 5)
+
+
+def test_runtime_colour_path_matches_the_shared_colour_code(roadscene):
+    """The pipeline's per-frame colour conversions (OpenCV float32 YCrCb, for speed) are runtime.color's BT.601
+    full-range maths: a real RoadScene frame and saturated random colours agree both ways to 5e-4 (an eighth of an
+    8-bit level; OpenCV rounds the chroma scales to 3 digits), with a fused Y outside [0, 1] clipped the same."""
+    from runtime.color import merge_ycrcb, split_ycrcb
+    rng = np.random.default_rng(0)
+    real = read_vis(roadscene / "vi" / "FLIR_00060.jpg")
+    saturated = rng.choice([0.0, 0.2, 1.0], size=(48, 64, 3)).astype(np.float32)
+    for vis in (real, saturated):
+        ycrcb = split_ycrcb(vis)
+        y, cbcr = split_luminance(vis)
+        assert ycrcb.dtype == np.float32 and ycrcb.shape == vis.shape
+        assert np.abs(ycrcb[..., 0] - y).max() < 1e-4
+        assert np.abs(ycrcb[..., 2] - cbcr[..., 0]).max() < 5e-4      # Cb (OpenCV orders Y, Cr, Cb)
+        assert np.abs(ycrcb[..., 1] - cbcr[..., 1]).max() < 5e-4      # Cr
+        fused_y = (1.3 * rng.random(y.shape) - 0.15).astype(np.float32)
+        expected = merge_luminance(fused_y, cbcr)
+        rgb = merge_ycrcb(fused_y, ycrcb)
+        assert rgb.dtype == np.float32 and rgb.min() >= 0.0 and rgb.max() <= 1.0
+        assert np.abs(rgb - expected).max() < 5e-4

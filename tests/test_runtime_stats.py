@@ -46,3 +46,25 @@ def test_overlay_reads_only_the_newest_samples():
     assert stats.recent_ms("inference", n=10) == pytest.approx(10.0)
     assert stats.recent_ms("inference", n=20) == pytest.approx(505.0)
     assert stats.recent_ms("missing") == 0.0
+
+
+def test_sample_ring_keeps_the_newest_samples_in_order():
+    from collections import deque
+
+    from runtime.stats import SampleRing
+    rng = np.random.default_rng(0)
+    for capacity, count in ((1, 5), (7, 3), (7, 7), (1000, 2500), (3000, 2048)):
+        ring, reference = SampleRing(capacity), deque(maxlen=capacity)
+        for value in rng.random(count):
+            ring.append(value)
+            reference.append(value)
+        assert len(ring) == len(reference)
+        assert np.array_equal(ring.values(), np.array(reference))
+        for n in (1, 2, max(1, capacity // 2), capacity, capacity + 5):
+            assert np.array_equal(ring.newest(n), np.array(reference)[-n:] if n <= len(reference)
+                                  else np.array(reference))
+    ring = SampleRing(100_000)
+    for value in range(150_000):
+        ring.append(float(value))
+    assert ring.data.nbytes == 800_000                       # bounded: 8 bytes a sample, never more than capacity
+    assert ring.values()[0] == 50_000 and ring.values()[-1] == 149_999

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from runtime.errors import FusionError
-from runtime.pipeline import FrameBuffer, FusionPipeline
+from runtime.capture import CaptureWorker, FrameBuffer
+from runtime.pairing import match_nearest
+from runtime.pipeline import FusionPipeline
 from runtime.sources import Frame, open_source, parse_camera_index
+from runtime.stats import StatsRecorder
 from test_runtime_helpers import NumpyBackend, RecordingSink, SyntheticSource
 
 
@@ -23,9 +27,9 @@ def test_frame_buffer_match_picks_nearest_and_keeps_it():
     for i, t in enumerate([0.0, 0.111, 0.222, 0.333]):
         buffer.put(_frame(t, i), stop)
     buffer.end()
-    assert buffer.match(0.10, None, stop, lambda: False).index == 1   # 0.111 is nearer than 0.0
-    assert buffer.match(0.16, None, stop, lambda: False).index == 1   # still there for the next query
-    assert buffer.match(0.17, None, stop, lambda: False).index == 2
+    assert match_nearest(buffer, 0.10, None, stop, lambda: False).index == 1   # 0.111 is nearer than 0.0
+    assert match_nearest(buffer, 0.16, None, stop, lambda: False).index == 1   # still there for the next query
+    assert match_nearest(buffer, 0.17, None, stop, lambda: False).index == 2
     assert [f.index for f in buffer.frames] == [2, 3]                 # older frames were discarded
 
 
@@ -201,3 +205,68 @@ def test_network_camera_killed_and_restarted_is_reconnected():
     assert "fused" in modes[:modes.index("vis only")] and "fused" in modes[last_single:]
     assert report["counters"]["lost_ir"] >= 1 and report["counters"]["reconnects_ir"] >= 1
     assert lost_states & {"lost", "reconnecting"}    # what the overlay showed meanwhile
+
+
+# ------------------------------------------------------------------------------------------------------- looping
+SAMPLES = Path(__file__).resolve().parents[1] / "runtime" / "assets" / "samples"
+
+
+def test_looped_file_continues_its_timeline():
+    """Read losslessly, a looped file's media time runs on by one frame period across each restart: 2.5 passes of
+    the 9 fps sample clip give timestamps k / 9 for k = 0, 1, 2, ... (no jump back, no pass-long gap ahead)."""
+    source = open_source(str(SAMPLES / "ir.mp4"), "ir")
+    assert source.fps == 9 and source.frame_count == 90
+    stop = threading.Event()
+    buffer = FrameBuffer(1000, lossless=True)
+    worker = CaptureWorker("ir", source, buffer, StatsRecorder(), stop, loop=True)
+    worker.start()
+    deadline = time.monotonic() + 30
+    while len(buffer.frames) < 225 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    worker.join(5)
+    times = np.array([f.t_media for f in list(buffer.frames)[:225]])
+    assert len(times) == 225
+    assert np.allclose(times, np.arange(225) / 9.0, atol=1e-6)
+    assert worker.passes == 3
+
+
+def _paced_run(loop: bool, speed: float):
+    """The sample clips played like cameras (`realtime`) at `speed` times their rate, looped or once; returns the
+    (wall time, VIS frame index) of every output frame."""
+    outputs = []
+    pipeline = None
+
+    class Clock(RecordingSink):
+        def write(self, rgb, info):
+            outputs.append((time.monotonic(), int(info.name)))
+            if loop and int(info.name) >= 900:          # the fourth pass began: three are complete
+                pipeline.stop()
+
+    pipeline = FusionPipeline(ir=str(SAMPLES / "ir.mp4"), vis=str(SAMPLES / "vis.mp4"), backend=NumpyBackend(),
+                              sinks=[Clock()], imgsz="120x160", realtime=True, loop=loop, vis_fps=30 * speed,
+                              ir_fps=9 * speed, verbose=False)
+    report = pipeline.run()
+    return outputs, report
+
+
+def test_three_looped_passes_keep_the_single_pass_rate():
+    """The bundled clips (300 VIS frames at 30 fps, 90 IR at 9 fps) played at camera rate (sped up 2x to keep the
+    test short): each of three looped passes gives the single pass's frame count within 5%, and each pass starts
+    one clip length (5 s here) after the one before, within 5% (restarts used to stall the pipeline for a whole
+    pass: the passes came 10 s apart, then 20 s, and so on). The single pass runs before and after the looped one
+    and counts as their mean, so a shared machine's load drifting during the test weighs on both sides alike."""
+    speed = 2.0
+    before = len(_paced_run(False, speed)[0])
+    looped, report = _paced_run(True, speed)
+    after = len(_paced_run(False, speed)[0])
+    single = (before + after) / 2
+    assert report["counters"]["loops_vis"] >= 3 and report["counters"]["loops_ir"] >= 3
+    starts = []
+    for k in range(3):
+        times = [t for t, index in looped if index // 300 == k]
+        assert len(times) == pytest.approx(single, rel=0.05), (k, len(times), before, after)
+        starts.append(times[0])
+    starts.append(next(t for t, index in looped if index >= 900))
+    for k in range(3):
+        assert starts[k + 1] - starts[k] == pytest.approx(10.0 / speed, rel=0.05), k
