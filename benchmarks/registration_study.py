@@ -125,7 +125,8 @@ def pair_names(which: str) -> Iterator[tuple[str, str, str]]:
 
 
 def study_pair(dataset: str, name: str, light: str, max_shift: float) -> tuple[PairResult, dict]:
-    from runtime.registration import homography_from_points, refine_homography
+    from runtime.alignment import refine_homography
+    from runtime.registration import homography_from_points
     ir_aligned, vis = load_pair(dataset, name)
     height, width = vis.shape
     h_true = rig_homography(width, height)
@@ -146,7 +147,7 @@ def study_pair(dataset: str, name: str, light: str, max_shift: float) -> tuple[P
 def study_auto(name: str, data: dict) -> dict:
     """--auto on the same simulated view: no points, from the frames' centres."""
     from runtime.errors import FusionError
-    from runtime.registration import auto_homography
+    from runtime.alignment import auto_homography
     height, width = data["vis"].shape
     try:
         found = auto_homography(data["ir"], data["vis"])
@@ -161,7 +162,7 @@ def study_auto(name: str, data: dict) -> dict:
 def preview(examples: list[tuple[str, dict]], path: Path) -> None:
     """For each example pair, VIS with warped-IR edges: points only (left) and refined (right); green = on VIS edges."""
     from runtime.imageio import write_image
-    from runtime.registration import edge_map
+    from runtime.alignment import edge_map
     rows = []
     for label, data in examples:
         vis = data["vis"]

@@ -150,7 +150,7 @@ def pick_points(ir: np.ndarray, vis: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def edge_preview(homography: np.ndarray, ir: np.ndarray, vis: np.ndarray) -> np.ndarray:
     """VIS (RGB uint8) with the edges of the warped IR drawn in magenta: aligned edges sit on VIS edges."""
     from runtime.imageio import to_uint8
-    from runtime.registration import edge_map
+    from runtime.alignment import edge_map
     ir_gray = gray_float(ir, "ir")
     warped = cv2.warpPerspective(ir_gray, homography, (vis.shape[1], vis.shape[0]))
     edges = edge_map(warped, blur_sigma=1.0) > 0.25
@@ -162,8 +162,8 @@ def edge_preview(homography: np.ndarray, ir: np.ndarray, vis: np.ndarray) -> np.
 
 
 def main(args: argparse.Namespace) -> int:
-    from runtime.registration import (auto_homography, homography_from_points, read_point_pairs, refine_homography,
-                                      save_homography, transfer_error)
+    from runtime.alignment import auto_homography, refine_homography
+    from runtime.registration import homography_from_points, read_point_pairs, save_homography, transfer_error
     from runtime.imageio import write_image, write_json
     if args.max_shift <= 0:
         raise FusionError(f"--max-shift must be positive, got {args.max_shift}")

@@ -11,11 +11,11 @@ import pytest
 from runtime.cli import main as fusion
 from runtime.errors import FusionError
 from runtime.imageio import read_ir, read_raw, read_vis, write_image
-import runtime.registration as registration
+import runtime.alignment as alignment
 from benchmarks.registration_study import SHARED, clicked_points, load_pair, mapping_error, rig_homography
-from runtime.registration import (Registration, align_coarse_to_fine, alignment_scores, aspect_ratio_warning,
-                                  auto_homography, homography_from_points, load_homography, overlap_rect,
-                                  read_point_pairs, refine_homography, save_homography, transfer_error)
+from runtime.alignment import align_coarse_to_fine, alignment_scores, auto_homography, refine_homography
+from runtime.registration import (HomographyFile, Registration, aspect_ratio_warning, homography_from_points,
+                                  load_homography, overlap_rect, read_point_pairs, save_homography, transfer_error)
 
 
 # A plausible IR->VIS homography: a 320x256 thermal core beside a 640x480 colour camera (scale ~2, a small offset,
@@ -142,7 +142,7 @@ def test_the_guards_reject_a_divergent_refinement(monkeypatch):
     camera, vis, h_true, ir_points, vis_points = _synthetic_calibration(*REAL_PAIRS[1], seed=1)
     h_points = homography_from_points(ir_points, vis_points)
     diverged = np.array([[1.0, 0, 25.0], [0, 1.0, -18.0], [0, 0, 1.0]]) @ h_points
-    monkeypatch.setattr(registration, "align_coarse_to_fine", lambda *args, **kwargs: diverged)
+    monkeypatch.setattr(alignment, "align_coarse_to_fine", lambda *args, **kwargs: diverged)
     result = refine_homography(h_points, camera, vis, ir_points, vis_points, max_shift_px=5.0)
     assert result.kept == "points" and np.array_equal(result.homography, h_points)
     assert "--max-shift" in result.reason and result.point_shift_px > 25
@@ -154,7 +154,7 @@ def test_the_guards_reject_a_divergent_refinement(monkeypatch):
     ir = cv2.resize(load_pair(*REAL_PAIRS[1])[0], None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
     camera = cv2.warpPerspective(ir, np.linalg.inv(h_true), (ir.shape[1], ir.shape[0]), flags=cv2.INTER_LINEAR)
     drifted = np.array([[1.0, 0, 3.0], [0, 1.0, 0.0], [0, 0, 1.0]]) @ h_true
-    monkeypatch.setattr(registration, "align_coarse_to_fine", lambda *args, **kwargs: drifted)
+    monkeypatch.setattr(alignment, "align_coarse_to_fine", lambda *args, **kwargs: drifted)
     result = refine_homography(h_true, camera, ir, ir_points, vis_points, max_shift_px=8.0)
     assert result.kept == "points" and "score" in result.reason
     assert result.score_refined < result.score_points
@@ -226,7 +226,7 @@ def test_aspect_ratio_warning_names_the_fix(capsys):
         unregistered.warn_if_stretched(np.zeros((512, 640), np.uint8), np.zeros((720, 1280, 3), np.uint8), "a", "b")
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--homography" in err[0]
-    registered = Registration(registration.HomographyFile(np.eye(3), None, None))
+    registered = Registration(HomographyFile(np.eye(3), None, None))
     registered.warn_if_stretched(np.zeros((512, 640), np.uint8), np.zeros((720, 1280, 3), np.uint8))
     assert capsys.readouterr().err == ""
 
