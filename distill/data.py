@@ -214,24 +214,20 @@ class FusionPairs:
         self.index = [i for i, r in enumerate(repeats or [1] * len(self.pairs)) for _ in range(int(r))]
         self.items = []
         for pair in self.pairs:
-            if not targets:
-                ir, vis = _downscale(*read_pair(pair), max_side=max_side)
-                if vis.ndim == 2 and vis_channels == 3:
-                    vis = np.repeat(vis[..., None], 3, axis=2)
-                self.items.append((ir, vis, None))
-                continue
-            if pair.target is None:
+            if targets and pair.target is None:
                 raise FusionError(f"pair '{pair.name}' has no teacher target; build TEACHER_FUSED/ with "
                                   f"`fusion teacher fuse` (or `make targets`)")
             ir, vis = read_pair(pair)
             if vis.ndim == 2 and vis_channels == 3:
                 vis = np.repeat(vis[..., None], 3, axis=2)
+            if not targets:
+                self.items.append((*_downscale(ir, vis, max_side=max_side), None))
+                continue
             target = read_target(pair.target, vis, vis_channels)
             if target.shape[:2] != ir.shape:
                 raise FusionError(f"teacher target {pair.target} is {target.shape[1]}x{target.shape[0]} but its IR "
                                   f"image is {ir.shape[1]}x{ir.shape[0]}; rebuild the targets")
-            ir, vis, target = _downscale(ir, vis, target, max_side=max_side)
-            self.items.append((ir, vis, target))
+            self.items.append(_downscale(ir, vis, target, max_side=max_side))
 
     def __len__(self) -> int:
         return len(self.index)

@@ -40,6 +40,18 @@ def parse_set(spec: str) -> tuple[str, Optional[str], str]:
     return parts[0], (parts[1] or None) if len(parts) > 1 else None, parts[2] if len(parts) > 2 else ""
 
 
+def set_pairs(data: str, names: Optional[str], suffix: str = "") -> tuple[Optional[str], list]:
+    """(the split file, looked up in `data` too; its pairs, kept only when their name ends with `suffix`)."""
+    from runtime.imageio import discover_pairs
+    if names is not None and not Path(names).is_file() and (Path(data) / names).is_file():
+        names = str(Path(data) / names)
+    pairs = [p for p in discover_pairs(data, names=names) if p.name.endswith(suffix)]
+    if not pairs:
+        raise FusionError(f"no pair of {data} ({names or 'all'}) has a name ending in '{suffix}'" if suffix else
+                          f"no pair found in {data} ({names or 'all'})")
+    return names, pairs
+
+
 def set_label(path: str, names: Optional[str], suffix: str) -> str:
     label = Path(path).name
     if names:
@@ -305,7 +317,7 @@ def evaluate(weights: str, data: str, names: Optional[str], out: Path, teacher: 
     import torch
 
     from distill.models import load_student
-    from runtime.imageio import dataset_folders, discover_pairs, write_json, write_text
+    from runtime.imageio import dataset_folders, write_json, write_text
     try:
         from distill import metrics
     except ImportError:
@@ -314,13 +326,7 @@ def evaluate(weights: str, data: str, names: Optional[str], out: Path, teacher: 
     if threads > 0:
         torch.set_num_threads(threads)
     model = load_student(weights, device=device)
-    if names is not None and not Path(names).is_file() and (Path(data) / names).is_file():
-        names = str(Path(data) / names)
-    pairs = discover_pairs(data, names=names)
-    if suffix:
-        pairs = [p for p in pairs if p.name.endswith(suffix)]
-        if not pairs:
-            raise FusionError(f"no pair of {data} ({names or 'all'}) has a name ending in '{suffix}'")
+    names, pairs = set_pairs(data, names, suffix)
     ir_dir, vis_dir, found_teacher = dataset_folders(data)
     stems = [p.name for p in pairs]
 

@@ -67,6 +67,16 @@ def laplacian_pyramid(img, levels: int, kernel) -> list:
     return bands
 
 
+def pyramid_depth(size, levels: int) -> int:
+    """At most `levels` levels for an image of `size` (H, W), stopping while the coarsest level still has a few
+    pixels, so tiny images work too."""
+    depth, side = 0, min(size)
+    while depth < levels and side >= 8:
+        side = (side + 1) // 2
+        depth += 1
+    return depth
+
+
 def collapse_pyramid(bands: list, kernel):
     current = bands[-1]
     for band in reversed(bands[:-1]):
@@ -87,11 +97,7 @@ class LaplacianPyramidFusion(FusionTeacher):
     def fuse_batch(self, ir, vis_y):
         import torch
         kernel = binomial_kernel(ir.device, ir.dtype)
-        # Stop while the coarsest level still has a few pixels, so tiny images work too.
-        levels, side = 0, min(ir.shape[-2:])
-        while levels < self.levels and side >= 8:
-            side = (side + 1) // 2
-            levels += 1
+        levels = pyramid_depth(ir.shape[-2:], self.levels)
         bands_ir = laplacian_pyramid(ir, levels, kernel)
         bands_vis = laplacian_pyramid(vis_y, levels, kernel)
         fused = [torch.where(a.abs() >= b.abs(), a, b) for a, b in zip(bands_ir[:-1], bands_vis[:-1])]

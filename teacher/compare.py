@@ -18,35 +18,22 @@ from runtime.errors import FusionError
 
 def compare(sets, teachers, out: Path) -> str:
     from distill import metrics
-    from distill.evaluate import parse_set, set_label
-    from runtime.imageio import dataset_folders, discover_pairs, write_json, write_text
-    from teacher.registry import load_teacher_class
+    from distill.evaluate import fuse_with_teacher, parse_set, set_label, set_pairs
+    from runtime.imageio import dataset_folders, write_json, write_text
     lines, report = [], {}
     for spec in sets:
         path, names, suffix = parse_set(spec)
-        if names is not None and not Path(names).is_file() and (Path(path) / names).is_file():
-            names = str(Path(path) / names)
-        pairs = [p for p in discover_pairs(path, names=names) if p.name.endswith(suffix)]
+        names, pairs = set_pairs(path, names, suffix)
         ir_dir, vis_dir, _ = dataset_folders(path)
         label = set_label(path, names, suffix)
         rows, seconds = {}, {}
         for name in teachers:
             folder = out / label / name
-            teacher = None
-            started, fused_now = time.perf_counter(), 0
-            for pair in pairs:
-                target = folder / f"{pair.name}.png"
-                if target.is_file():
-                    continue
-                if teacher is None:
-                    teacher = load_teacher_class(name, ("fusion", "baseline"))()
-                from runtime.color import split_luminance
-                from runtime.imageio import read_pair, write_image
-                ir, vis = read_pair(pair)
-                write_image(target, teacher.fuse(ir, split_luminance(vis)[0]))
-                fused_now += 1
-            if fused_now:
-                seconds[name] = (time.perf_counter() - started) / fused_now
+            missing = sum(not (folder / f"{p.name}.png").is_file() for p in pairs)
+            started = time.perf_counter()
+            fuse_with_teacher(name, ("fusion", "baseline"), pairs, folder)   # resumable: fuses only what is missing
+            if missing:
+                seconds[name] = (time.perf_counter() - started) / missing
             rows[name] = metrics.evaluate_folder(ir_dir, vis_dir, folder, names=[p.name for p in pairs])["mean"]
             print(f"{label}: {name} done", file=sys.stderr)
         table = metrics.markdown_table(rows)

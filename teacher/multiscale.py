@@ -188,13 +188,10 @@ class SaliencyPyramidFusion(FusionTeacher):
     def fuse_batch(self, ir, vis_y):
         import torch
 
-        from teacher.baselines import binomial_kernel, collapse_pyramid, laplacian_pyramid
+        from teacher.baselines import binomial_kernel, collapse_pyramid, laplacian_pyramid, pyramid_depth
         ir, vis = ir.float(), vis_y.float()
         kernel = binomial_kernel(ir.device, ir.dtype)
-        levels, side = 0, min(ir.shape[-2:])
-        while levels < self.levels and side >= 8:
-            side = (side + 1) // 2
-            levels += 1
+        levels = pyramid_depth(ir.shape[-2:], self.levels)
         bands_ir, bands_vis = laplacian_pyramid(ir, levels, kernel), laplacian_pyramid(vis, levels, kernel)
         fused = []
         for a, b in zip(bands_ir[:-1], bands_vis[:-1]):
