@@ -28,6 +28,7 @@ Not part of `make test` (it runs for minutes by design).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import http.client
 import json
 import os
@@ -275,7 +276,29 @@ def memory_status() -> dict:
                 out[key] = int(value.split()[0]) / 1024.0
             elif key == "Threads":
                 out[key] = int(value)
+    out.update(heap_status())
     return out
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def heap_status() -> dict:
+    """glibc's own account of its heap (MB), over every arena: `heap_used` is what the program holds (a leak grows
+    it), `heap_free` what is free but kept in the heap (fragmentation grows it), `heap_mmap` the large blocks mapped
+    on their own. Empty where the C library is not glibc or too old for mallinfo2 (glibc 2.33)."""
+    try:
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return {}
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    mb = 1.0 / (1024 * 1024)
+    return {"heap_used": round(info.uordblks * mb, 2), "heap_free": round(info.fordblks * mb, 2),
+            "heap_mmap": round(info.hblkhd * mb, 2)}
 
 
 # ------------------------------------------------------------------------------------------------------------ soak
@@ -333,7 +356,7 @@ def run(args) -> int:
     next_rss = start + 10.0
     print(f"soak: {args.minutes:g} min, model {pipeline.backend.label()}, MJPEG on 127.0.0.1:{server.port} (token), "
           f"faults from minute 2 every minute: {', '.join(FAULTS)}", flush=True)
-    print(f"{'minute':>6} {'fps':>6} {'rss MB':>7} {'frames':>7} {'dropped':>8} {'unpaired':>8} {'passthru':>8}  fault",
+    print(f"{'minute':>6} {'fps':>6} {'rss MB':>7} {'frames':>7} {'dropped':>8} {'unpaired':>8} {'passthru':>8} {'heap use/free':>13}  fault",
           flush=True)
     pending_fault = ""
     while minute_marks and runner.is_alive():
@@ -355,9 +378,11 @@ def run(args) -> int:
             minute_frames.append(counters.get("frames_out", 0))
             m = len(minute_frames) - 1
             fps = (minute_frames[-1] - minute_frames[-2]) / 60.0
+            heap = heap_status()
+            heap_text = f"{heap['heap_used']:.0f}/{heap['heap_free']:.0f}" if heap else "-"
             print(f"{m:>6} {fps:>6.2f} {rss_mb():>7.1f} {minute_frames[-1]:>7} "
                   f"{counters.get('stale_dropped_pairs', 0):>8} {counters.get('unpaired', 0):>8} "
-                  f"{counters.get('passthrough', 0):>8}  {pending_fault}", flush=True)
+                  f"{counters.get('passthrough', 0):>8} {heap_text:>13}  {pending_fault}", flush=True)
             pending_fault = ""
         time.sleep(0.05)
     for fault in faults:

@@ -112,6 +112,7 @@ class FusionPipeline:
             overrides["backend"], backend = backend, None
         config = dataclasses.replace(config or RunConfig(), **overrides) if overrides else (config or RunConfig())
         self.config = config
+        tune_allocator()        # before the backend and the stage threads allocate (arenas are picked per thread)
         if config.on_loss not in ("passthrough", "pause"):
             raise FusionError(f"on_loss must be 'passthrough' or 'pause', got '{config.on_loss}'")
         if config.primary not in ("auto", "ir", "vis"):

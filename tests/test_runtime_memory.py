@@ -1,0 +1,71 @@
+"""The runtime's memory tuning: what keeps a pipeline that runs for hours at a flat resident size."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+ARENA_PROBE = r"""
+import ctypes, sys, threading
+import numpy as np
+if sys.argv[1] == "tuned":
+    from runtime.stages import tune_allocator
+    tune_allocator()
+ready = threading.Barrier(9)
+def work():
+    blocks = [np.ones(16 * 1024, np.uint8) for _ in range(8)]   # 16 KB: heap blocks, not mmap
+    ready.wait()
+    ready.wait()
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads:
+    t.start()
+ready.wait()                    # all eight alive and allocating at once
+libc = ctypes.CDLL("libc.so.6")
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+stream = libc.fopen(sys.argv[2].encode(), b"w")
+libc.malloc_info(0, stream)
+libc.fclose(stream)
+ready.wait()
+for t in threads:
+    t.join()
+print(open(sys.argv[2]).read().count("<heap nr="))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="malloc arenas are glibc's")
+def test_tuned_allocator_caps_malloc_arenas(tmp_path):
+    """Threads that allocate at once share ARENA_MAX arenas once the allocator is tuned (each arena keeps its own
+    free memory: more arenas, more resident memory nobody uses); untuned, glibc gives each thread its own."""
+    from runtime.stages import ARENA_MAX
+    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "FUSION_NO_MALLOPT")}
+    env["PYTHONPATH"] = str(REPO)
+    counts = {}
+    for mode in ("tuned", "untuned"):
+        if mode == "untuned":
+            env["FUSION_NO_MALLOPT"] = "1"
+        done = subprocess.run([sys.executable, "-c", ARENA_PROBE, mode, str(tmp_path / f"{mode}.xml")], env=env,
+                              capture_output=True, text=True, timeout=120, check=True)
+        counts[mode] = int(done.stdout.strip().splitlines()[-1])
+    assert counts["tuned"] <= ARENA_MAX, counts
+    assert counts["untuned"] > ARENA_MAX, counts
+
+
+def test_pipeline_tunes_the_allocator_before_its_threads_start(monkeypatch):
+    """The cap only binds threads that pick an arena after it: the pipeline sets it when it is built."""
+    import runtime.pipeline as pipeline
+    calls = []
+    monkeypatch.setattr(pipeline, "tune_allocator", lambda: calls.append("tuned"))
+    from runtime.errors import FusionError
+    with pytest.raises(FusionError, match="on_loss"):
+        pipeline.FusionPipeline(on_loss="bogus")
+    assert calls == ["tuned"]
