@@ -42,7 +42,7 @@ from runtime.sinks import Sink, ensure_writable_folder, open_sink, output_error
 from runtime.sources import Frame, Source
 from runtime.stages import (END, TRIM_EVERY_S, FrameWork, Handoff, OutputStage, Packet, release_free_memory,
                             tune_allocator)
-from runtime.stats import StatsRecorder, format_report
+from runtime.stats import LIVE_WINDOW, StatsRecorder, format_report
 
 
 # ----------------------------------------------------------------------------------------------------------- config
@@ -314,7 +314,8 @@ class FusionPipeline:
         self.sinks = opened
 
     def _live_stats(self) -> dict:
-        report = self.stats.snapshot()
+        report = self.stats.snapshot(recent=LIVE_WINDOW)
+        report["window_samples"] = LIVE_WINDOW
         report["fps_live"] = round(self.stats.live_fps(), 2)
         report.pop("events", None)
         return report

@@ -68,3 +68,17 @@ def test_sample_ring_keeps_the_newest_samples_in_order():
         ring.append(float(value))
     assert ring.data.nbytes == 800_000                       # bounded: 8 bytes a sample, never more than capacity
     assert ring.values()[0] == 50_000 and ring.values()[-1] == 149_999
+
+
+def test_live_snapshot_summarizes_only_the_newest_samples():
+    """snapshot(recent=n) gives percentiles of the newest n samples (what stats.json serves once a second), the
+    plain snapshot those of the whole window; the ring holds its whole window from the start (flat memory)."""
+    from runtime.stats import SampleRing, StatsRecorder
+    assert SampleRing(5000).data.nbytes == 40_000 and len(SampleRing(5000)) == 0
+    stats = StatsRecorder(window=5000)
+    for i in range(5000):
+        stats.add("inference", 0.100 if i < 4000 else 0.010)
+    assert stats.snapshot()["stages_ms"]["inference"]["p50"] == pytest.approx(100.0)
+    live = stats.snapshot(recent=1000)["stages_ms"]["inference"]
+    assert live["count"] == 1000 and live["p50"] == pytest.approx(10.0) and live["max"] == pytest.approx(10.0)
+    assert stats.snapshot(recent=1001)["stages_ms"]["inference"]["max"] == pytest.approx(100.0)
