@@ -343,7 +343,11 @@ class MjpegServer:
             frame, seq = self._frame, self._seq
         with self._encode_lock:
             if self._jpeg_seq < seq:
-                bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR) if frame.ndim == 3 else frame
+                # The channel swap in numpy, not cv2.cvtColor: this runs in a viewer's connection thread, and
+                # cvtColor in a thread that then exits leaves ~0.8 kB of OpenCV thread-local state behind
+                # (measured: +0.84 MB over 1000 threads; imencode alone leaves nothing). A viewer that reconnects
+                # every few seconds made that a leak of a few MB a day.
+                bgr = np.ascontiguousarray(frame[..., ::-1]) if frame.ndim == 3 else frame
                 ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
                 if not ok:
                     return None, after_seq
