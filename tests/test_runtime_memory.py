@@ -72,7 +72,7 @@ def test_pipeline_tunes_the_allocator_before_its_threads_start(monkeypatch):
 
 
 VIEWER_PROBE = r"""
-import ctypes, http.client, sys
+import http.client, sys
 import numpy as np
 from runtime.stages import tune_allocator, release_free_memory
 tune_allocator()
