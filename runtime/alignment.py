@@ -150,10 +150,12 @@ IMAGE_WEIGHT_IN_POINTS = 16.0
 
 def _align_level(homography: np.ndarray, ir: np.ndarray, vis_features: CrossModalFeatures, ir_floor: float,
                  model: str, prior: Optional[tuple[np.ndarray, np.ndarray, float]], iterations: int,
-                 blur_sigma: float, max_pixels: int = 40000) -> np.ndarray:
+                 blur_sigma: float, max_pixels: int = 40000,
+                 image_weight_in_points: Optional[float] = IMAGE_WEIGHT_IN_POINTS) -> np.ndarray:
     """Gauss-Newton on one pyramid level: the correction of `homography` (IR->VIS, this level's pixels) that best
     lays the warped IR orientation field onto the VIS one, with robust (Huber) weights for edges only one band
-    sees, and, when prior = (ir points, vis points, weight) is given, a pull towards the user's points."""
+    sees, and, when prior = (ir points, vis points, weight) is given, a pull towards the user's points (the image
+    then counts for at most `image_weight_in_points` clicked pairs; None: its own weight, uncapped)."""
     height, width = vis_features.field.shape[:2]
     n = MOTION_MODELS[model]
     norm = _frame_normaliser(width, height)
@@ -203,7 +205,8 @@ def _align_level(homography: np.ndarray, ir: np.ndarray, vis_features: CrossModa
             # The pixels are not independent witnesses: a scene seen from two places disagrees with itself by
             # parallax, and a rig's two images by more than noise. The whole image counts as IMAGE_WEIGHT_IN_POINTS
             # clicked pairs at most, so it can correct the clicks but not overrule them.
-            cap = IMAGE_WEIGHT_IN_POINTS / max(len(ir_points), 1) * np.trace(point_hessian) / max(np.trace(hessian), 1e-12)
+            cap = (np.inf if image_weight_in_points is None else
+                   image_weight_in_points / max(len(ir_points), 1) * np.trace(point_hessian) / max(np.trace(hessian), 1e-12))
             if cap < 1:
                 hessian, gradient = hessian * cap, gradient * cap
             hessian = hessian + point_hessian
@@ -243,12 +246,14 @@ def pyramid_levels(shape: tuple[int, int], coarsest_side: int = 80) -> int:
 def align_coarse_to_fine(homography: np.ndarray, ir_gray: np.ndarray, vis_gray: np.ndarray,
                          model: str = "homography", points: Optional[tuple[np.ndarray, np.ndarray]] = None,
                          click_sigma_px: float = 3.0, levels: Optional[int] = None, blur_sigma: float = 1.0,
-                         iterations: int = 30) -> np.ndarray:
+                         iterations: int = 30,
+                         image_weight_in_points: Optional[float] = IMAGE_WEIGHT_IN_POINTS) -> np.ndarray:
     """The IR->VIS homography that best aligns the two orientation fields, from `homography`, coarse to fine.
 
     Coarse levels fit a translation, then a similarity, then an affine correction (the few parameters a blurred
     image pins down) before the finest levels free up `model`. With points = (ir, vis), the user's pairs stay in
-    the fit as evidence of `click_sigma_px` accuracy, so the images can only move the mapping where they agree.
+    the fit as evidence of `click_sigma_px` accuracy, and the whole image counts for at most
+    `image_weight_in_points` of them (None: the image's own weight, uncapped).
     """
     ir_gray = np.asarray(ir_gray, dtype=np.float32)
     vis_gray = np.asarray(vis_gray, dtype=np.float32)
@@ -274,7 +279,7 @@ def align_coarse_to_fine(homography: np.ndarray, ir_gray: np.ndarray, vis_gray: 
             schedule = [order[min(top, order.index("similarity"))]] + schedule
         for step_model in schedule:
             level_h = _align_level(level_h, ir_pyramid[level], vis_features, ir_floor, step_model, prior,
-                                   iterations, blur_sigma)
+                                   iterations, blur_sigma, image_weight_in_points=image_weight_in_points)
         homography = np.linalg.inv(to_level) @ level_h @ to_level
         homography /= homography[2, 2]
     return homography
@@ -291,11 +296,15 @@ class Refinement:
     score_refined: float              # ... and of the candidate, on the same pixels
     point_shift_px: float             # largest distance from the candidate's mapping to a user's VIS point
     model: str
+    fit: str = "images+points"        # "images": the image-led mapping explained every click; "images+points": not
+    image_led_shift_px: float = float("nan")   # largest click residual of the image-led mapping
 
     def record(self) -> dict:
         return {"kept": self.kept, "reason": self.reason, "model": self.model,
                 "score_points": round(self.score_points, 5), "score_refined": round(self.score_refined, 5),
-                "refined_point_shift_px": round(self.point_shift_px, 4),
+                "refined_point_shift_px": round(self.point_shift_px, 4), "fit": self.fit,
+                "image_led_point_shift_px": (round(self.image_led_shift_px, 4)
+                                               if np.isfinite(self.image_led_shift_px) else None),
                 "candidate_homography": np.asarray(self.candidate, dtype=float).tolist()}
 
 
@@ -311,11 +320,12 @@ def refine_homography(homography: np.ndarray, ir_gray: np.ndarray, vis_gray: np.
                       model: str = "homography") -> Refinement:
     """Refine a point-based IR->VIS homography on the images, and keep the refinement only when it is safe.
 
-    ir_gray, vis_gray: float (H, W) in [0, 1], the frames the points were picked on. The candidate from
-    `align_coarse_to_fine` (the points stay in its fit, so the images can only move the mapping as far as the
-    points' accuracy allows) replaces `homography` only when (1) it maps every user IR point within max_shift_px of
-    its VIS partner (for the pairs `homography` itself fits that well) and (2) it raises the cross-modal alignment
-    score. Otherwise the points' homography is kept and `reason` says which guard refused.
+    ir_gray, vis_gray: float (H, W) in [0, 1], the frames the points were picked on. The candidate is the image-led
+    alignment (`align_coarse_to_fine` from `homography`, the image at its own weight) when it explains every click
+    to within max_shift_px, and otherwise the alignment in which the image counts for at most
+    IMAGE_WEIGHT_IN_POINTS clicks (it can then only move the mapping as far as the points' accuracy allows). It replaces `homography` only when (1) it maps every user IR
+    point within max_shift_px of its VIS partner (for the pairs `homography` itself fits that well) and (2) it raises
+    the cross-modal alignment score. Otherwise the points' homography is kept and `reason` says which guard refused.
     """
     ir_points = np.asarray(ir_points, dtype=np.float64).reshape(-1, 2)
     vis_points = np.asarray(vis_points, dtype=np.float64).reshape(-1, 2)
@@ -326,8 +336,22 @@ def refine_homography(homography: np.ndarray, ir_gray: np.ndarray, vis_gray: np.
                   f"of the pixels, {100 * MIN_TEXTURED_SHARE:.0f}% needed)")
         return Refinement(homography, homography, "points", reason, score, score, 0.0, model)
     inliers = transfer_error(homography, ir_points, vis_points) <= max_shift_px
-    candidate = align_coarse_to_fine(homography, ir_gray, vis_gray, model, (ir_points[inliers], vis_points[inliers]),
-                                     click_sigma_px)
+    # First the images at their own weight (thousands of pixels; the clicks stay in the fit only to steady the terms
+    # the scene pins down least). The clicks then test that answer: when it explains every click to within
+    # --max-shift (what clicks about 3 px off do under the right mapping), the images are believed. When it leaves a
+    # click farther off (the rig's two views disagree with any one homography: parallax, a pair whose bands are not
+    # registered to each other, a scene that pins little down), the images may only correct the clicks, counting
+    # for at most IMAGE_WEIGHT_IN_POINTS of them.
+    image_led = align_coarse_to_fine(homography, ir_gray, vis_gray, model, (ir_points[inliers], vis_points[inliers]),
+                                     click_sigma_px, image_weight_in_points=None)
+    image_shifts = transfer_error(image_led, ir_points[inliers], vis_points[inliers])
+    image_shift = float(image_shifts.max()) if len(image_shifts) and np.all(np.isfinite(image_led)) else np.inf
+    if image_shift <= max_shift_px:
+        candidate, fit = image_led, "images"
+    else:
+        candidate = align_coarse_to_fine(homography, ir_gray, vis_gray, model,
+                                         (ir_points[inliers], vis_points[inliers]), click_sigma_px)
+        fit = "images+points"
     score_points, score_refined = alignment_scores([homography, candidate], ir_gray, vis_gray)
     shifts = transfer_error(candidate, ir_points[inliers], vis_points[inliers])
     shift = float(shifts.max()) if len(shifts) else 0.0
@@ -335,14 +359,19 @@ def refine_homography(homography: np.ndarray, ir_gray: np.ndarray, vis_gray: np.
         worst = int(np.flatnonzero(inliers)[np.argmax(shifts)]) if len(shifts) else 0
         reason = (f"kept the points' homography: the refined mapping puts IR point {worst + 1} {shift:.1f} px from "
                   f"its VIS point (more than --max-shift {max_shift_px:g})")
-        return Refinement(homography, candidate, "points", reason, score_points, score_refined, shift, model)
+        return Refinement(homography, candidate, "points", reason, score_points, score_refined, shift, model, fit,
+                          image_shift)
     if score_refined <= score_points + MIN_SCORE_GAIN:
         reason = (f"kept the points' homography: the refinement did not raise the cross-modal alignment score "
                   f"({score_points:.4f} -> {score_refined:.4f})")
-        return Refinement(homography, candidate, "points", reason, score_points, score_refined, shift, model)
+        return Refinement(homography, candidate, "points", reason, score_points, score_refined, shift, model, fit,
+                          image_shift)
+    how = ("led by the images, which explain every click" if fit == "images" else
+           f"the images correct the clicks (led by the images alone, a click would be {image_shift:.1f} px off)")
     reason = (f"refined: alignment score {score_points:.4f} -> {score_refined:.4f}, user points within "
-              f"{shift:.1f} px (--max-shift {max_shift_px:g})")
-    return Refinement(candidate, candidate, "refined", reason, score_points, score_refined, shift, model)
+              f"{shift:.1f} px (--max-shift {max_shift_px:g}); {how}")
+    return Refinement(candidate, candidate, "refined", reason, score_points, score_refined, shift, model, fit,
+                      image_shift)
 
 
 def _translation_search(start: np.ndarray, ir: np.ndarray, vis: np.ndarray, radius: int,
@@ -375,6 +404,10 @@ def _translation_search(start: np.ndarray, ir: np.ndarray, vis: np.ndarray, radi
 # refuses. On LLVIP and RoadScene training pairs the real pairs gave 1.11-1.99 and an IR frame laid on the VIS frame
 # of another scene 1.02-1.47: it stops some wrong guesses, not all (the score checks come after it).
 MIN_PEAK_DISTINCTNESS = 1.10
+# ... and the alignment it arrives at must score at least this (see alignment_scores). Laid on the VIS frame of another
+# scene (RoadScene training pairs, six mismatched pairs), --auto's alignment still reached 0.061-0.138; on the real
+# training pairs it ended at 0.247-0.464. A score under 0.15 is what a wrong scene can reach: no evidence.
+MIN_AUTO_SCORE = 0.15
 
 
 def auto_homography(ir_gray: np.ndarray, vis_gray: np.ndarray, scale: Optional[float] = None,
@@ -406,9 +439,12 @@ def auto_homography(ir_gray: np.ndarray, vis_gray: np.ndarray, scale: Optional[f
                           f"give point pairs with --points/--pick")
     candidate = align_coarse_to_fine(np.linalg.inv(top) @ shifted @ top, ir_gray, vis_gray, model)
     score_start, score_found = alignment_scores([start, candidate], ir_gray, vis_gray)
-    if not np.all(np.isfinite(candidate)) or score_found <= score_start + MIN_SCORE_GAIN or score_found <= 0.05:
+    if not np.all(np.isfinite(candidate)) or score_found <= score_start + MIN_SCORE_GAIN:
         raise FusionError(f"--auto refuses: the alignment it found scores {score_found:.3f} against {score_start:.3f} "
                           f"for the centred start, no better; give point pairs with --points/--pick")
+    if score_found <= MIN_AUTO_SCORE:
+        raise FusionError(f"--auto refuses: the alignment it found scores {score_found:.3f}, no more than the view of "
+                          f"another scene can reach ({MIN_AUTO_SCORE:g}); give point pairs with --points/--pick")
     reason = f"auto: alignment score {score_start:.4f} (centred) -> {score_found:.4f}, shift peak {distinct:.2f}x"
     return Refinement(candidate, candidate, "auto", reason, score_start, score_found, 0.0, model)
 

@@ -162,10 +162,38 @@ def test_refine_reaches_the_bar_on_a_pair_aligned_by_construction():
     ir_points, vis_points = clicked_points(h_true, width, height, 5)
     h_points = homography_from_points(ir_points, vis_points)
     result = refine_homography(h_points, camera, vis, ir_points, vis_points)
-    assert result.kept == "refined", result.reason
+    assert result.kept == "refined" and result.fit == "images", result.reason
+    assert result.image_led_shift_px <= 5.0 and "led by the images" in result.reason
     points_mean, _ = mapping_error(h_points, h_true, width, height)
     mean, top = mapping_error(result.homography, h_true, width, height)
-    assert mean < 1.0 < points_mean and top < 3.0
+    assert mean < 0.3 and top < 1.0 < points_mean
+
+
+def test_images_that_disagree_with_the_clicks_only_correct_them():
+    """A pair whose two bands are not registered to each other (the VIS content 7 px right of where the truth puts
+    it): led by the images, the mapping follows the content and leaves the clicks ~7 px off, beyond --max-shift. Then
+    the images may only correct the clicks: the result stays within --max-shift of every click, nearer the truth
+    than the image-led mapping, and the reason says how far off the images alone would have put a click."""
+    ir_aligned, _ = load_pair("msrs_mini", "00005N")
+    vis = pseudo_visible(ir_aligned, seed=5)
+    vis = cv2.warpAffine(vis, np.float32([[1, 0, 7], [0, 1, 0]]), (vis.shape[1], vis.shape[0]),
+                         borderMode=cv2.BORDER_REPLICATE)
+    height, width = vis.shape
+    h_true = rig_homography(width, height)
+    camera = cv2.warpPerspective(ir_aligned, np.linalg.inv(h_true), (width, height), flags=cv2.INTER_LINEAR)
+    ir_points, vis_points = clicked_points(h_true, width, height, 5)
+    h_points = homography_from_points(ir_points, vis_points)
+    result = refine_homography(h_points, camera, vis, ir_points, vis_points, max_shift_px=5.0)
+    assert result.fit == "images+points" and 6.0 < result.image_led_shift_px < 12.0, result.reason
+    record = result.record()
+    assert record["fit"] == "images+points" and record["image_led_point_shift_px"] > 5.0
+    assert result.kept == "refined" and "a click would be" in result.reason
+    assert transfer_error(result.homography, ir_points, vis_points).max() <= 5.0
+    image_led = align_coarse_to_fine(h_points, camera, vis, "homography", (ir_points, vis_points),
+                                     image_weight_in_points=None)
+    assert mapping_error(image_led, h_true, width, height)[0] > 6.0
+    assert mapping_error(result.homography, h_true, width, height)[0] < \
+        mapping_error(image_led, h_true, width, height)[0] - 1.5
 
 
 def test_the_guards_reject_a_divergent_refinement(monkeypatch):
@@ -204,7 +232,9 @@ def test_calibrate_refine_json_records_both_scores_and_the_choice(tmp_path):
     record = json.loads(out.read_text())
     refinement = record["refinement"]
     assert refinement["kept"] in ("refined", "points") and refinement["max_shift_px"] == 4
-    assert {"score_points", "score_refined", "reason", "candidate_homography"} <= set(refinement)
+    assert {"score_points", "score_refined", "reason", "candidate_homography", "fit",
+            "image_led_point_shift_px"} <= set(refinement)
+    assert refinement["fit"] in ("images", "images+points")
     saved = np.array(record["homography"])
     expected = refinement["candidate_homography"] if refinement["kept"] == "refined" else \
         homography_from_points(ir_points, vis_points)
@@ -223,6 +253,23 @@ def test_auto_aligns_a_textured_pair_without_points():
     found = auto_homography(camera, vis)
     assert found.kept == "auto" and found.score_refined > found.score_points
     assert mapping_error(found.homography, h_true, width, height)[0] < min(4.0, start_error / 3)
+
+
+def test_auto_refuses_the_view_of_another_scene(monkeypatch):
+    """An IR frame (through the simulated rig) beside the VIS frame of a different street (RoadScene training pairs):
+    nothing there lines up, and --auto must refuse rather than hand back the best of the wrong answers -- by the
+    shift search, and by the score floor alone when the search lets it through."""
+    ir, _ = load_pair("roadscene", "FLIR_00006")
+    _, vis = load_pair("roadscene", "FLIR_00122")
+    height, width = ir.shape
+    vis = cv2.resize(vis, (width, height), interpolation=cv2.INTER_AREA)
+    camera = cv2.warpPerspective(ir, np.linalg.inv(rig_homography(width, height)), (width, height),
+                                 flags=cv2.INTER_LINEAR)
+    with pytest.raises(FusionError, match="--auto refuses"):
+        auto_homography(camera, vis)
+    monkeypatch.setattr(alignment, "MIN_PEAK_DISTINCTNESS", 0.0)
+    with pytest.raises(FusionError, match="no more than the view of another scene"):
+        auto_homography(camera, vis)
 
 
 def test_auto_refuses_a_flat_scene(tmp_path, capsys):
