@@ -97,6 +97,9 @@ class PairResult:
     seconds: float
     own_mean_px: float = float("nan")     # the unwarped pair's own misregistration, as the image alignment sees it
     own_max_px: float = float("nan")
+    fit: str = ""                         # "images" (the image-led mapping explained every click) or "images+points"
+    own_affine: Optional[dict] = None     # affine_terms of the pair's own offset: a rig's error repeats across pairs
+    image_led_shift_px: float = float("nan")   # how far the image-led mapping left the farthest click
 
 
 def load_pair(dataset: str, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -147,14 +150,27 @@ def pseudo_visible(ir: np.ndarray, seed: int) -> np.ndarray:
     return np.clip(pseudo, 0, 1).astype(np.float32)
 
 
+def own_alignment(ir_aligned: np.ndarray, vis: np.ndarray) -> np.ndarray:
+    """The affine IR->VIS mapping the image alignment finds on the unwarped pair, from the identity, with no points."""
+    from runtime.alignment import align_coarse_to_fine
+    return align_coarse_to_fine(np.eye(3), ir_aligned, vis, "affine")
+
+
 def own_offset(ir_aligned: np.ndarray, vis: np.ndarray) -> tuple[float, float]:
     """(mean, max) px: how far the image alignment (affine, no points, from the identity) moves the unwarped pair.
     The construction charges every method that follows the content with this much: H_true is only the truth when
     the pair is aligned to the pixel."""
-    from runtime.alignment import align_coarse_to_fine
     height, width = vis.shape
-    found = align_coarse_to_fine(np.eye(3), ir_aligned, vis, "affine")
-    return mapping_error(found, np.eye(3), width, height)
+    return mapping_error(own_alignment(ir_aligned, vis), np.eye(3), width, height)
+
+
+def affine_terms(mapping: np.ndarray, width: int, height: int) -> dict:
+    """What an affine IR->VIS mapping does, in words a rig's registration error is made of: the scales of x and y
+    and the two shear terms (percent), and where it moves the frame's centre (px)."""
+    centre = cv2.perspectiveTransform(np.array([[[width / 2, height / 2]]], np.float64), mapping)[0, 0]
+    return {"x_scale_pct": round(100 * (mapping[0, 0] - 1), 2), "y_scale_pct": round(100 * (mapping[1, 1] - 1), 2),
+            "shear_xy_pct": round(100 * mapping[0, 1], 2), "shear_yx_pct": round(100 * mapping[1, 0], 2),
+            "centre_shift_px": [round(float(centre[0] - width / 2), 2), round(float(centre[1] - height / 2), 2)]}
 
 
 def study_pair(dataset: str, name: str, light: str, max_shift: float, pairs: str = "real",
@@ -175,9 +191,15 @@ def study_pair(dataset: str, name: str, light: str, max_shift: float, pairs: str
     seconds = time.perf_counter() - start
     points_mean, points_max = mapping_error(h_points, h_true, width, height)
     refined_mean, refined_max = mapping_error(result.homography, h_true, width, height)
+    own_mean = own_max = float("nan")
+    own_terms = None
+    if own:
+        own_mapping = own_alignment(ir_aligned, vis)
+        own_mean, own_max = mapping_error(own_mapping, np.eye(3), width, height)
+        own_terms = affine_terms(own_mapping, width, height)
     row = PairResult(f"{dataset}/{name}", light, f"{width}x{height}", points_mean, points_max, refined_mean,
                      refined_max, result.kept, result.score_points, result.score_refined, result.reason, seconds,
-                     *(own_offset(ir_aligned, vis) if own else (float("nan"), float("nan"))))
+                     own_mean, own_max, result.fit, own_terms, result.image_led_shift_px)
     return row, {"ir": ir_camera, "vis": vis, "h_points": h_points, "h_refined": result.homography, "h_true": h_true}
 
 
@@ -243,7 +265,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.limit:
         names = names[:args.limit]
     print(f"{'pair':<24} {'light':<6} {'size':<8} {'points mean/max':>16} {'refine mean/max':>16} {'kept':<8} "
-          f"{'score pts->ref':>15} {'own offset':>12}  s", flush=True)
+          f"{'score pts->ref':>15} {'own offset':>12}  s   {'led by (click px)':<18}", flush=True)
     for dataset, name, light in names:
         row, data = study_pair(dataset, name, light, args.max_shift, args.pairs, not args.no_own_offset)
         rows.append(row)
@@ -254,7 +276,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"{row.pair:<24} {row.light:<6} {row.size:<8} {row.points_mean_px:7.2f} / {row.points_max_px:5.2f}  "
               f"{row.refined_mean_px:7.2f} / {row.refined_max_px:5.2f}  {row.kept:<8} "
               f"{row.score_points:6.3f}->{row.score_refined:6.3f} {row.own_mean_px:5.2f}/{row.own_max_px:5.2f}  "
-              f"{row.seconds:4.1f}"
+              f"{row.seconds:4.1f}  {row.fit:<13} ({row.image_led_shift_px:4.1f})"
+              + (f"  own: x {row.own_affine['x_scale_pct']:+.2f}% y {row.own_affine['y_scale_pct']:+.2f}% shear "
+                 f"{row.own_affine['shear_xy_pct']:+.2f}/{row.own_affine['shear_yx_pct']:+.2f}% centre "
+                 f"{row.own_affine['centre_shift_px'][0]:+.2f},{row.own_affine['centre_shift_px'][1]:+.2f}"
+                 if row.own_affine else "")
               + (f"  ({row.reason})" if row.kept != "refined" else ""), flush=True)
     points_mean = np.mean([r.points_mean_px for r in rows])
     refined_mean = np.mean([r.refined_mean_px for r in rows])
@@ -264,11 +290,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     summary = {"pairs": len(rows), "night_pairs": len(night), "points_mean_px": points_mean,
                "refined_mean_px": refined_mean, "refined_worse_by_at_most_px": worst_gain,
                "refined_max_px": worst_max, "kept_refined": sum(r.kept == "refined" for r in rows),
+               "led_by_images": sum(r.fit == "images" for r in rows),
                "own_offset_max_px": [round(r.own_max_px, 2) for r in rows], "pairs_kind": args.pairs,
                "done": bool(refined_mean < points_mean and worst_gain <= 0.2 and worst_max <= 3.0)}
     print(f"\n{len(rows)} pairs ({len(night)} night): mean error points only {points_mean:.2f} px, --refine "
           f"{refined_mean:.2f} px; --refine worse than points on a pair by at most {worst_gain:+.2f} px; largest "
-          f"--refine error anywhere {worst_max:.2f} px; refined mapping kept on {summary['kept_refined']} pairs; "
+          f"--refine error anywhere {worst_max:.2f} px; refined mapping kept on {summary['kept_refined']} pairs "
+          f"(led by the images on {summary['led_by_images']}); "
           f"bar met: {summary['done']}")
     if not args.no_own_offset:
         print(f"the unwarped pairs' own misregistration (image alignment from the identity, affine): mean "

@@ -11,10 +11,11 @@ A point file lists one pair per line, `ir_x ir_y vis_x vis_y` (pixels; commas or
 grabbed); they give the frame sizes, the images --refine aligns, and a --preview to check the result by eye.
 
 --refine aligns the two images coarse to fine on what IR and VIS share (where edges are and which way they run),
-starting from the points' homography and keeping the points in the fit. The refined mapping is kept only when it
-stays within --max-shift px of every clicked point and raises the cross-modal alignment score; otherwise the points'
-homography is saved and one line says why. --auto does the same from the frames' centres with no points, and refuses
-on a scene too flat to align.
+starting from the points' homography. The images lead when the mapping they find explains every click to within
+--max-shift; otherwise they may only correct the clicks. The refined mapping is kept only when it stays within
+--max-shift px of every clicked point and raises the cross-modal alignment score; otherwise the points' homography is
+saved and one line says why. --auto does the same from the frames' centres with no points, and refuses on a scene
+too flat to align or when what it finds scores no better than the view of another scene.
 """
 from __future__ import annotations
 
