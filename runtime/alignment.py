@@ -146,12 +146,17 @@ def alignment_scores(homographies: Sequence[np.ndarray], ir_gray: np.ndarray, vi
 
 
 IMAGE_WEIGHT_IN_POINTS = 16.0
+# Where the images lead, the perspective terms of the mapping (centred coordinates of unit half-diagonal) are held
+# near zero with this spread: a rig's two cameras side by side see each other's view through a nearly affine mapping,
+# while a real scene's depth (parallax) pulls an image-led fit's perspective far off (see refine_homography).
+PERSPECTIVE_SIGMA = 0.002
 
 
 def _align_level(homography: np.ndarray, ir: np.ndarray, vis_features: CrossModalFeatures, ir_floor: float,
                  model: str, prior: Optional[tuple[np.ndarray, np.ndarray, float]], iterations: int,
                  blur_sigma: float, max_pixels: int = 40000,
-                 image_weight_in_points: Optional[float] = IMAGE_WEIGHT_IN_POINTS) -> np.ndarray:
+                 image_weight_in_points: Optional[float] = IMAGE_WEIGHT_IN_POINTS,
+                 perspective_sigma: Optional[float] = None) -> np.ndarray:
     """Gauss-Newton on one pyramid level: the correction of `homography` (IR->VIS, this level's pixels) that best
     lays the warped IR orientation field onto the VIS one, with robust (Huber) weights for edges only one band
     sees, and, when prior = (ir points, vis points, weight) is given, a pull towards the user's points (the image
@@ -211,6 +216,13 @@ def _align_level(homography: np.ndarray, ir: np.ndarray, vis_features: CrossModa
                 hessian, gradient = hessian * cap, gradient * cap
             hessian = hessian + point_hessian
             gradient = gradient - prior_weight * point_jac.T @ offset
+        if perspective_sigma is not None and n == 8:
+            ir_norm = _frame_normaliser(ir.shape[1], ir.shape[0])
+            centred = norm @ homography @ np.linalg.inv(ir_norm)
+            centred = centred / centred[2, 2]
+            weight = 1.0 / perspective_sigma ** 2
+            hessian[6:, 6:] += weight * np.eye(2)
+            gradient[6:] -= weight * centred[2, :2]
         damping = 1e-6 * np.trace(hessian) / n + 1e-12
         try:
             step = -np.linalg.solve(hessian + damping * np.eye(n), gradient)
@@ -247,7 +259,8 @@ def align_coarse_to_fine(homography: np.ndarray, ir_gray: np.ndarray, vis_gray: 
                          model: str = "homography", points: Optional[tuple[np.ndarray, np.ndarray]] = None,
                          click_sigma_px: float = 3.0, levels: Optional[int] = None, blur_sigma: float = 1.0,
                          iterations: int = 30,
-                         image_weight_in_points: Optional[float] = IMAGE_WEIGHT_IN_POINTS) -> np.ndarray:
+                         image_weight_in_points: Optional[float] = IMAGE_WEIGHT_IN_POINTS,
+                         perspective_sigma: Optional[float] = None) -> np.ndarray:
     """The IR->VIS homography that best aligns the two orientation fields, from `homography`, coarse to fine.
 
     Coarse levels fit a translation, then a similarity, then an affine correction (the few parameters a blurred
@@ -279,7 +292,8 @@ def align_coarse_to_fine(homography: np.ndarray, ir_gray: np.ndarray, vis_gray: 
             schedule = [order[min(top, order.index("similarity"))]] + schedule
         for step_model in schedule:
             level_h = _align_level(level_h, ir_pyramid[level], vis_features, ir_floor, step_model, prior,
-                                   iterations, blur_sigma, image_weight_in_points=image_weight_in_points)
+                                   iterations, blur_sigma, image_weight_in_points=image_weight_in_points,
+                                   perspective_sigma=perspective_sigma)
         homography = np.linalg.inv(to_level) @ level_h @ to_level
         homography /= homography[2, 2]
     return homography
@@ -343,7 +357,7 @@ def refine_homography(homography: np.ndarray, ir_gray: np.ndarray, vis_gray: np.
     # registered to each other, a scene that pins little down), the images may only correct the clicks, counting
     # for at most IMAGE_WEIGHT_IN_POINTS of them.
     image_led = align_coarse_to_fine(homography, ir_gray, vis_gray, model, (ir_points[inliers], vis_points[inliers]),
-                                     click_sigma_px, image_weight_in_points=None)
+                                     click_sigma_px, image_weight_in_points=None, perspective_sigma=PERSPECTIVE_SIGMA)
     image_shifts = transfer_error(image_led, ir_points[inliers], vis_points[inliers])
     image_shift = float(image_shifts.max()) if len(image_shifts) and np.all(np.isfinite(image_led)) else np.inf
     if image_shift <= max_shift_px:
