@@ -300,7 +300,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         rows.append(row)
         if args.auto:
             auto_rows.append(study_auto(name, data))
-        if args.preview and name in ("00003N", "00537D", "010101"):
+        shown = ("010101", "010025") if args.truth == "rig" else ("00003N", "00537D", "010101")
+        if args.preview and name in shown:
             examples.append((f"{dataset}/{name}", data))
         print(f"{row.pair:<24} {row.light:<6} {row.size:<8} {row.points_mean_px:7.2f} / {row.points_max_px:5.2f}  "
               f"{row.refined_mean_px:7.2f} / {row.refined_max_px:5.2f}  {row.kept:<8} "
