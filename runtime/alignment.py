@@ -381,7 +381,7 @@ def refine_homography(homography: np.ndarray, ir_gray: np.ndarray, vis_gray: np.
         return Refinement(homography, candidate, "points", reason, score_points, score_refined, shift, model, fit,
                           image_shift)
     how = ("led by the images, which explain every click" if fit == "images" else
-           f"the images correct the clicks (led by the images alone, a click would be {image_shift:.1f} px off)")
+           f"the images correct the clicks (led by the images, a click would be {image_shift:.1f} px off)")
     reason = (f"refined: alignment score {score_points:.4f} -> {score_refined:.4f}, user points within "
               f"{shift:.1f} px (--max-shift {max_shift_px:g}); {how}")
     return Refinement(candidate, candidate, "refined", reason, score_points, score_refined, shift, model, fit,
