@@ -41,17 +41,18 @@ CLICK_ERROR_PX = 3.0
 GRID_STEP_PX = 40
 
 
-def rig_homography(width: int, height: int) -> np.ndarray:
+def rig_homography(width: int, height: int, tilt: float = 1.0) -> np.ndarray:
     """H_true: IR camera pixels -> VIS pixels for a thermal camera of the VIS camera's size that sees 4% more of the
     scene, rotated 0.5 degrees, sheared 1%, offset 14 px and 9 px, with slight perspective (about 2 px at the far
-    corners). Its whole frame lands inside the VIS frame, so the simulated IR view holds real pixels only."""
+    corners; `tilt` scales it: 2 is a rig whose cameras are tilted twice as much, about a degree). Its whole frame lands
+    inside the VIS frame, so the simulated IR view holds real pixels only."""
     angle = np.deg2rad(0.5)
     cx, cy = width / 2, height / 2
     centre = np.array([[1, 0, -cx], [0, 1, -cy], [0, 0, 1.0]])
     rotate = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1.0]])
     shear = np.array([[1, 0.01, 0], [0, 1, 0], [0, 0, 1.0]])
     scale = np.diag([0.96, 0.96, 1.0])
-    perspective = np.array([[1, 0, 0], [0, 1, 0], [1.2e-5 * 640 / width, -0.8e-5 * 480 / height, 1.0]])
+    perspective = np.array([[1, 0, 0], [0, 1, 0], [tilt * 1.2e-5 * 640 / width, -tilt * 0.8e-5 * 480 / height, 1.0]])
     back = np.array([[1, 0, cx + 14 - 0.5 * 0.04 * width + 7], [0, 1, cy + 9 - 0.5 * 0.04 * height + 2], [0, 0, 1.0]])
     h = back @ rotate @ shear @ scale @ perspective @ centre
     return h / h[2, 2]
@@ -187,7 +188,7 @@ def rig_error(dataset: str, exclude: set[str]) -> np.ndarray:
 
 
 def study_pair(dataset: str, name: str, light: str, max_shift: float, pairs: str = "real",
-               own: bool = True, content: Optional[np.ndarray] = None) -> tuple[PairResult, dict]:
+               own: bool = True, content: Optional[np.ndarray] = None, tilt: float = 1.0) -> tuple[PairResult, dict]:
     """One pair through the construction. content: where the pair's VIS content truly sits relative to its IR
     content (an IR->VIS mapping of the unwarped pair; None: the identity, the pair as registered). The truth the
     clicks are made from and the errors are measured against is then content @ H_true."""
@@ -197,7 +198,7 @@ def study_pair(dataset: str, name: str, light: str, max_shift: float, pairs: str
     if pairs == "pseudo":
         vis = pseudo_visible(ir_aligned, zlib.crc32(f"pseudo/{dataset}/{name}".encode()))
     height, width = vis.shape
-    h_camera = rig_homography(width, height)
+    h_camera = rig_homography(width, height, tilt)
     ir_camera = cv2.warpPerspective(ir_aligned, np.linalg.inv(h_camera), (width, height), flags=cv2.INTER_LINEAR)
     h_true = h_camera if content is None else content @ h_camera
     h_true = h_true / h_true[2, 2]
@@ -276,6 +277,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="registered: the pair as its dataset registered it (issue 17's construction); rig: the "
                              "LLVIP pairs only, with the truth corrected by the rig's own registration error, "
                              "estimated on the training pairs not being evaluated")
+    parser.add_argument("--tilt", type=float, default=1.0,
+                        help="scale the simulated rig's perspective terms (2: cameras tilted about a degree)")
     parser.add_argument("--no-own-offset", action="store_true",
                         help="skip measuring each unwarped pair's own misregistration (saves a few s a pair)")
     parser.add_argument("--auto", action="store_true", help="also run --auto (no points) on each pair")
@@ -296,7 +299,7 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"{affine_terms(contents['llvip_mini'], 640, 512)}", flush=True)
     for dataset, name, light in names:
         row, data = study_pair(dataset, name, light, args.max_shift, args.pairs, not args.no_own_offset,
-                               contents.get(dataset))
+                               contents.get(dataset), args.tilt)
         rows.append(row)
         if args.auto:
             auto_rows.append(study_auto(name, data))
@@ -321,7 +324,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                "refined_mean_px": refined_mean, "refined_worse_by_at_most_px": worst_gain,
                "refined_max_px": worst_max, "kept_refined": sum(r.kept == "refined" for r in rows),
                "led_by_images": sum(r.fit == "images" for r in rows),
-               "own_offset_max_px": [round(r.own_max_px, 2) for r in rows], "pairs_kind": args.pairs, "truth": args.truth,
+               "own_offset_max_px": [round(r.own_max_px, 2) for r in rows], "pairs_kind": args.pairs, "truth": args.truth, "tilt": args.tilt,
                "done": bool(refined_mean < points_mean and worst_gain <= 0.2 and worst_max <= 3.0)}
     print(f"\n{len(rows)} pairs ({len(night)} night): mean error points only {points_mean:.2f} px, --refine "
           f"{refined_mean:.2f} px; --refine worse than points on a pair by at most {worst_gain:+.2f} px; largest "
