@@ -250,23 +250,38 @@ def _paced_run(loop: bool, speed: float):
     return outputs, report
 
 
+def _looped_against_single(speed: float) -> list[str]:
+    """One measurement for the test below: what is out of bounds (empty when every bound holds)."""
+    before = len(_paced_run(False, speed)[0])
+    looped, report = _paced_run(True, speed)
+    after = len(_paced_run(False, speed)[0])
+    single = (before + after) / 2
+    problems = []
+    if report["counters"]["loops_vis"] < 3 or report["counters"]["loops_ir"] < 3:
+        problems.append(f"loops {report['counters']['loops_vis']} / {report['counters']['loops_ir']}")
+    starts = []
+    for k in range(3):
+        times = [t for t, index in looped if index // 300 == k]
+        if len(times) != pytest.approx(single, rel=0.05):
+            problems.append(f"pass {k}: {len(times)} frames against single passes {before} and {after}")
+        starts.append(times[0])
+    starts.append(next(t for t, index in looped if index >= 900))
+    for k in range(3):
+        if starts[k + 1] - starts[k] != pytest.approx(10.0 / speed, rel=0.05):
+            problems.append(f"pass {k + 1} started {starts[k + 1] - starts[k]:.2f} s after pass {k}")
+    return problems
+
+
 def test_three_looped_passes_keep_the_single_pass_rate():
     """The bundled clips (300 VIS frames at 30 fps, 90 IR at 9 fps) played at camera rate (sped up 2x to keep the
     test short): each of three looped passes gives the single pass's frame count within 5%, and each pass starts
     one clip length (5 s here) after the one before, within 5% (restarts used to stall the pipeline for a whole
     pass: the passes came 10 s apart, then 20 s, and so on). The single pass runs before and after the looped one
-    and counts as their mean, so a shared machine's load drifting during the test weighs on both sides alike."""
-    speed = 2.0
-    before = len(_paced_run(False, speed)[0])
-    looped, report = _paced_run(True, speed)
-    after = len(_paced_run(False, speed)[0])
-    single = (before + after) / 2
-    assert report["counters"]["loops_vis"] >= 3 and report["counters"]["loops_ir"] >= 3
-    starts = []
-    for k in range(3):
-        times = [t for t, index in looped if index // 300 == k]
-        assert len(times) == pytest.approx(single, rel=0.05), (k, len(times), before, after)
-        starts.append(times[0])
-    starts.append(next(t for t, index in looped if index >= 900))
-    for k in range(3):
-        assert starts[k + 1] - starts[k] == pytest.approx(10.0 / speed, rel=0.05), k
+    and counts as their mean, so a shared machine's load drifting during the test weighs on both sides alike.
+    A busy 2-core machine costs a paced run 4-6% of its frames now and then (measured 225-240 of 240 in a single
+    pass), so a measurement out of bounds is taken once more, and the test fails when the second is out too; a
+    stalled restart (a pass lost or late by half) fails both."""
+    problems = _looped_against_single(2.0)
+    if problems:
+        problems = _looped_against_single(2.0)
+    assert not problems, problems
