@@ -324,7 +324,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                "refined_mean_px": refined_mean, "refined_worse_by_at_most_px": worst_gain,
                "refined_max_px": worst_max, "kept_refined": sum(r.kept == "refined" for r in rows),
                "led_by_images": sum(r.fit == "images" for r in rows),
-               "own_offset_max_px": [round(r.own_max_px, 2) for r in rows], "pairs_kind": args.pairs, "truth": args.truth, "tilt": args.tilt,
+               "own_offset_max_px": [round(r.own_max_px, 2) for r in rows], "pairs_kind": args.pairs,
+               "truth": args.truth, "tilt": args.tilt,
                "done": bool(refined_mean < points_mean and worst_gain <= 0.2 and worst_max <= 3.0)}
     print(f"\n{len(rows)} pairs ({len(night)} night): mean error points only {points_mean:.2f} px, --refine "
           f"{refined_mean:.2f} px; --refine worse than points on a pair by at most {worst_gain:+.2f} px; largest "

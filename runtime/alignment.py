@@ -84,6 +84,14 @@ def _frame_normaliser(width: int, height: int) -> np.ndarray:
     return np.array([[1 / half, 0, -0.5 * (width - 1) / half], [0, 1 / half, -0.5 * (height - 1) / half], [0, 0, 1]])
 
 
+def centred_perspective(homography: np.ndarray, ir_shape: tuple[int, int], vis_shape: tuple[int, int]) -> np.ndarray:
+    """The two perspective terms of an IR->VIS homography in centred coordinates of unit half-diagonal (each frame
+    its own): what PERSPECTIVE_SIGMA holds near zero, the same at any resolution."""
+    centred = (_frame_normaliser(vis_shape[1], vis_shape[0]) @ homography
+               @ np.linalg.inv(_frame_normaliser(ir_shape[1], ir_shape[0])))
+    return centred[2, :2] / centred[2, 2]
+
+
 # Motion models, smallest first: each is the first n of these parameters of a small correction
 # [[1+a, -b+c, tx], [b+c2, 1+a+d, ty], [p, q, 1]] applied in the VIS frame (centred, unit-scale coordinates).
 MOTION_MODELS = {"translation": 2, "similarity": 4, "affine": 6, "homography": 8}
@@ -210,19 +218,17 @@ def _align_level(homography: np.ndarray, ir: np.ndarray, vis_features: CrossModa
             # The pixels are not independent witnesses: a scene seen from two places disagrees with itself by
             # parallax, and a rig's two images by more than noise. The whole image counts as IMAGE_WEIGHT_IN_POINTS
             # clicked pairs at most, so it can correct the clicks but not overrule them.
-            cap = (np.inf if image_weight_in_points is None else
-                   image_weight_in_points / max(len(ir_points), 1) * np.trace(point_hessian) / max(np.trace(hessian), 1e-12))
+            cap = np.inf if image_weight_in_points is None else (
+                image_weight_in_points / max(len(ir_points), 1) * np.trace(point_hessian)
+                / max(np.trace(hessian), 1e-12))
             if cap < 1:
                 hessian, gradient = hessian * cap, gradient * cap
             hessian = hessian + point_hessian
             gradient = gradient - prior_weight * point_jac.T @ offset
         if perspective_sigma is not None and n == 8:
-            ir_norm = _frame_normaliser(ir.shape[1], ir.shape[0])
-            centred = norm @ homography @ np.linalg.inv(ir_norm)
-            centred = centred / centred[2, 2]
             weight = 1.0 / perspective_sigma ** 2
             hessian[6:, 6:] += weight * np.eye(2)
-            gradient[6:] -= weight * centred[2, :2]
+            gradient[6:] -= weight * centred_perspective(homography, ir.shape, (height, width))
         damping = 1e-6 * np.trace(hessian) / n + 1e-12
         try:
             step = -np.linalg.solve(hessian + damping * np.eye(n), gradient)
@@ -337,9 +343,10 @@ def refine_homography(homography: np.ndarray, ir_gray: np.ndarray, vis_gray: np.
     ir_gray, vis_gray: float (H, W) in [0, 1], the frames the points were picked on. The candidate is the image-led
     alignment (`align_coarse_to_fine` from `homography`, the image at its own weight) when it explains every click
     to within max_shift_px, and otherwise the alignment in which the image counts for at most
-    IMAGE_WEIGHT_IN_POINTS clicks (it can then only move the mapping as far as the points' accuracy allows). It replaces `homography` only when (1) it maps every user IR
-    point within max_shift_px of its VIS partner (for the pairs `homography` itself fits that well) and (2) it raises
-    the cross-modal alignment score. Otherwise the points' homography is kept and `reason` says which guard refused.
+    IMAGE_WEIGHT_IN_POINTS clicks (it can then only move the mapping as far as the points' accuracy allows). It
+    replaces `homography` only when (1) it maps every user IR point within max_shift_px of its VIS partner (for the
+    pairs `homography` itself fits that well) and (2) it raises the cross-modal alignment score. Otherwise the
+    points' homography is kept and `reason` says which guard refused.
     """
     ir_points = np.asarray(ir_points, dtype=np.float64).reshape(-1, 2)
     vis_points = np.asarray(vis_points, dtype=np.float64).reshape(-1, 2)

@@ -14,7 +14,8 @@ from runtime.imageio import read_ir, read_raw, read_vis, write_image
 import runtime.alignment as alignment
 from benchmarks.registration_study import (SHARED, clicked_points, load_pair, mapping_error, own_offset, pseudo_visible,
                                           rig_homography)
-from runtime.alignment import align_coarse_to_fine, alignment_scores, auto_homography, refine_homography
+from runtime.alignment import (align_coarse_to_fine, alignment_scores, auto_homography, centred_perspective,
+                               refine_homography)
 from runtime.registration import (HomographyFile, Registration, aspect_ratio_warning, homography_from_points,
                                   load_homography, overlap_rect, read_point_pairs, save_homography, transfer_error)
 
@@ -169,12 +170,6 @@ def test_refine_reaches_the_bar_on_a_pair_aligned_by_construction():
     assert mean < 0.3 and top < 1.0 < points_mean
 
 
-def _centred_perspective(homography: np.ndarray, width: int, height: int) -> np.ndarray:
-    norm = alignment._frame_normaliser(width, height)
-    centred = norm @ homography @ np.linalg.inv(norm)
-    return centred[2, :2] / centred[2, 2]
-
-
 def test_image_led_perspective_is_held_near_a_rigs():
     """On a real night street (LLVIP training pair 010003, full size) the scene's depth pulls an image-led homography's
     perspective terms far from the simulated rig's (0.005 and -0.003 in centred units) and its corners 10 px off; the
@@ -186,18 +181,19 @@ def test_image_led_perspective_is_held_near_a_rigs():
     camera = cv2.warpPerspective(ir_aligned, np.linalg.inv(h_true), (width, height), flags=cv2.INTER_LINEAR)
     ir_points, vis_points = clicked_points(h_true, width, height, 0)
     h_points = homography_from_points(ir_points, vis_points)
-    truth = _centred_perspective(h_true, width, height)
+    truth = centred_perspective(h_true, vis.shape, vis.shape)
     fits = {}
     for label, sigma in (("free", None), ("held", alignment.PERSPECTIVE_SIGMA)):
         fits[label] = align_coarse_to_fine(h_points, camera, vis, "homography", (ir_points, vis_points),
                                            image_weight_in_points=None, perspective_sigma=sigma)
-    assert np.abs(_centred_perspective(fits["free"], width, height) - truth).max() > 0.015
-    assert np.abs(_centred_perspective(fits["held"], width, height) - truth).max() < 0.01
-    assert mapping_error(fits["held"], h_true, width, height)[1] < mapping_error(fits["free"], h_true, width, height)[1] - 2
+    assert np.abs(centred_perspective(fits["free"], vis.shape, vis.shape) - truth).max() > 0.015
+    assert np.abs(centred_perspective(fits["held"], vis.shape, vis.shape) - truth).max() < 0.01
+    assert mapping_error(fits["held"], h_true, width, height)[1] < \
+        mapping_error(fits["free"], h_true, width, height)[1] - 2
     pseudo = pseudo_visible(ir_aligned, seed=1)
     held = align_coarse_to_fine(h_points, camera, pseudo, "homography", (ir_points, vis_points),
                                 image_weight_in_points=None, perspective_sigma=alignment.PERSPECTIVE_SIGMA)
-    assert np.abs(_centred_perspective(held, width, height) - truth).max() < 0.001
+    assert np.abs(centred_perspective(held, vis.shape, vis.shape) - truth).max() < 0.001
     assert mapping_error(held, h_true, width, height)[1] < 0.5
 
 

@@ -264,6 +264,8 @@ def _looped_against_single(speed: float) -> list[str]:
         times = [t for t, index in looped if index // 300 == k]
         if len(times) != pytest.approx(single, rel=0.05):
             problems.append(f"pass {k}: {len(times)} frames against single passes {before} and {after}")
+        if not times:
+            return problems
         starts.append(times[0])
     starts.append(next(t for t, index in looped if index >= 900))
     for k in range(3):
