@@ -17,9 +17,29 @@ import cv2
 
 from runtime.capture import CaptureWorker, FrameBuffer
 from runtime.imageio import discover_pairs, read_raw
+from runtime.motion import VisHistory
 from runtime.sources import Frame
 from runtime.stages import Packet
 from runtime.stats import StatsRecorder
+
+
+def match_latest(buffer: FrameBuffer, t: float, lossless: bool, stop: threading.Event,
+                 is_down: Callable[[], bool]) -> Optional[Frame]:
+    """The newest frame taken at or before media time `t` (IR motion compensation carries it forward to `t`), or the
+    oldest one when all are later. Live buffers never wait: what has arrived is what there is. Lossless (files)
+    waits until a frame after `t` has been read (or the source ended), so the choice is the one a live run would
+    make with every frame on time. Older frames are discarded; the chosen one stays for the next call."""
+    with buffer.cond:
+        while lossless and not stop.is_set():
+            if (buffer.frames and buffer.frames[-1].t_media > t) or buffer.ended or is_down():
+                break
+            buffer.cond.wait(0.1)
+        if not buffer.frames:
+            return None
+        while len(buffer.frames) >= 2 and buffer.frames[1].t_media <= t:
+            buffer.frames.popleft()
+        buffer.cond.notify_all()
+        return buffer.frames[0]
 
 
 def match_nearest(buffer: FrameBuffer, t: float, wait_until: Optional[float], stop: threading.Event,
@@ -66,10 +86,13 @@ class Pairer:
 
     def __init__(self, config, stats: StatsRecorder, buffers: Dict[str, FrameBuffer], workers: Dict[str, CaptureWorker],
                  primary_role: str, live: bool, stop_event: threading.Event, emit: Callable[[Packet], bool],
-                 finish: Callable[[], None]):
+                 finish: Callable[[], None], history: Optional[VisHistory] = None):
         self.config, self.stats, self.buffers, self.workers = config, stats, buffers, workers
         self.primary_role, self.live, self.stop_event = primary_role, live, stop_event
         self.emit, self.finish = emit, finish
+        # IR motion compensation (VIS driving): pair with the latest IR frame, and remember the VIS frames so that
+        # preprocessing can measure the motion since that IR frame was taken.
+        self.history = history if primary_role == "vis" else None
 
     def run(self) -> None:
         config = self.config
@@ -104,11 +127,18 @@ class Pairer:
                     index += 1
                 continue
             t_wait = time.perf_counter()
-            wait_until = frame.t_capture + sync_s if self.live else None
-            partner = match_nearest(secondary, frame.t_media, wait_until, self.stop_event,
-                                    lambda: workers[secondary_role].down)
+            window = sync_s
+            if self.history is not None:
+                self.history.add(frame)
+                partner = match_latest(secondary, frame.t_media, not self.live, self.stop_event,
+                                       lambda: workers[secondary_role].down)
+                window = sync_s + workers[secondary_role].period     # a held frame is up to one IR period old
+            else:
+                wait_until = frame.t_capture + sync_s if self.live else None
+                partner = match_nearest(secondary, frame.t_media, wait_until, self.stop_event,
+                                        lambda: workers[secondary_role].down)
             self.stats.add("pair_wait", time.perf_counter() - t_wait)
-            if partner is None or abs(partner.t_media - frame.t_media) > sync_s:
+            if partner is None or abs(partner.t_media - frame.t_media) > window:
                 self.stats.count("unpaired")
                 if secondary.exhausted() and not self.live and partner is None:
                     break
@@ -118,6 +148,8 @@ class Pairer:
             ir, vis = (partner, frame) if primary_role == "vis" else (frame, partner)
             packet = Packet(index, frame.name if primary_role == "vis" else partner.name, ir, vis,
                             frame.t_capture, pair_error_ms=error * 1000.0)
+            if self.history is not None:
+                packet.vis_ref = self.history.nearest(partner.t_media)
             if not self.emit(packet):
                 return
             index += 1

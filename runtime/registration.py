@@ -242,3 +242,10 @@ class Registration:
         warped = cv2.warpPerspective(ir, shift @ self.matrix, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
                                      borderMode=cv2.BORDER_REPLICATE)
         return warped, vis[y0:y1, x0:x1]
+
+    def crop_vis(self, vis: np.ndarray) -> np.ndarray:
+        """A VIS frame cropped as `apply` crops it (after `apply` has seen a pair of these sizes)."""
+        if self.file is None or self.rect is None:
+            return vis
+        x0, y0, x1, y1 = self.rect
+        return vis[y0:y1, x0:x1]

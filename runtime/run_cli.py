@@ -22,7 +22,8 @@ from runtime.errors import FusionError
 FIELDS = ("ir", "vis", "model", "backend", "device", "threads", "imgsz", "output_size", "sync_ms", "primary",
           "homography", "clahe", "realtime", "loop", "fps", "ir_fps", "vis_fps", "output_fps", "max_frames",
           "duration_s", "record_pairs", "stats", "headless", "bind", "auth_token", "max_clients", "overlay",
-          "image_ext", "queue_size", "reconnect_max_s", "on_loss", "resume", "names")
+          "image_ext", "queue_size", "reconnect_max_s", "on_loss", "resume", "names", "ir_motion",
+          "inference_workers")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +53,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                             "torch-gpu: fp16 + CUDA graphs, frames converted on the GPU")
     model.add_argument("--device", choices=("auto", "cpu"), help="cpu forces ONNX Runtime/torch onto the CPU")
     model.add_argument("--threads", type=int, help="inference threads (default: the runtime's choice)")
+    model.add_argument("--inference-workers", type=int,
+                       help="frames inferred at once, each on its own thread (default 0: 2 for ONNX Runtime on the "
+                            "CPU with one thread per frame and 2+ cores, else 1)")
     model.add_argument("--imgsz", help="model input HxW (default: the model's fixed size, else 640 wide at the frame's aspect ratio), "
                             "or 'native'")
     model.add_argument("--output-size", choices=("auto", "model", "native"),
@@ -60,6 +64,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sync.add_argument("--sync-ms", type=float, help="largest IR/VIS capture-time difference paired (default 60)")
     sync.add_argument("--primary", choices=("auto", "ir", "vis"), help="camera that drives the output rate "
                                                                        "(auto: the faster one)")
+    sync.add_argument("--ir-motion", choices=("auto", "flow", "off"),
+                      help="carry each IR frame to the VIS frame's time with optical flow measured on the VIS frames "
+                           "(auto, the default: when the IR camera is slower; off: nearest-time pairing as before)")
     sync.add_argument("--homography", metavar="FILE", help="IR->VIS homography from `fusion calibrate`")
     sync.add_argument("--no-crop", dest="crop", action="store_false", default=None,
                       help="keep the whole VIS frame after warping (IR edges replicated)")

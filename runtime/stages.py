@@ -47,6 +47,8 @@ class Packet:
     out_size: Optional[tuple[int, int]] = None   # (H, W) of the output
     passthrough: Any = None            # RGB float image while a camera is lost
     fused: Any = None                  # model output
+    vis_ref: Optional[Frame] = None    # IR motion compensation: the VIS frame taken nearest the IR frame's time
+    seq: int = -1                      # order of leaving preprocessing (outputs are written in this order)
 
 
 END = object()               # the end-of-stream marker passed down the queues
@@ -67,6 +69,9 @@ class FrameWork:
         self.source_uris = source_uris            # (IR, VIS) as given, for the one-time aspect-ratio warning
         self.model_size: Optional[tuple[int, int]] = None
         self.output_native = False
+        self.motion = None                 # runtime.motion.IrMotionCompensator when IR motion compensation is on
+        self.max_ref_gap_s = 0.025         # largest |t(VIS reference) - t(IR)| the compensation trusts
+        self.stats: Optional[StatsRecorder] = None
         self._fit_aspect = False
         self._sizes: dict = {}
 
@@ -111,6 +116,12 @@ class FrameWork:
         ir, vis = self.registration.apply(packet.ir.image, packet.vis.image)
         native_hw = tuple(vis.shape[:2])
         model_hw, out_native = self.sizes_for(native_hw)
+        if self.motion is not None and packet.vis_ref is not None:
+            # Warp at the smaller of the IR frame and the model input (the same result, less work).
+            if ir.shape[0] * ir.shape[1] > model_hw[0] * model_hw[1] and not getattr(self.backend, "fuses_frames",
+                                                                                     False):
+                ir = self.resize(ir, model_hw)
+            ir = self.compensate_motion(packet, ir, vis)
         if getattr(self.backend, "fuses_frames", False):   # torch-gpu converts the raw frames on its device
             packet.model_ir, packet.model_vis = ir, vis
             packet.out_size = native_hw if out_native else model_hw
@@ -135,6 +146,27 @@ class FrameWork:
             packet.ycrcb = None
         packet.model_ir = np.ascontiguousarray(ir_small[None, None], dtype=np.float32)
         packet.out_size = native_hw if out_native else model_hw
+
+    def compensate_motion(self, packet: Packet, ir: np.ndarray, vis: np.ndarray) -> np.ndarray:
+        """The IR frame carried from its capture time to the VIS frame's (runtime.motion), or as held where the
+        motion cannot be trusted. Counts `ir_motion_applied` / `ir_motion_held` and times the `motion` stage."""
+        t0 = time.perf_counter()
+        motion, ref = self.motion, packet.vis_ref
+        now_small = self._small_gray(packet.vis, vis)
+        ref_small = now_small if ref is packet.vis else self._small_gray(ref, self.registration.crop_vis(ref.image))
+        ir, result = motion.compensate(ir, vis, ref.image, packet.vis.t_media, ref.t_media, packet.ir.t_media,
+                                       self.max_ref_gap_s, now_small=now_small, ref_small=ref_small)
+        if self.stats is not None:
+            self.stats.count("ir_motion_applied" if result.applied else "ir_motion_held")
+            self.stats.add("motion", time.perf_counter() - t0)
+        return ir
+
+    def _small_gray(self, frame: Frame, view: np.ndarray) -> np.ndarray:
+        """The VIS frame at the flow resolution, made once per frame (it serves as `now` and later as a reference)."""
+        small = frame.meta.get("motion_small")
+        if small is None:
+            small = frame.meta["motion_small"] = self.motion.small_gray(view)
+        return small
 
     def sizes_for(self, native_hw: tuple) -> tuple:
         """(model input (H, W), whether the output is at the native size) for frames of `native_hw`, cached.
@@ -250,12 +282,6 @@ class Handoff:
                     pass
         return False
 
-    def wait_for_room(self, q: queue.Queue) -> None:
-        """Live: start work only when the next stage can take it, so a frame is never prepared long before the
-        model is free (what it waits for it waits as the newest pair, not in a queue)."""
-        while q.full() and not self.abort.is_set():
-            time.sleep(0.001)
-
     def get(self, q: queue.Queue):
         while True:
             try:
@@ -276,37 +302,48 @@ class OutputStage:
         self.progress = None            # a tqdm bar (folder mode), updated per frame
 
     def run(self, handoff: Handoff, in_queue: queue.Queue) -> None:
-        config = self.config
+        """Write each packet, in the order preprocessing numbered them (`seq`): with several inference workers a
+        later frame can finish first and waits here for the one before it."""
+        pending: dict = {}
+        next_seq = 0
         while True:
             packet = handoff.get(in_queue)
             if packet is END:
                 return
-            if config.max_frames and self.stats.counters.get("frames_out", 0) >= config.max_frames:
-                self.stop()           # live pipelines still have frames in flight: drain them unwritten
-                continue
-            t0 = time.perf_counter()
-            rgb = unit_to_uint8(self.work.postprocess(packet))
-            t1 = time.perf_counter()
-            self.stats.add("postprocess", t1 - t0)
-            if rgb.ndim == 2:
-                rgb = np.repeat(rgb[:, :, None], 3, axis=2)
-            info = self.info(packet) if self.sinks else None
-            overlaid = None
-            for sink in self.sinks:
-                if config.overlay == "on" or (config.overlay == "auto" and sink.wants_overlay):
-                    overlaid = draw_overlay(rgb, info) if overlaid is None else overlaid
-                    sink.write(overlaid, info)
-                else:
-                    sink.write(rgb, info)
-            if config.record_pairs and packet.mode == "fused":
-                record_pair(Path(config.record_pairs), f"{self.recorded:06d}", packet)
-                self.recorded += 1
-            now = time.monotonic()
-            self.stats.add("output", time.perf_counter() - t1)
-            self.stats.add("latency", now - packet.t_capture)
-            self.stats.output_done(now)
-            if self.progress is not None:
-                self.progress.update(1)
+            pending[packet.seq] = packet
+            while next_seq in pending:
+                self.write(pending.pop(next_seq))
+                next_seq += 1
+
+    def write(self, packet: Packet) -> None:
+        """One frame out: RGB uint8, the overlay where wanted, every sink, the recorded pair, the statistics."""
+        config = self.config
+        if config.max_frames and self.stats.counters.get("frames_out", 0) >= config.max_frames:
+            self.stop()           # live pipelines still have frames in flight: drain them unwritten
+            return
+        t0 = time.perf_counter()
+        rgb = unit_to_uint8(self.work.postprocess(packet))
+        t1 = time.perf_counter()
+        self.stats.add("postprocess", t1 - t0)
+        if rgb.ndim == 2:
+            rgb = np.repeat(rgb[:, :, None], 3, axis=2)
+        info = self.info(packet) if self.sinks else None
+        overlaid = None
+        for sink in self.sinks:
+            if config.overlay == "on" or (config.overlay == "auto" and sink.wants_overlay):
+                overlaid = draw_overlay(rgb, info) if overlaid is None else overlaid
+                sink.write(overlaid, info)
+            else:
+                sink.write(rgb, info)
+        if config.record_pairs and packet.mode == "fused":
+            record_pair(Path(config.record_pairs), f"{self.recorded:06d}", packet)
+            self.recorded += 1
+        now = time.monotonic()
+        self.stats.add("output", time.perf_counter() - t1)
+        self.stats.add("latency", now - packet.t_capture)
+        self.stats.output_done(now)
+        if self.progress is not None:
+            self.progress.update(1)
 
     def info(self, packet: Packet) -> OutputInfo:
         info = OutputInfo(packet.index, packet.name, mode=packet.mode, pair_error_ms=packet.pair_error_ms)

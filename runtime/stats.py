@@ -15,6 +15,7 @@ import numpy as np
 
 STAGES = ("capture", "capture_wait", "pair_wait", "preprocess", "inference", "postprocess", "output")
 WAITING = ("capture_wait", "pair_wait")   # reported, but not work
+PARTS = ("motion",)                        # reported, but already inside a stage above (IR motion: preprocess)
 PERCENTILES = (50, 90, 99)
 LIVE_WINDOW = 1800        # samples per series behind the live statistics: about a minute at 30 fps
 
@@ -155,7 +156,7 @@ class StatsRecorder:
         # warm-up do not count as frame time.
         span = (last - first) if (first is not None and last is not None and last > first) else 0.0
         fps = (frames - 1) / span if frames > 1 and span > 0 else 0.0
-        stages = {name: summarize(series[name]) for name in STAGES if name in series}
+        stages = {name: summarize(series[name]) for name in STAGES + PARTS if name in series}
         report = {
             "frames": frames,
             "elapsed_s": round(elapsed, 3),

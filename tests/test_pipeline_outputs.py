@@ -51,24 +51,32 @@ def real_pairs(tmp_path, roadscene, train_names):
     return tmp_path / "in"
 
 
-def test_video_files_in_video_out_playable_with_expected_frames(tmp_path, clips, models):
+@pytest.mark.parametrize("ir_motion", ["off", "auto"])
+def test_video_files_in_video_out_playable_with_expected_frames(tmp_path, clips, models, ir_motion):
     out = tmp_path / "fused.mp4"
     stats = tmp_path / "stats.json"
     code = fusion(["run", "--ir", str(clips["ir"]), "--vis", str(clips["vis"]), "--model", str(models["mean"]),
-                   "--imgsz", "96x128", "--output", str(out), "--headless", "--stats", str(stats), "-q"])
+                   "--imgsz", "96x128", "--output", str(out), "--headless", "--stats", str(stats), "-q",
+                   "--ir-motion", ir_motion])
     assert code == 0
     report = json.loads(stats.read_text())
-    # 60 VIS frames at 30 fps against 18 IR frames at 9 fps: all but the last VIS frame (78 ms after the last IR
-    # frame) lie within 60 ms of an IR frame.
-    assert report["frames"] == 59 and report["counters"]["unpaired"] == 1
+    # 60 VIS frames at 30 fps against 18 IR frames at 9 fps. Nearest-time pairing (off): all but the last VIS frame
+    # (78 ms after the last IR frame) lie within 60 ms of an IR frame. IR motion compensation (auto, as the IR camera
+    # is slower): each VIS frame takes the latest IR frame, up to 60 ms + one IR period old, so all 60 are fused.
+    expected = 59 if ir_motion == "off" else 60
+    assert report["frames"] == expected and report["counters"].get("unpaired", 0) == 60 - expected
+    if ir_motion == "auto":
+        counters = report["counters"]
+        assert counters["ir_motion_applied"] + counters["ir_motion_held"] == 60
+        assert report["stages_ms"]["motion"]["count"] == 60
     frames, shape = count_frames(out)
-    assert frames == 59 and shape == (96, 128)
+    assert frames == expected and shape == (96, 128)
     capture = cv2.VideoCapture(str(out))
     assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(30.0)
     for key in ("capture", "preprocess", "inference", "postprocess", "output"):
         assert {"p50", "p90", "p99", "max", "mean"} <= set(report["stages_ms"][key])
-    assert report["latency_ms"]["count"] == 59
-    assert report["pair_error_ms"]["max"] <= 60.0
+    assert report["latency_ms"]["count"] == expected
+    assert report["pair_error_ms"]["max"] <= (60.0 if ir_motion == "off" else 60.0 + 1000.0 / 9)
     assert (tmp_path / "fused.run_config.yaml").is_file()
     assert not list(tmp_path.glob(".*partial*"))                    # nothing half-written left behind
 

@@ -51,12 +51,13 @@ def _nearest_ir(vis_index: int, vis_fps: float, ir_fps: float, ir_frames: int) -
 
 @pytest.mark.parametrize("sync_ms", [60.0, 20.0])
 def test_file_rate_pairing_is_nearest_within_sync(sync_ms):
-    """9 fps IR against 30 fps VIS, read as files: every output is the nearest IR frame, within sync_ms."""
+    """9 fps IR against 30 fps VIS, read as files, nearest-time pairing (--ir-motion off): every output is the
+    nearest IR frame, within sync_ms."""
     ir = SyntheticSource(fps=9, frames=27, live=False, role="ir")
     vis = SyntheticSource(fps=30, frames=90, live=False, role="vis")
     sink = RecordingSink()
     report = FusionPipeline(ir_source=ir, vis_source=vis, backend=NumpyBackend(), sinks=[sink], sync_ms=sync_ms,
-                            imgsz="48x64", verbose=False).run()
+                            imgsz="48x64", ir_motion="off", verbose=False).run()
     expected = {i: _nearest_ir(i, 30, 9, 27) for i in range(90)}
     expected = {i: j for i, (j, err) in expected.items() if err * 1000 <= sync_ms + 1e-6}
     got = {int(info.name): int(pixel[0]) for pixel, info in sink.frames}
@@ -72,13 +73,14 @@ def test_file_rate_pairing_is_nearest_within_sync(sync_ms):
 
 
 def test_live_rate_pairing_error_bounded_by_sync_ms():
-    """Live cameras (9 Hz IR, 30 Hz VIS, paced in real time): pairs are never farther apart than --sync-ms."""
+    """Live cameras (9 Hz IR, 30 Hz VIS, paced in real time), nearest-time pairing: pairs are never farther apart
+    than --sync-ms."""
     sync_ms = 40.0
     ir = SyntheticSource(fps=9, live=True, role="ir")
     vis = SyntheticSource(fps=30, live=True, role="vis")
     sink = RecordingSink()
     report = FusionPipeline(ir_source=ir, vis_source=vis, backend=NumpyBackend(), sinks=[sink], sync_ms=sync_ms,
-                            imgsz="48x64", duration_s=1.5, verbose=False).run()
+                            imgsz="48x64", duration_s=1.5, ir_motion="off", verbose=False).run()
     errors = [abs(info.pair_error_ms) for _, info in sink.frames if info.mode == "fused"]
     assert len(errors) >= 20                                       # ~30 fps for 1.5 s, some unpaired
     assert max(errors) <= sync_ms

@@ -1,0 +1,191 @@
+"""IR motion compensation: a slow thermal camera's frame carried to the visible frame's time.
+
+A 9 Hz thermal core beside a 30 fps RGB camera: each VIS frame is fused with the latest IR frame, up to one IR period
+(111 ms) older. While the rig moves, the heat layer sits where the scene was. The VIS camera saw the scene at both
+times, so the motion between them is measured on the VIS frames and applied to the IR frame:
+
+    VIS(t_ref)  ~ the VIS frame captured nearest the IR frame's time t_ir (kept in a short history)
+    VIS(t_now)  the frame being fused
+    B = DIS optical flow VIS(t_now) -> VIS(t_ref), at a reduced resolution (FLOW_WIDTH px wide; ~0.5 ms a pair)
+    IR_now(x) = IR(x + s * B(x)),  s = (t_now - t_ir) / (t_now - t_ref)   (backward warp with cv2.remap)
+
+Where the motion cannot be trusted it falls back to the held frame: per pixel where the forward-backward check fails
+(occlusions, pixels that left the view), per frame after a scene cut (most pixels fail the check), when the
+reference frame is too far from the IR time, or when no VIS frame near the IR time is in the history (a VIS outage).
+
+`--ir-motion {auto,flow,off}`: auto turns it on when the IR camera is slower than the driving VIS camera.
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Deque, Optional
+
+import cv2
+import numpy as np
+
+from runtime.errors import FusionError
+from runtime.sources import Frame
+
+MODES = ("auto", "flow", "off")
+FLOW_WIDTH = 160            # flow is estimated on VIS frames resized to this width (aspect kept)
+FB_TOLERANCE_PX = 1.0       # forward-backward disagreement (in flow pixels) beyond which a pixel keeps the held IR
+MIN_RELIABLE = 0.5          # below this share of reliable pixels the whole frame keeps the held IR (a scene cut)
+HISTORY_S = 0.5             # VIS frames kept to find the one taken nearest each IR frame
+PEAK_RESPONSE = 0.05        # phase-correlation peak below which no dominant translation is assumed
+
+
+def resolve_mode(mode: str, ir_fps: float, vis_fps: float, primary: str) -> bool:
+    """Whether motion compensation runs: `flow` always (VIS driving), `off` never, `auto` when the IR camera is
+    slower than the VIS camera that drives the output."""
+    mode = str(mode).lower()
+    if mode not in MODES:
+        raise FusionError(f"--ir-motion must be one of {', '.join(MODES)}, got '{mode}'")
+    if mode == "off" or primary != "vis":
+        return False
+    if mode == "flow":
+        return True
+    return bool(ir_fps and vis_fps and ir_fps < 0.95 * vis_fps)
+
+
+class VisHistory:
+    """The recent VIS frames (the pairing thread appends each one it sees), to find the frame nearest a time."""
+
+    def __init__(self, seconds: float = HISTORY_S):
+        self.seconds = seconds
+        self.frames: Deque[Frame] = deque()
+        self.lock = threading.Lock()
+
+    def add(self, frame: Frame) -> None:
+        with self.lock:
+            if self.frames and frame.t_media < self.frames[-1].t_media:
+                self.frames.clear()        # the timeline went back (a new source): old frames say nothing
+            self.frames.append(frame)
+            while len(self.frames) > 2 and frame.t_media - self.frames[0].t_media > self.seconds:
+                self.frames.popleft()
+
+    def nearest(self, t: float) -> Optional[Frame]:
+        with self.lock:
+            if not self.frames:
+                return None
+            return min(self.frames, key=lambda f: abs(f.t_media - t))
+
+    def clear(self) -> None:
+        with self.lock:
+            self.frames.clear()
+
+
+@dataclass
+class Compensation:
+    """What happened to one frame (for statistics and tests)."""
+
+    applied: bool
+    reason: str = ""                # why not (or "" when applied)
+    reliable: float = 0.0           # share of pixels that passed the forward-backward check
+    shift_px: float = 0.0           # RMS applied displacement, in pixels of the warped image
+
+
+class IrMotionCompensator:
+    """Moves a held IR frame to the current VIS frame's time (see the module docstring). Not thread-safe: one per
+    preprocessing thread (DIS objects keep state)."""
+
+    def __init__(self, flow_width: int = FLOW_WIDTH, fb_tolerance: float = FB_TOLERANCE_PX,
+                 min_reliable: float = MIN_RELIABLE, preset: int = cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST):
+        self.flow_width = int(flow_width)
+        self.fb_tolerance = float(fb_tolerance)
+        self.min_reliable = float(min_reliable)
+        self.dis = cv2.DISOpticalFlow_create(preset)
+        self._grids: dict = {}
+        self._windows: dict = {}
+
+    # ------------------------------------------------------------------------------------------------- the pieces
+    def small_gray(self, image: np.ndarray) -> np.ndarray:
+        """The image as 8-bit gray at the flow resolution."""
+        if image.ndim == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        if image.dtype != np.uint8:
+            image = cv2.convertScaleAbs(image, alpha=255.0 / max(float(image.max()), 1.0))
+        height, width = image.shape[:2]
+        size = (self.flow_width, max(8, int(round(height * self.flow_width / width))))
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA) if (width, height) != size else image
+
+    def flow(self, now_small: np.ndarray, ref_small: np.ndarray) -> tuple[np.ndarray, float]:
+        """(backward flow now -> ref with unreliable pixels zeroed, share of reliable pixels).
+
+        DIS alone at this resolution loses a fast pan (beyond ~10% of the width between the two frames: a car at
+        speed, a quick turn): its pyramid is only a few levels deep. The dominant translation is found first by phase
+        correlation and DIS measures what is left around it (measured: 75 px of pan at 320 wide to 0.5 px)."""
+        shift = self._global_shift(now_small, ref_small)
+        backward = self._dis_around(now_small, ref_small, shift)
+        forward = self._dis_around(ref_small, now_small, (-shift[0], -shift[1]))
+        # The forward flow, sampled where each pixel lands in the reference, must bring the pixel back.
+        landed = cv2.add(self._grid(now_small.shape[:2]), backward)
+        round_trip = cv2.add(backward, cv2.remap(forward, landed, None, cv2.INTER_LINEAR,
+                                                 borderMode=cv2.BORDER_REPLICATE))
+        dx, dy = cv2.split(round_trip)
+        reliable = cv2.compare(cv2.magnitude(dx, dy), self.fb_tolerance, cv2.CMP_LE)      # 255 where reliable
+        share = cv2.countNonZero(reliable) / reliable.size
+        return cv2.bitwise_and(backward, backward, mask=reliable) if share < 1.0 else backward, share
+
+    def _global_shift(self, now_small: np.ndarray, ref_small: np.ndarray) -> tuple[float, float]:
+        """The dominant translation now -> ref (phase correlation), or (0, 0) when it is not clear-cut."""
+        window = self._windows.get(now_small.shape)
+        if window is None:
+            window = self._windows[now_small.shape] = cv2.createHanningWindow(now_small.shape[::-1], cv2.CV_32F)
+        (sx, sy), response = cv2.phaseCorrelate(np.float32(now_small), np.float32(ref_small), window)
+        return (sx, sy) if response >= PEAK_RESPONSE else (0.0, 0.0)
+
+    def _dis_around(self, a: np.ndarray, b: np.ndarray, shift: tuple[float, float]) -> np.ndarray:
+        """DIS flow a -> b, with b first moved by `shift` (so DIS measures only the rest), the shift added back."""
+        if shift == (0.0, 0.0):
+            return self.dis.calc(a, b, None)
+        matrix = np.array([[1.0, 0.0, shift[0]], [0.0, 1.0, shift[1]]], dtype=np.float32)
+        moved = cv2.warpAffine(b, matrix, (b.shape[1], b.shape[0]), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_REPLICATE)
+        flow = self.dis.calc(a, moved, None)
+        return cv2.add(flow, np.array([shift[0], shift[1], 0.0, 0.0]))
+
+    def warp(self, image: np.ndarray, flow_small: np.ndarray, scale: float) -> np.ndarray:
+        """`image` (any size, uint8/uint16/float) backward-warped by `scale` x the flow, resized to its size."""
+        height, width = image.shape[:2]
+        small_h, small_w = flow_small.shape[:2]
+        factors = np.array([scale * width / small_w, scale * height / small_h], dtype=np.float32)
+        up = cv2.resize(flow_small * factors, (width, height), interpolation=cv2.INTER_LINEAR)
+        maps = cv2.add(self._grid((height, width)), up)
+        return cv2.remap(image, maps, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+    def _grid(self, shape: tuple) -> np.ndarray:
+        grid = self._grids.get(shape)
+        if grid is None:
+            ys, xs = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
+            grid = self._grids[shape] = np.dstack([xs, ys])
+        return grid
+
+    # ----------------------------------------------------------------------------------------------------- a frame
+    def compensate(self, ir: np.ndarray, vis_now: np.ndarray, vis_ref: Optional[np.ndarray], t_now: float,
+                   t_ref: Optional[float], t_ir: float, max_ref_gap_s: float = 0.025,
+                   now_small: Optional[np.ndarray] = None, ref_small: Optional[np.ndarray] = None
+                   ) -> tuple[np.ndarray, Compensation]:
+        """The IR frame (in the VIS view, any resolution) moved from t_ir to t_now. `vis_ref` is the VIS frame taken
+        at t_ref, nearest t_ir; `max_ref_gap_s` is the largest |t_ref - t_ir| trusted (about half a VIS period)."""
+        if vis_ref is None or t_ref is None:
+            return ir, Compensation(False, "no VIS frame near the IR frame's time")
+        if abs(t_ref - t_ir) > max_ref_gap_s:
+            return ir, Compensation(False, "no VIS frame near the IR frame's time")
+        span = t_now - t_ref
+        if abs(span) < 1e-4:
+            return ir, Compensation(False, "IR frame is current")
+        scale = (t_now - t_ir) / span
+        now_small = self.small_gray(vis_now) if now_small is None else now_small
+        ref_small = self.small_gray(vis_ref) if ref_small is None else ref_small
+        if now_small.shape != ref_small.shape:
+            return ir, Compensation(False, "VIS frame size changed")
+        flow, reliable = self.flow(now_small, ref_small)
+        if reliable < self.min_reliable:
+            return ir, Compensation(False, "motion unreliable (scene cut?)", reliable)
+        shift = cv2.norm(flow) / np.sqrt(flow.shape[0] * flow.shape[1]) * scale * ir.shape[1] / flow.shape[1]
+        return self.warp(ir, flow, scale), Compensation(True, "", reliable, shift)
+
+
+__all__ = ["MODES", "FLOW_WIDTH", "VisHistory", "IrMotionCompensator", "Compensation", "resolve_mode"]
