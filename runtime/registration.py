@@ -229,18 +229,38 @@ class Registration:
         self.rect = overlap_rect(matrix, ir_size, vis_size) if self.crop else (0, 0, vis_size[0], vis_size[1])
         self._key = (ir_size, vis_size)
 
-    def apply(self, ir: np.ndarray, vis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(IR warped into the VIS view, VIS), both cropped to the overlap. Any dtype OpenCV warps (uint8/16)."""
+    def view_size(self, ir: np.ndarray, vis: np.ndarray) -> tuple[int, int]:
+        """(H, W) of the VIS view `apply` returns for frames of these shapes."""
         if self.file is None:
-            return ir, vis
+            return tuple(vis.shape[:2])
+        self._ensure_setup(ir, vis)
+        x0, y0, x1, y1 = self.rect
+        return y1 - y0, x1 - x0
+
+    def _ensure_setup(self, ir: np.ndarray, vis: np.ndarray) -> None:
         ir_size, vis_size = (ir.shape[1], ir.shape[0]), (vis.shape[1], vis.shape[0])
         if self._key != (ir_size, vis_size):
             self._setup(ir_size, vis_size)
+
+    def apply(self, ir: np.ndarray, vis: np.ndarray, ir_hw: Optional[tuple[int, int]] = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """(IR warped into the VIS view, VIS), both cropped to the overlap. Any dtype OpenCV warps (uint8/16).
+
+        `ir_hw` (H, W): warp the IR frame straight to that size of the view (the model input) instead of the VIS
+        frame's own: one resampling instead of two, and a fraction of the pixels at 720p/1080p."""
+        if self.file is None:
+            return ir, vis
+        self._ensure_setup(ir, vis)
         x0, y0, x1, y1 = self.rect
         # Warp straight into the crop: translate so the crop's corner is the origin, and skip the rest.
-        shift = np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1]], dtype=np.float64)
-        warped = cv2.warpPerspective(ir, shift @ self.matrix, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
-                                     borderMode=cv2.BORDER_REPLICATE)
+        matrix = np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1]], dtype=np.float64) @ self.matrix
+        size = (x1 - x0, y1 - y0)
+        if ir_hw is not None and tuple(ir_hw) != (size[1], size[0]):
+            sx, sy = ir_hw[1] / size[0], ir_hw[0] / size[1]
+            # pixel centres map onto pixel centres, as cv2.resize does
+            matrix = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]]) @ matrix
+            size = (ir_hw[1], ir_hw[0])
+        warped = cv2.warpPerspective(ir, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         return warped, vis[y0:y1, x0:x1]
 
     def crop_vis(self, vis: np.ndarray) -> np.ndarray:
