@@ -3,6 +3,7 @@
     python -m runtime.assets.make_samples                                      # the bundled 480p clips
     python -m runtime.assets.make_samples --preset 720p --out build/samples/720p
     python -m runtime.assets.make_samples --preset 1080p --out build/samples/1080p
+    python -m runtime.assets.make_samples --preset 720p --out build/ir_motion/clips --truth   # + ir_truth.mp4
 
 A virtual camera rig pans and zooms smoothly over a few aligned pairs of a *training* split (never a test or
 validation list), a few seconds per scene, with a cut between scenes. Both cameras follow one trajectory (the pairs
@@ -17,6 +18,10 @@ IR sees a 5:4 view, the VIS the 16:9 band across its middle. `h.json` beside the
 of that geometry (`fusion run --homography h.json`), so the warped IR covers the whole VIS frame. LLVIP's licence is
 non-commercial research only: the 720p/1080p clips are made on demand and never shipped. Deterministic: same pairs,
 same trajectory, same files.
+
+`--truth` also writes `ir_truth.mp4`: the IR camera (same size, same part of the view, same trajectory) sampled at the
+VIS frame times and rate, what a thermal camera as fast as the VIS one would have seen. It is the reference for IR
+motion compensation (benchmarks/ir_motion.py): the 9 fps IR frame carried to each VIS time should look like it.
 """
 from __future__ import annotations
 
@@ -130,9 +135,10 @@ def read_scene(root: Path, stem: str) -> tuple[np.ndarray, np.ndarray]:
     return ir, cv2.cvtColor(read_raw(find("vi")), cv2.COLOR_RGB2BGR)
 
 
-def make_samples(data: Path, out: Path, preset: str = "480p") -> dict:
+def make_samples(data: Path, out: Path, preset: str = "480p", truth: bool = False) -> dict:
     """Render `preset`'s clips from the training pairs under `data` (the dataset folder itself, or the folder that
-    holds it) into `out`; returns what samples.json records."""
+    holds it) into `out`; returns what samples.json records. `truth` adds ir_truth.mp4 (the IR camera at the VIS
+    frame times), recorded under "ir_truth"; without it the files written are exactly those of earlier versions."""
     rig = PRESETS[preset]
     if not (data / "train.txt").is_file() and (data.parent / rig.dataset / "train.txt").is_file():
         data = data.parent / rig.dataset
@@ -162,6 +168,13 @@ def make_samples(data: Path, out: Path, preset: str = "480p") -> dict:
             "vis": {"file": "vis.mp4", "size": list(rig.vis_size), "fps": rig.vis_fps, "frames": n_vis},
             "ir": {"file": "ir.mp4", "size": list(rig.ir_size), "fps": rig.ir_fps, "frames": n_ir},
             "made_by": "python -m runtime.assets.make_samples"}
+    if truth:
+        # The IR camera's own size and view, at the VIS camera's times: the frame a held 9 fps IR frame should
+        # become once carried to a VIS frame's time.
+        n_truth = write_clip(out / "ir_truth.mp4", frames(rig.vis_fps, rig.ir_size, 0, rig.ir_rect), rig.vis_fps,
+                             rig.ir_size)
+        info["ir_truth"] = {"file": "ir_truth.mp4", "size": list(rig.ir_size), "fps": rig.vis_fps,
+                            "frames": n_truth}
     if preset != "480p":
         from runtime.registration import save_homography
         save_homography(out / "h.json", rig.homography(), rig.ir_size, rig.vis_size,
@@ -181,12 +194,15 @@ def main(argv=None) -> int:
                         help="the dataset folder (default: ../shared/data/<the preset's set>)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: runtime/assets/samples for 480p, build/samples/PRESET otherwise)")
+    parser.add_argument("--truth", action="store_true",
+                        help="also write ir_truth.mp4: the IR camera at the VIS frame times and rate (the reference "
+                             "for IR motion compensation, benchmarks/ir_motion.py)")
     args = parser.parse_args(argv)
     rig = PRESETS[args.preset]
     data = args.data or repo.parent / "shared" / "data" / rig.dataset
     out = args.out or (Path(__file__).resolve().parent / "samples" if args.preset == "480p"
                        else repo / "build" / "samples" / args.preset)
-    info = make_samples(data, out, args.preset)
+    info = make_samples(data, out, args.preset, truth=args.truth)
     print(json.dumps(info, indent=2))
     return 0
 
