@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
+
 from runtime.sources import Frame, Source, SourceLost, open_source
 
 REPO = Path(__file__).resolve().parents[1]
@@ -323,7 +325,8 @@ def run(args) -> int:
     pipeline = FusionPipeline(ir_source=ir, vis_source=vis, model=args.model, imgsz=args.imgsz,
                               outputs=[str(out / "soak.mp4"), "mjpeg://127.0.0.1:0"], headless=True, realtime=True,
                               loop=True, auth_token=token, max_clients=8, reconnect_max_s=args.reconnect_max,
-                              threads=args.threads, stats=str(out / "stats.json"), verbose=False)
+                              threads=args.threads, stats=str(out / "stats.json"), ir_motion=args.ir_motion,
+                              verbose=False)
     result: dict = {}
 
     def run_pipeline():
@@ -449,6 +452,9 @@ def verdict(args, report, minute_frames, rss, faults, clients, server, escaped, 
             failures.append(f"{fault['kind']} at {fault['at']:.0f} s: not recovered within {args.reconnect_max:g} s "
                             f"({recovery})")
     counters = report.get("counters", {})
+    camera_rate = camera_rate_checks(fps, faults, medians, report)
+    if args.require_camera_rate:
+        failures += [f"camera rate: {check['what']}: {check['value']}" for check in camera_rate if not check["met"]]
     summary = {
         "minutes": args.minutes, "model": report.get("model"), "imgsz": args.imgsz,
         "fps_per_minute": [round(v, 2) for v in fps],
@@ -460,6 +466,7 @@ def verdict(args, report, minute_frames, rss, faults, clients, server, escaped, 
         "reconnects": {r: counters.get(f"reconnects_{r}", 0) for r in ("ir", "vis")},
         "loops": {r: counters.get(f"loops_{r}", 0) for r in ("ir", "vis")},
         "latency_ms": {k: report.get("latency_ms", {}).get(k) for k in ("p50", "p90", "p99")},
+        "camera_rate": camera_rate,
         "inference_ms": {k: report.get("stages_ms", {}).get("inference", {}).get(k) for k in ("p50", "p90")},
         "faults": faults,
         "clients": {**clients.frames, **clients.counts, "server_refused": server.refused,
@@ -477,12 +484,43 @@ def verdict(args, report, minute_frames, rss, faults, clients, server, escaped, 
         extra = f", {fault['served']} served / {fault['refused']} refused" if fault["kind"] == "flood" else ""
         print(f"fault {fault['kind']:<10} at {fault['at']:>5.0f} s: recovered in {fault.get('recovery_s')} s{extra}")
     print("clients: " + ", ".join(f"{k} {v}" for k, v in summary["clients"].items()))
+    for check in camera_rate:
+        print(f"camera rate: {check['what']:<58} {check['value']:<24} {'met' if check['met'] else 'NOT MET'}")
     print(f"load average {', '.join(f'{v:.1f}' for v in summary['load_average'])}; details in {out / 'soak.json'}")
     if failures:
         print("SOAK FAILED:\n  " + "\n  ".join(failures))
         return 1
     print("soak passed")
     return 0
+
+
+def camera_rate_checks(fps: list, faults: list, medians: list, report: dict) -> list:
+    """Issue 24's camera-rate targets on this run: every minute without a fault at >= 29.5 fused fps (their median
+    too), stale pairs <= 1% of the frames, capture->output p50 <= 40 ms and p99 <= 80 ms, resident memory after minute
+    5 within 2% of minute 5 (runs of 6 minutes or more)."""
+    fault_minutes = {int(f["at"] // 60) + 1 for f in faults}
+    clean = [v for m, v in enumerate(fps, start=1) if m not in fault_minutes]
+    counters = report.get("counters", {})
+    stale = counters.get("stale_dropped_pairs", 0)
+    frames = report.get("frames", 0)
+    latency = report.get("latency_ms", {})
+    checks = [
+        {"what": "median fused fps per minute >= 29.5", "value": f"{float(np.median(fps)):.2f}" if fps else "-",
+         "met": bool(fps) and float(np.median(fps)) >= 29.5},
+        {"what": "every minute without a fault >= 29.5 fps", "value": f"min {min(clean):.2f}" if clean else "-",
+         "met": bool(clean) and min(clean) >= 29.5},
+        {"what": "stale pairs dropped <= 1% of frames", "value": f"{100 * stale / max(frames + stale, 1):.2f}%",
+         "met": stale <= 0.01 * (frames + stale)},
+        {"what": "capture->output p50 <= 40 ms", "value": f"{latency.get('p50')} ms",
+         "met": latency.get("p50") is not None and latency["p50"] <= 40.0},
+        {"what": "capture->output p99 <= 80 ms", "value": f"{latency.get('p99')} ms",
+         "met": latency.get("p99") is not None and latency["p99"] <= 80.0},
+    ]
+    if len(medians) >= 6:
+        growth = max(medians[5:]) / medians[4] - 1.0
+        checks.append({"what": "resident memory after minute 5 within 2%", "value": f"{100 * growth:+.1f}%",
+                       "met": growth <= 0.02})
+    return checks
 
 
 def main(argv=None) -> int:
@@ -493,6 +531,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="inference threads (0: the runtime's choice)")
     parser.add_argument("--reconnect-max", type=float, default=5.0,
                         help="longest reconnection wait, and the most a fault may take to recover (default 5 s)")
+    parser.add_argument("--ir-motion", choices=("auto", "flow", "off"), default="auto",
+                        help="IR motion compensation (default auto: on, the IR clip is 9 fps)")
+    parser.add_argument("--require-camera-rate", action="store_true",
+                        help="also fail when a camera-rate target is missed (fps, stale pairs, latency, memory)")
     parser.add_argument("--out", default="build/soak", help="folder for the mp4, stats.json and soak.json")
     args = parser.parse_args(argv)
     if args.minutes < 1:

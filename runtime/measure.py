@@ -1,107 +1,263 @@
-"""How much the pipeline costs beyond the model: bare inference speed vs the full `fusion run` on the demo clips.
+"""Where the CPU goes, stage by stage, per fused frame: `fusion run` at camera rate on 640x480, 1280x720 and 1920x1080
+visible cameras beside a 640x512 thermal core.
 
-    python -m runtime.measure [--model runtime/models/default/model.onnx] [--threads 2] [--repeats 3]
+    python -m runtime.measure                                   # vga, 720p, 1080p; 30 s each
+    python -m runtime.measure --presets 480p --seconds 60 --out build/measure/480p.json
+    python -m runtime.measure --backend torch-gpu               # the same table for another backend (GPU machines)
 
-For each repeat, measured back to back on the same machine (so a busy shared machine slows both alike):
-  1. bare: ONNX Runtime alone on one real 640x480 frame pair, in a loop (median ms -> frames/s);
-  2. pipeline: `fusion run` headless on the bundled clips (decode both videos, pair 9 fps IR with 30 fps VIS,
-     AGC/resize/YCbCr, inference, chroma restored, mp4 encode) with --stats.
-Prints, per repeat and as medians: bare fps, pipeline fps, pipeline/bare, and the share of the frame time spent
-outside inference (work per frame from --stats). Writes everything as JSON with --out.
+For each preset it makes the sample clips when missing (`runtime/assets/make_samples.py --preset P`: the same LLVIP
+training scenes and trajectory at every size; `480p` is the bundled RoadScene pair with a 320x240 IR camera), plays
+them as cameras (`--realtime --loop`, VIS 30 fps, IR 9 fps, the rig's homography, output at the VIS camera's native
+size) into an mp4 file and, with `--viewers N`, N MJPEG viewers. After a warm-up it reads every thread's CPU time
+from /proc/self/task at the start and the end of the measured window and charges each thread to its stage:
+
+    decode       the capture threads and FFmpeg's decoder threads
+    pairing      matching each VIS frame with an IR frame
+    preprocess   registration, resizing, IR motion compensation (also shown on its own), float conversion
+    inference    the inference workers (ONNX Runtime runs each frame on its worker's thread)
+    output       colour restored at the output size, overlay, hand-off to each sink, statistics
+    video encode the mp4 encoder thread (and FFmpeg's encoder threads)
+    mjpeg        the HTTP server and its viewers' threads (JPEG encoding happens there, once per frame)
+    other        the main thread (supervision, memory trimming) and anything else
+
+CPU time is what the two cores must supply, so it is the figure that says whether camera rate can hold and how cost
+grows with the frame size (wall-clock stage times overlap and wait on each other). Also printed: fused fps, capture
+-> output latency, and stale pairs dropped. Linux only (/proc); timings on a shared machine are noisy: compare sizes
+measured in the same run.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Dict, Optional
 
 import numpy as np
 
+REPO = Path(__file__).resolve().parents[1]
 SAMPLES = Path(__file__).resolve().parent / "assets" / "samples"
+STAGES = ("decode", "pairing", "preprocess", "inference", "output", "video encode", "mjpeg", "other")
+TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def cpu_seconds() -> float:
-    """CPU time of this process, all threads (ONNX Runtime's workers included)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+def thread_cpu() -> Dict[int, tuple[str, float]]:
+    """{native thread id: (kernel thread name, CPU seconds)} for every thread of this process."""
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as handle:
+                stat = handle.read()
+        except OSError:
+            continue             # the thread ended meanwhile
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[int(tid)] = (stat[stat.index("(") + 1:stat.rindex(")")], (int(fields[11]) + int(fields[12])) / TICKS)
+    return out
 
 
-def bare_inference(backend, size_hw, iterations: int = 60) -> tuple[float, float]:
-    """(median wall ms, mean CPU ms) of one inference on a real 480x640 frame of the demo clip."""
-    import cv2
-
-    from runtime.color import split_luminance
-    from runtime.imageio import vis_to_float
-    capture = cv2.VideoCapture(str(SAMPLES / "vis.mp4"))
-    ok, frame = capture.read()
-    capture.release()
-    rgb = cv2.cvtColor(cv2.resize(frame, (size_hw[1], size_hw[0])), cv2.COLOR_BGR2RGB)
-    y, _ = split_luminance(vis_to_float(rgb))
-    vis = np.ascontiguousarray(y[None, None], dtype=np.float32)
-    ir = np.ascontiguousarray(1.0 - vis)
-    for _ in range(5):
-        backend.infer(ir, vis)
-    times = []
-    cpu_start = cpu_seconds()
-    for _ in range(iterations):
-        start = time.perf_counter()
-        backend.infer(ir, vis)
-        times.append(time.perf_counter() - start)
-    cpu_ms = (cpu_seconds() - cpu_start) / iterations * 1000.0
-    return float(np.median(times) * 1000.0), cpu_ms
+def stage_of(name: str) -> str:
+    """The stage a thread works for, from its Python name or (native threads) its kernel name."""
+    if name.startswith("capture-") or (name.startswith("av:") and ":df" in name):
+        return "decode"
+    if name == "pairing":
+        return "pairing"
+    if name == "preprocess":
+        return "preprocess"
+    if name.startswith("inference"):
+        return "inference"
+    if name == "output":
+        return "output"
+    if name == "encode-video" or name.startswith("av:"):
+        return "video encode"
+    if name.startswith("mjpeg") or "process_request_thread" in name:
+        return "mjpeg"
+    return "other"
 
 
-def pipeline_run(backend, out_dir: Path) -> tuple[dict, float]:
-    """(the --stats report, CPU ms per fused frame) of the whole pipeline on the demo clips."""
+class ThreadLedger:
+    """CPU seconds per stage between `start()` and `stop()`, following threads as they come and go."""
+
+    def __init__(self, interval: float = 0.25):
+        self.interval = interval
+        self.names: Dict[int, str] = {}
+        self.first: Dict[int, float] = {}
+        self.last: Dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def _sample(self, baseline: bool = False) -> None:
+        python_names = {t.native_id: t.name for t in threading.enumerate()}
+        for tid, (comm, cpu) in thread_cpu().items():
+            if tid not in self.names or tid in python_names:
+                self.names[tid] = python_names.get(tid, comm)
+            if baseline or tid not in self.first:
+                self.first[tid] = cpu if baseline else 0.0
+            self.last[tid] = cpu
+
+    def start(self) -> None:
+        self._sample(baseline=True)
+        self._thread = threading.Thread(target=self._run, name="measure-ledger", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def stop(self) -> Dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        own = threading.current_thread().native_id
+        totals = {stage: 0.0 for stage in STAGES}
+        for tid, name in self.names.items():
+            if name == "measure-ledger" or tid == own:
+                continue          # the measurement itself
+            totals[stage_of(name)] += self.last.get(tid, 0.0) - self.first.get(tid, 0.0)
+        return totals
+
+
+def clips_for(preset: str) -> Path:
+    """The folder of `preset`'s clips, made (deterministically, from training pairs) when missing."""
+    if preset == "480p":
+        return SAMPLES
+    folder = REPO / "build" / "samples" / preset
+    if not (folder / "vis.mp4").is_file() or not (folder / "ir.mp4").is_file():
+        from runtime.assets.make_samples import make_samples, PRESETS
+        make_samples(REPO.parent / "shared" / "data" / PRESETS[preset].dataset, folder, preset)
+    return folder
+
+
+def measure(preset: str, seconds: float, warmup: float, model: str, backend: str, viewers: int,
+            workdir: Path) -> dict:
+    """One preset at camera rate: CPU ms per fused frame by stage, and the run's statistics."""
     from runtime.pipeline import FusionPipeline
-    pipeline = FusionPipeline(ir=str(SAMPLES / "ir.mp4"), vis=str(SAMPLES / "vis.mp4"), backend=backend,
-                              imgsz="480x640", headless=True, outputs=[str(out_dir / "fused.mp4")], verbose=False)
-    cpu_start = cpu_seconds()
-    report = pipeline.run()
-    return report, (cpu_seconds() - cpu_start) / max(report["frames"], 1) * 1000.0
+    clips = clips_for(preset)
+    homography = clips / "h.json"
+    outputs = [str(workdir / f"{preset}.mp4")]
+    token = "measure-run-token"
+    if viewers:
+        outputs.append("mjpeg://127.0.0.1:0")
+    pipeline = FusionPipeline(ir=str(clips / "ir.mp4"), vis=str(clips / "vis.mp4"), model=model, backend=backend,
+                              homography=str(homography) if homography.is_file() else None, output_size="native",
+                              outputs=outputs, headless=True, realtime=True, loop=True, auth_token=token,
+                              verbose=False)
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(report=pipeline.run()), name="measure-run", daemon=True)
+    runner.start()
+    while not pipeline.stats.counters.get("frames_out") and runner.is_alive():
+        time.sleep(0.05)
+    watchers = [Viewer(pipeline, token) for _ in range(viewers)]
+    time.sleep(warmup)
+    ledger = ThreadLedger()
+    frames_before = pipeline.stats.counters.get("frames_out", 0)
+    stale_before = pipeline.stats.counters.get("stale_dropped_pairs", 0)
+    motion_before = pipeline.stats.total("motion")
+    t0 = time.monotonic()
+    ledger.start()
+    time.sleep(seconds)
+    cpu = ledger.stop()
+    elapsed = time.monotonic() - t0
+    frames = pipeline.stats.counters.get("frames_out", 0) - frames_before
+    stale = pipeline.stats.counters.get("stale_dropped_pairs", 0) - stale_before
+    motion_s = pipeline.stats.total("motion") - motion_before
+    recent = pipeline.stats.snapshot(recent=int(frames))
+    for watcher in watchers:
+        watcher.close()
+    pipeline.stop()
+    runner.join(60)
+    per_frame = {stage: 1000.0 * value / max(frames, 1) for stage, value in cpu.items()}
+    vis_size = pipeline.work.model_size
+    return {"preset": preset, "frames": frames, "seconds": round(elapsed, 2), "fps": round(frames / elapsed, 2),
+            "cpu_ms_per_frame": {k: round(v, 2) for k, v in per_frame.items()},
+            "cpu_ms_total": round(sum(per_frame.values()), 2),
+            "cores_busy": round(sum(cpu.values()) / elapsed, 2),
+            "motion_ms_per_frame": round(1000.0 * motion_s / max(frames, 1), 2),
+            "latency_ms": recent.get("latency_ms", {}), "stale_dropped": stale,
+            "stale_share": round(stale / max(frames + stale, 1), 4),
+            "model_size": list(vis_size) if vis_size else None,
+            "backend": pipeline.backend.describe() if pipeline.backend is not None else None,
+            "inference_workers": pipeline.inference_workers() if pipeline.backend is not None else None}
+
+
+class Viewer:
+    """A client of the MJPEG stream reading every frame it is sent (as a browser would)."""
+
+    def __init__(self, pipeline, token: str):
+        import http.client
+        server = next(s for s in pipeline.sinks if s.kind == "mjpeg").server
+        self.connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        self.connection.request("GET", f"/stream.mjpg?token={token}")
+        self.response = self.connection.getresponse()
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._read, name="measure-viewer", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if not self.response.read(65536):
+                    return
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        self.connection.close()
+
+
+def format_table(rows: list) -> str:
+    header = f"{'CPU ms per fused frame':<24}" + "".join(f"{r['preset']:>10}" for r in rows)
+    lines = [header, "-" * len(header)]
+    for stage in STAGES:
+        lines.append(f"{stage:<24}" + "".join(f"{r['cpu_ms_per_frame'][stage]:>10.2f}" for r in rows))
+        if stage == "preprocess":
+            lines.append(f"{'  of which IR motion':<24}" + "".join(f"{r['motion_ms_per_frame']:>10.2f}" for r in rows))
+    lines.append(f"{'total':<24}" + "".join(f"{r['cpu_ms_total']:>10.2f}" for r in rows))
+    base = rows[0]
+    lines.append(f"{'x first column':<24}" + "".join(f"{r['cpu_ms_total'] / base['cpu_ms_total']:>10.2f}"
+                                                     for r in rows))
+    lines.append(f"{'cores busy':<24}" + "".join(f"{r['cores_busy']:>10.2f}" for r in rows))
+    lines.append(f"{'fused fps':<24}" + "".join(f"{r['fps']:>10.2f}" for r in rows))
+    lines.append(f"{'latency p50 / p99 ms':<24}" + "".join(
+        f"{r['latency_ms'].get('p50', 0):>5.0f}/{r['latency_ms'].get('p99', 0):<4.0f}" for r in rows))
+    lines.append(f"{'stale pairs dropped':<24}" + "".join(f"{100 * r['stale_share']:>9.1f}%" for r in rows))
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--presets", default="vga,720p,1080p",
+                        help="comma-separated clip presets (vga, 720p, 1080p: LLVIP scenes with a 640x512 IR camera; "
+                             "480p: the bundled clips)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="measured window per preset (default 30)")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds run before measuring (default 5)")
     parser.add_argument("--model", default="default")
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--viewers", type=int, default=0, help="MJPEG viewers watching the stream (default 0)")
+    parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
-    from runtime.backends import create_backend
+    if not Path("/proc/self/task").is_dir():
+        raise SystemExit("runtime.measure reads per-thread CPU time from /proc: Linux only")
+    from runtime.assets.make_samples import PRESETS
+    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    unknown = [p for p in presets if p not in PRESETS]
+    if unknown:
+        raise SystemExit(f"unknown preset(s) {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for repeat in range(args.repeats):
-            backend = create_backend(args.model, "onnxruntime", args.threads, "cpu")
-            bare_ms, bare_cpu_ms = bare_inference(backend, (480, 640))
-            report, pipeline_cpu_ms = pipeline_run(backend, Path(tmp))
-            row = {"bare_ms": round(bare_ms, 2), "bare_fps": round(1000.0 / bare_ms, 2),
-                   "bare_cpu_ms": round(bare_cpu_ms, 2), "pipeline_cpu_ms": round(pipeline_cpu_ms, 2),
-                   "cpu_outside_inference_share": round(1.0 - bare_cpu_ms / pipeline_cpu_ms, 4),
-                   "pipeline_fps": report["fps"], "frames": report["frames"],
-                   "pipeline_over_bare": round(report["fps"] * bare_ms / 1000.0, 3),
-                   "non_inference_share": report.get("non_inference_share"),
-                   "non_inference_ms": report.get("non_inference_ms"),
-                   "work_per_frame_ms": report.get("work_per_frame_ms"),
-                   "latency_p50_ms": report["latency_ms"].get("p50"),
-                   "latency_p99_ms": report["latency_ms"].get("p99")}
+        for preset in presets:
+            row = measure(preset, args.seconds, args.warmup, args.model, args.backend, args.viewers, Path(tmp))
             rows.append(row)
-            print(f"repeat {repeat + 1}: bare {row['bare_fps']:.1f} fps ({bare_ms:.1f} ms), pipeline "
-                  f"{row['pipeline_fps']:.1f} fps ({row['frames']} frames) = {100 * row['pipeline_over_bare']:.0f}% "
-                  f"of bare; outside inference {row['non_inference_ms']:.1f} ms/frame = "
-                  f"{100 * (row['non_inference_share'] or 0):.0f}% of the frame time; CPU per frame: model "
-                  f"{bare_cpu_ms:.1f} ms, pipeline {pipeline_cpu_ms:.1f} ms -> "
-                  f"{100 * row['cpu_outside_inference_share']:.0f}% outside inference", flush=True)
-    summary = {key: float(np.median([r[key] for r in rows])) for key in
-               ("bare_fps", "pipeline_fps", "pipeline_over_bare", "non_inference_share", "non_inference_ms",
-                "bare_cpu_ms", "pipeline_cpu_ms", "cpu_outside_inference_share", "latency_p50_ms", "latency_p99_ms")}
-    print("median: " + ", ".join(f"{k} {v:.3g}" for k, v in summary.items()))
+            print(f"{preset}: {row['fps']:.1f} fps, {row['cpu_ms_total']:.1f} CPU ms per frame", flush=True)
+    print(format_table(rows))
     if args.out:
         from runtime.imageio import write_json
-        write_json(args.out, {"model": args.model, "threads": args.threads, "repeats": rows, "median": summary})
+        write_json(args.out, {"presets": rows, "seconds": args.seconds, "model": args.model,
+                              "backend": args.backend, "viewers": args.viewers,
+                              "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
     return 0
 
 

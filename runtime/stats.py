@@ -98,6 +98,11 @@ class StatsRecorder:
             self._series[series].append(float(seconds))
             self._totals[series] += float(seconds)
 
+    def total(self, series: str) -> float:
+        """The sum of every value added to `series` so far (seconds)."""
+        with self._lock:
+            return self._totals.get(series, 0.0)
+
     def count(self, counter: str, n: int = 1) -> None:
         with self._lock:
             self.counters[counter] += n

@@ -10,13 +10,15 @@ validation list), a few seconds per scene, with a cut between scenes. Both camer
 are pixel-aligned), each sampled at its own frame times and over its own part of the rig's view:
 
   480p   RoadScene train.txt: VIS 640x480 at 30 fps, IR 320x240 at 9 fps, one 4:3 view (the bundled clips)
+  vga    LLVIP-mini train.txt (night streets, 1280x1024): VIS 640x480 at 30 fps, IR 640x512 at 9 fps
   720p   LLVIP-mini train.txt (night streets, 1280x1024): VIS 1280x720 at 30 fps, IR 640x512 at 9 fps
   1080p  the same scenes: VIS 1920x1080 at 30 fps, IR 640x512 at 9 fps
 
-In the 720p and 1080p rigs the cameras have different shapes, as an RGB camera beside a 640x512 thermal core does: the
-IR sees a 5:4 view, the VIS the 16:9 band across its middle. `h.json` beside the clips is the exact IR->VIS homography
+In the vga, 720p and 1080p rigs (the three sizes of runtime.measure's table) the cameras have different shapes, as an
+RGB camera beside a 640x512 thermal core does: the IR sees a 5:4 view, the VIS the 4:3 or 16:9 band across its middle.
+`h.json` beside the clips is the exact IR->VIS homography
 of that geometry (`fusion run --homography h.json`), so the warped IR covers the whole VIS frame. LLVIP's licence is
-non-commercial research only: the 720p/1080p clips are made on demand and never shipped. Deterministic: same pairs,
+non-commercial research only: the vga/720p/1080p clips are made on demand and never shipped. Deterministic: same pairs,
 same trajectory, same files.
 
 `--truth` also writes `ir_truth.mp4`: the IR camera (same size, same part of the view, same trajectory) sampled at the
@@ -71,8 +73,12 @@ class Preset:
 LLVIP_SCENES = ("010002", "010009", "010013", "010024")
 # A 5:4 view (the IR core's); the 16:9 VIS band is its middle 0.5625 / 0.8 of the height.
 _BAND = (1.0 - 0.5625 / 0.8) / 2.0
+# The 4:3 VIS band of the same view (a 640x480 camera beside the 640x512 core): its middle 0.75 / 0.8 of the height.
+_BAND_4_3 = (1.0 - 0.75 / 0.8) / 2.0
 PRESETS = {
     "480p": Preset("roadscene", SCENES, (4, 3), VIS_SIZE, IR_SIZE),
+    "vga": Preset("llvip_mini", LLVIP_SCENES, (5, 4), (640, 480), (640, 512),
+                  vis_rect=(0.0, _BAND_4_3, 1.0, 1.0 - _BAND_4_3)),
     "720p": Preset("llvip_mini", LLVIP_SCENES, (5, 4), (1280, 720), (640, 512), vis_rect=(0.0, _BAND, 1.0, 1.0 - _BAND)),
     "1080p": Preset("llvip_mini", LLVIP_SCENES, (5, 4), (1920, 1080), (640, 512),
                     vis_rect=(0.0, _BAND, 1.0, 1.0 - _BAND)),
