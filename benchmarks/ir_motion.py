@@ -38,13 +38,14 @@ import time
 from collections import Counter
 from itertools import islice
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
 
 from benchmarks.temporal import held_at, load_matrix, read_video, vis_flows, warped_difference
 from runtime.assets.make_samples import PRESETS, SECONDS_PER_SCENE, Preset, camera_window, make_samples, read_scene
-from runtime.imageio import write_json
+from runtime.imageio import write_image, write_json
 from runtime.motion import IrMotionCompensator
 from runtime.sink_base import OutputInfo, Sink
 
@@ -233,8 +234,9 @@ class FrameSink(Sink):
         return frames
 
 
-def fused(clips: Path, info: dict, model: str, preset: str) -> dict:
-    """Part (b): the fused video's warped temporal difference for the three runs, and the clips' own figures."""
+def fused(clips: Path, info: dict, model: str, preset: str, strip: Optional[Path] = None) -> dict:
+    """Part (b): the fused video's warped temporal difference for the three runs, and the clips' own figures.
+    With `strip`, also the before/after picture (see `write_strip`)."""
     from runtime.pipeline import FusionPipeline
     vis = clips / info["vis"]["file"]
     homography = str(clips / info["homography"]) if info.get("homography") else None
@@ -256,6 +258,10 @@ def fused(clips: Path, info: dict, model: str, preset: str) -> dict:
                         "ir_motion_held": counters.get("ir_motion_held", 0)}
     # Every figure over the same VIS frames: those all three runs fused (a run may end a frame early).
     count = min(len(frames) for frames in outputs.values())
+    if strip is not None:
+        write_strip(strip, [outputs[name] for name, _, _ in runs], ["IR 9 fps, held (--ir-motion off)",
+                                                                    "IR 9 fps, compensated (flow)",
+                                                                    "IR rendered at 30 fps (truth)"])
     flows = all_flows.head(count)
     rows = {}
     for name in list(outputs):
@@ -269,6 +275,34 @@ def fused(clips: Path, info: dict, model: str, preset: str) -> dict:
     rows["IR clip (9 fps, held)"] = summary(warped_difference(held, flows, bgr=True, homography=matrix))
     return {"flow_size": list(flows.flow_size), "vis_frames": all_flows.frames, "frames_measured": count,
             "pairs_used": flows.pairs_used, "rows": rows}
+
+
+def write_strip(path: Path, runs: list, labels: list, first: int = 37, crop: tuple = (240, 180)) -> None:
+    """Three consecutive fused frames (columns) of each run (rows), cropped where the held IR frame is furthest
+    from the truth in the middle frame (a moving edge: the heat layer left behind), 2x nearest-neighbour enlarged."""
+    frames = [run[first:first + 3] for run in runs]
+    middle_off, middle_truth = frames[0][1].astype(np.float32), frames[-1][1].astype(np.float32)
+    error = np.abs(middle_off - middle_truth).mean(axis=2)
+    height, width = error.shape
+    cw, ch = min(crop[0], width), min(crop[1], height)
+    integral = cv2.integral(error)
+    best, corner = -1.0, (0, 0)
+    for y in range(0, height - ch + 1, 8):
+        for x in range(0, width - cw + 1, 8):
+            total = integral[y + ch, x + cw] - integral[y, x + cw] - integral[y + ch, x] + integral[y, x]
+            if total > best:
+                best, corner = total, (x, y)
+    x, y = corner
+    rows = []
+    for label, run in zip(labels, frames):
+        tiles = [cv2.resize(frame[y:y + ch, x:x + cw], (2 * cw, 2 * ch), interpolation=cv2.INTER_NEAREST)
+                 for frame in run]
+        row = np.concatenate([np.pad(t, ((0, 0), (0, 4), (0, 0)), constant_values=255) for t in tiles], axis=1)
+        banner = np.full((26, row.shape[1], 3), 255, np.uint8)
+        cv2.putText(banner, f"{label}: VIS frames {first}-{first + 2}", (6, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+        rows += [banner, row]
+    write_image(path, np.concatenate(rows, axis=0))
 
 
 def summary(result: dict, **extra) -> dict:
@@ -331,6 +365,9 @@ def main(argv=None) -> int:
                         help="folder for ir_motion_PRESET.json (the clips are made in a temporary folder)")
     parser.add_argument("--data", type=Path, default=None,
                         help="the preset's dataset folder (default: ../shared/data/<its set>)")
+    parser.add_argument("--strip", type=Path, default=None,
+                        help="also write the before/after picture here (three consecutive fused frames per run, "
+                             "cropped at a moving edge)")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     data = args.data or SHARED / preset.dataset
@@ -347,7 +384,7 @@ def main(argv=None) -> int:
             geo = geometry(rig)
         finally:
             cv2.setNumThreads(threads)
-        fuse = fused(clips, info, args.model, args.preset)
+        fuse = fused(clips, info, args.model, args.preset, args.strip)
     result = {"preset": args.preset, "model": args.model, "geometry": geo, "fused": fuse,
               "targets": targets(geo, fuse), "seconds": round(time.perf_counter() - started, 1),
               "made_by": "python -m benchmarks.ir_motion " + " ".join(sys.argv[1:] if argv is None else argv)}

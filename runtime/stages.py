@@ -102,7 +102,12 @@ class FrameWork:
         self.output_native = output_size == "native" or (output_size == "auto" and folder_mode)
 
     def resize(self, img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-        return resize_frame(img, size_hw)
+        """Output-side resizing (fused frames to the output size): area averaging when shrinking, else bilinear."""
+        if img.shape[:2] == tuple(size_hw):
+            return img
+        shrinking = img.shape[0] > size_hw[0]
+        return cv2.resize(img, (size_hw[1], size_hw[0]), interpolation=cv2.INTER_AREA if shrinking else
+                          cv2.INTER_LINEAR)
 
     def preprocess(self, packet: Packet) -> None:
         """Register, resize to the model size, IR to float (16-bit AGC), VIS to luminance + chroma."""
@@ -115,17 +120,17 @@ class FrameWork:
         model_hw, out_native = self.sizes_for(native_hw)
         ir, vis = self.registration.apply(packet.ir.image, packet.vis.image,
                                           ir_hw=None if fuses_frames else model_hw)
-        vis_model = vis if fuses_frames else self.resize(vis, model_hw)
+        vis_model = vis if fuses_frames else resize_frame(vis, model_hw)
         if self.motion is not None and packet.vis_ref is not None:
             # Warp at the smaller of the IR frame and the model input (the same result, less work).
             if ir.shape[0] * ir.shape[1] > model_hw[0] * model_hw[1] and not fuses_frames:
-                ir = self.resize(ir, model_hw)
+                ir = resize_frame(ir, model_hw)
             ir = self.compensate_motion(packet, ir, vis_model, model_hw)
         if fuses_frames:
             packet.model_ir, packet.model_vis = ir, vis
             packet.out_size = native_hw if out_native else model_hw
             return
-        ir_small = ir_to_float(self.resize(ir, model_hw), clahe=self.clahe)
+        ir_small = ir_to_float(resize_frame(ir, model_hw), clahe=self.clahe)
         vis_small = vis_to_float(vis_model)
         channels = self.backend.vis_channels
         packet.ycrcb8 = None
@@ -138,7 +143,7 @@ class FrameWork:
             ycrcb_small = split_ycrcb(vis_small)
             packet.model_vis = np.ascontiguousarray(ycrcb_small[None, None, :, :, 0])
             if out_native and native_hw != model_hw:
-                if vis.dtype == np.uint8:
+                if vis.dtype == np.uint8 and native_hw[0] * native_hw[1] > model_hw[0] * model_hw[1]:
                     # Colour at the native size from the 8-bit frame: one uint8 conversion here and one back after
                     # the fused luminance is put in (4x less memory traffic than float at 720p/1080p).
                     packet.ycrcb8 = cv2.cvtColor(vis, cv2.COLOR_RGB2YCrCb)
@@ -166,7 +171,7 @@ class FrameWork:
         else:
             ref_small = ref.meta.get("motion_small")
             if ref_small is None:      # a VIS frame that was never fused itself (dropped as stale)
-                ref_small = self._small_gray(ref, self.resize(self.registration.crop_vis(ref.image), model_hw))
+                ref_small = self._small_gray(ref, resize_frame(self.registration.crop_vis(ref.image), model_hw))
         ir, result = motion.compensate(ir, vis_model, ref.image, packet.vis.t_media, ref.t_media, packet.ir.t_media,
                                        self.max_ref_gap_s, now_small=now_small, ref_small=ref_small)
         if self.stats is not None:
@@ -250,7 +255,7 @@ class FrameWork:
 
 
 def resize_frame(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """`img` at (H, W): bilinear up and down to half the size, beyond that bilinear to twice the size and an exact 2x
+    """A camera frame to the model input size (H, W): bilinear up and down to half the size, beyond that bilinear to twice the size and an exact 2x
     box filter.
 
     Area averaging is what a downscale wants, but OpenCV's INTER_AREA is fast only for integer factors: a 1256x706 VIS
