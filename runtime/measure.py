@@ -169,7 +169,7 @@ def measure(preset: str, seconds: float, warmup: float, model: str, backend: str
     pipeline.stop()
     runner.join(60)
     per_frame = {stage: 1000.0 * value / max(frames, 1) for stage, value in cpu.items()}
-    vis_size = pipeline.work.model_size
+    sizes = pipeline.work.sizes_used()
     return {"preset": preset, "frames": frames, "seconds": round(elapsed, 2), "fps": round(frames / elapsed, 2),
             "cpu_ms_per_frame": {k: round(v, 2) for k, v in per_frame.items()},
             "cpu_ms_total": round(sum(per_frame.values()), 2),
@@ -177,7 +177,7 @@ def measure(preset: str, seconds: float, warmup: float, model: str, backend: str
             "motion_ms_per_frame": round(1000.0 * motion_s / max(frames, 1), 2),
             "latency_ms": recent.get("latency_ms", {}), "stale_dropped": stale,
             "stale_share": round(stale / max(frames + stale, 1), 4),
-            "model_size": list(vis_size) if vis_size else None,
+            "view_and_model_size": [[list(view), list(model)] for view, model in sizes.items()],
             "backend": pipeline.backend.describe() if pipeline.backend is not None else None,
             "inference_workers": pipeline.inference_workers() if pipeline.backend is not None else None}
 

@@ -207,6 +207,10 @@ class FrameWork:
             sizes = self._sizes[native_hw] = (tuple(model_hw), out_native)
         return sizes
 
+    def sizes_used(self) -> dict:
+        """{frame (H, W): model input (H, W)} for every frame size seen so far."""
+        return {native: sizes[0] for native, sizes in self._sizes.items()}
+
     def prepare_passthrough(self, packet: Packet) -> None:
         frame = packet.ir if packet.ir is not None else packet.vis
         img = frame.image
