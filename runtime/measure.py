@@ -3,6 +3,7 @@ visible cameras beside a 640x512 thermal core.
 
     python -m runtime.measure                                   # vga, 720p, 1080p; 30 s each
     python -m runtime.measure --presets 480p --seconds 60 --out build/measure/480p.json
+    python -m runtime.measure --repeats 3                       # each size three times, interleaved: medians
     python -m runtime.measure --backend torch-gpu               # the same table for another backend (GPU machines)
 
 For each preset it makes the sample clips when missing (`runtime/assets/make_samples.py --preset P`: the same LLVIP
@@ -208,6 +209,20 @@ class Viewer:
         self.connection.close()
 
 
+def median_row(runs: list) -> dict:
+    """One preset's repeats as one row: the median of each figure (the first run's descriptive fields)."""
+    if len(runs) == 1:
+        return runs[0]
+    row = dict(runs[0])
+    for key in ("fps", "cpu_ms_total", "cores_busy", "motion_ms_per_frame", "stale_share"):
+        row[key] = float(np.median([r[key] for r in runs]))
+    row["cpu_ms_per_frame"] = {stage: float(np.median([r["cpu_ms_per_frame"][stage] for r in runs]))
+                               for stage in STAGES}
+    row["latency_ms"] = {key: float(np.median([r["latency_ms"].get(key, 0.0) for r in runs]))
+                         for key in ("p50", "p90", "p99")}
+    return row
+
+
 def format_table(rows: list) -> str:
     header = f"{'CPU ms per fused frame':<24}" + "".join(f"{r['preset']:>10}" for r in rows)
     lines = [header, "-" * len(header)]
@@ -234,11 +249,15 @@ def main(argv=None) -> int:
                              "480p: the bundled clips)")
     parser.add_argument("--seconds", type=float, default=30.0, help="measured window per preset (default 30)")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds run before measuring (default 5)")
-    parser.add_argument("--model", default="default")
-    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--model", default="default", help="model (default: the shipped student)")
+    parser.add_argument("--backend", default="auto", help="backend (auto, onnxruntime, tensorrt, torch, torch-gpu)")
     parser.add_argument("--viewers", type=int, default=0, help="MJPEG viewers watching the stream (default 0)")
+    parser.add_argument("--repeats", type=int, default=1, help="measure every preset this many times, interleaved, "
+                                                                   "and report medians (default 1)")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
+    if args.repeats < 1 or args.seconds <= 0:
+        parser.error("--repeats must be at least 1 and --seconds positive")
     if not Path("/proc/self/task").is_dir():
         raise SystemExit("runtime.measure reads per-thread CPU time from /proc: Linux only")
     from runtime.assets.make_samples import PRESETS
@@ -246,16 +265,20 @@ def main(argv=None) -> int:
     unknown = [p for p in presets if p not in PRESETS]
     if unknown:
         raise SystemExit(f"unknown preset(s) {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
-    rows = []
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        for preset in presets:
-            row = measure(preset, args.seconds, args.warmup, args.model, args.backend, args.viewers, Path(tmp))
-            rows.append(row)
-            print(f"{preset}: {row['fps']:.1f} fps, {row['cpu_ms_total']:.1f} CPU ms per frame", flush=True)
-    print(format_table(rows))
+        for repeat in range(args.repeats):
+            for preset in presets:     # sizes interleaved: a busy spell on a shared machine hits them alike
+                row = measure(preset, args.seconds, args.warmup, args.model, args.backend, args.viewers, Path(tmp))
+                row["repeat"] = repeat + 1
+                runs.append(row)
+                print(f"{preset} (repeat {repeat + 1}): {row['fps']:.1f} fps, {row['cpu_ms_total']:.1f} CPU ms per "
+                      f"frame", flush=True)
+    rows = [median_row([r for r in runs if r["preset"] == preset]) for preset in presets]
+    print(format_table(rows) + (f"\n(medians of {args.repeats} repeats)" if args.repeats > 1 else ""))
     if args.out:
         from runtime.imageio import write_json
-        write_json(args.out, {"presets": rows, "seconds": args.seconds, "model": args.model,
+        write_json(args.out, {"presets": rows, "runs": runs, "seconds": args.seconds, "model": args.model,
                               "backend": args.backend, "viewers": args.viewers,
                               "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
     return 0
