@@ -30,16 +30,17 @@ def match_latest(buffer: FrameBuffer, t: float, lossless: bool, stop: threading.
     waits until a frame after `t` has been read (or the source ended), so the choice is the one a live run would
     make with every frame on time. Older frames are discarded; the chosen one stays for the next call."""
     with buffer.cond:
-        while lossless and not stop.is_set():
-            if (buffer.frames and buffer.frames[-1].t_media > t) or buffer.ended or is_down():
+        while True:
+            # Drop what a later frame at or before t supersedes (also while waiting: a full lossless buffer of
+            # frames all before t would otherwise keep the reader from adding the one after t).
+            while len(buffer.frames) >= 2 and buffer.frames[1].t_media <= t:
+                buffer.frames.popleft()
+                buffer.cond.notify_all()
+            if not lossless or stop.is_set() or (buffer.frames and buffer.frames[-1].t_media > t) or \
+                    buffer.ended or is_down():
                 break
             buffer.cond.wait(0.1)
-        if not buffer.frames:
-            return None
-        while len(buffer.frames) >= 2 and buffer.frames[1].t_media <= t:
-            buffer.frames.popleft()
-        buffer.cond.notify_all()
-        return buffer.frames[0]
+        return buffer.frames[0] if buffer.frames else None
 
 
 def match_nearest(buffer: FrameBuffer, t: float, wait_until: Optional[float], stop: threading.Event,

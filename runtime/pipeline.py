@@ -7,12 +7,14 @@
 
 `fusion run` builds exactly this object from its arguments. This module wires the pieces, each in its own module:
 
-    capture IR  ──> FrameBuffer ─┐
-                                 ├─ pairing ─> queue ─> preprocess ─> queue ─> inference ─> queue ─> output
-    capture VIS ──> FrameBuffer ─┘  (nearest timestamp within sync_ms)                  (colour, sinks, stats)
+    capture IR  ──> FrameBuffer ─┐                                        ┌> inference ─┐
+                                 ├─ pairing ─> queue ─> preprocess ─> queue ─┤   (workers)  ├> queue ─> output
+    capture VIS ──> FrameBuffer ─┘  (latest IR carried to the VIS time,      └> inference ─┘  (in order: colour,
+                                     or nearest timestamp within sync_ms)                        sinks, stats)
 
     runtime.capture   capture threads, FrameBuffers, reconnection, looping
     runtime.pairing   timestamp matching and the sync window (folders: pairing by name)
+    runtime.motion    IR motion compensation (--ir-motion): the VIS history and the optical-flow warp
     runtime.stages    Packet, the per-frame work (FrameWork), the queues' handoff, the output stage
 
 All queues are bounded. Live sources keep only their newest frames (latency stays bounded when the model is
@@ -124,6 +126,8 @@ class FusionPipeline:
             raise FusionError(f"output size must be auto, model or native, got '{config.output_size}'")
         if str(config.ir_motion).lower() not in ("auto", "flow", "off"):
             raise FusionError(f"--ir-motion must be auto, flow or off, got '{config.ir_motion}'")
+        if config.inference_workers < 0:
+            raise FusionError(f"--inference-workers must be 0 (auto) or more, got {config.inference_workers}")
         if config.sync_ms <= 0:
             raise FusionError(f"--sync-ms must be positive, got {config.sync_ms}")
         self.stats = StatsRecorder()
@@ -453,8 +457,6 @@ class FusionPipeline:
     def inference_workers(self) -> int:
         """How many frames are inferred at once (--inference-workers; 0: what the backend suggests). Each worker runs
         one frame on its own thread; the output stage writes them in order."""
-        if self.config.inference_workers < 0:
-            raise FusionError(f"--inference-workers must be 0 (auto) or more, got {self.config.inference_workers}")
         return self.config.inference_workers or max(1, int(getattr(self.backend, "parallel_frames", 1) or 1))
 
     def _stage(self, in_queue: queue.Queue, out_queue: queue.Queue, work: Callable[[Packet], None], name: str):

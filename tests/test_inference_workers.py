@@ -75,7 +75,7 @@ def test_default_workers_follow_the_backend():
     assert FusionPipeline(backend=backend, verbose=False).inference_workers() == 2
     assert FusionPipeline(backend=backend, inference_workers=1, verbose=False).inference_workers() == 1
     with pytest.raises(FusionError, match="inference-workers"):
-        FusionPipeline(backend=backend, inference_workers=-1, verbose=False).inference_workers()
+        FusionPipeline(backend=backend, inference_workers=-1, verbose=False)
 
 
 def test_onnxruntime_on_two_cores_suggests_two_single_threaded_workers(tmp_path, monkeypatch):

@@ -199,3 +199,28 @@ def test_off_is_nearest_time_pairing_without_any_warp(tmp_path, roadscene):
         expected = pipeline.fuse(view(ir, 40 + 90 * j / 9, 30, size=(128, 96)), view(vis, 40 + 90 * t, 30,
                                                                                      size=(128, 96)))
         assert np.array_equal(rgb, (expected * 255).round().astype(np.uint8)), info.name
+
+
+def test_match_latest_makes_room_while_waiting():
+    """A lossless buffer full of frames all before t: the superseded ones are dropped while waiting, so the reader can
+    add the frame after t (no deadlock), and the latest one at or before t is chosen."""
+    stop = threading.Event()
+    buffer = FrameBuffer(4, lossless=True)
+    for j in range(4):
+        buffer.put(Frame(np.zeros((2, 2), np.uint8), j / 60, 0.0, j), stop)
+
+    def reader():
+        for j in range(4, 8):
+            buffer.put(Frame(np.zeros((2, 2), np.uint8), j / 60, 0.0, j), stop)
+        buffer.end()
+    result = {}
+    threads = [threading.Thread(target=reader, daemon=True), threading.Thread(
+        target=lambda: result.update(chosen=match_latest(buffer, 5.5 / 60, True, stop, lambda: False)), daemon=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    stuck = [thread.is_alive() for thread in threads]
+    stop.set()                       # frees a stuck waiter either way
+    assert stuck == [False, False], "the reader and the pairing waited on each other"
+    assert result["chosen"].index == 5
