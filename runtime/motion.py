@@ -71,10 +71,6 @@ class VisHistory:
                 return None
             return min(self.frames, key=lambda f: abs(f.t_media - t))
 
-    def clear(self) -> None:
-        with self.lock:
-            self.frames.clear()
-
 
 @dataclass
 class Compensation:
@@ -83,7 +79,6 @@ class Compensation:
     applied: bool
     reason: str = ""                # why not (or "" when applied)
     reliable: float = 0.0           # share of pixels that passed the forward-backward check
-    shift_px: float = 0.0           # RMS applied displacement, in pixels of the warped image
 
 
 class IrMotionCompensator:
@@ -184,8 +179,7 @@ class IrMotionCompensator:
         flow, reliable = self.flow(now_small, ref_small)
         if reliable < self.min_reliable:
             return ir, Compensation(False, "motion unreliable (scene cut?)", reliable)
-        shift = cv2.norm(flow) / np.sqrt(flow.shape[0] * flow.shape[1]) * scale * ir.shape[1] / flow.shape[1]
-        return self.warp(ir, flow, scale), Compensation(True, "", reliable, shift)
+        return self.warp(ir, flow, scale), Compensation(True, "", reliable)
 
 
 __all__ = ["MODES", "FLOW_WIDTH", "VisHistory", "IrMotionCompensator", "Compensation", "resolve_mode"]

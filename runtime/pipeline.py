@@ -7,10 +7,10 @@
 
 `fusion run` builds exactly this object from its arguments. This module wires the pieces, each in its own module:
 
-    capture IR  ──> FrameBuffer ─┐                                        ┌> inference ─┐
-                                 ├─ pairing ─> queue ─> preprocess ─> queue ─┤   (workers)  ├> queue ─> output
-    capture VIS ──> FrameBuffer ─┘  (latest IR carried to the VIS time,      └> inference ─┘  (in order: colour,
-                                     or nearest timestamp within sync_ms)                        sinks, stats)
+    capture IR  ──> FrameBuffer ─┐                                 ┌> inference ─┐
+                                 ├─ pairing ─> q ─> preprocess ─> q ┤  (workers)  ├> q ─> output (in order:
+    capture VIS ──> FrameBuffer ─┘  latest IR carried to the VIS    └> inference ─┘      colour, sinks, stats)
+                                    time, or nearest within sync_ms
 
     runtime.capture   capture threads, FrameBuffers, reconnection, looping
     runtime.pairing   timestamp matching and the sync window (folders: pairing by name)

@@ -3,7 +3,6 @@ files lose none, live sources never show an older frame after a newer one. Media
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -13,16 +12,23 @@ from runtime.pipeline import FusionPipeline
 from test_runtime_helpers import NumpyBackend, RecordingSink, SyntheticSource
 
 
-class JitteryBackend(NumpyBackend):
-    """Fused = the IR frame, after a delay that differs per call (later frames often finish first), recording how
-    many calls ran at once."""
+class OutOfOrderBackend(NumpyBackend):
+    """Fused = the IR frame. With `hold`, each even-numbered call returns only after the call after it has finished
+    (an event, bounded by `timeout_s`), so a later frame always finishes first; records how many calls ran at once
+    and whether a hold ever ran out of time (the next call never came)."""
 
-    def __init__(self, delays=(0.012, 0.001, 0.006, 0.0)):
+    def __init__(self, hold: bool = True, timeout_s: float = 5.0):
         super().__init__()
-        self.delays = delays
+        self.hold, self.timeout_s = hold, timeout_s
         self.lock = threading.Lock()
+        self.done: dict = {}
         self.running = 0
         self.most_at_once = 0
+        self.timeouts = 0
+
+    def _done_event(self, call: int) -> threading.Event:
+        with self.lock:
+            return self.done.setdefault(call, threading.Event())
 
     def infer(self, ir, vis):
         with self.lock:
@@ -30,9 +36,12 @@ class JitteryBackend(NumpyBackend):
             self.calls += 1
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
-        time.sleep(self.delays[call % len(self.delays)])
+        if self.hold and call % 2 == 0 and not self._done_event(call + 1).wait(self.timeout_s):
+            with self.lock:
+                self.timeouts += 1
         with self.lock:
             self.running -= 1
+        self._done_event(call).set()
         return ir.copy()
 
 
@@ -42,7 +51,7 @@ def test_files_every_frame_out_in_order(workers):
     with the IR frame it was paired with."""
     ir = SyntheticSource(fps=30, frames=60, live=False, role="ir")
     vis = SyntheticSource(fps=30, frames=60, live=False, role="vis")
-    backend = JitteryBackend()
+    backend = OutOfOrderBackend(hold=workers > 1)    # one worker cannot finish a later frame first
     sink = RecordingSink()
     report = FusionPipeline(ir_source=ir, vis_source=vis, backend=backend, sinks=[sink], imgsz="48x64",
                             inference_workers=workers, verbose=False).run()
@@ -51,7 +60,7 @@ def test_files_every_frame_out_in_order(workers):
     assert report["frames"] == 60
     assert backend.most_at_once <= workers
     if workers > 1:
-        assert backend.most_at_once >= 2                # the workers really overlapped
+        assert backend.most_at_once >= 2 and backend.timeouts == 0   # every even frame finished after the next one
 
 
 def test_live_output_never_goes_back_in_time():
@@ -60,10 +69,11 @@ def test_live_output_never_goes_back_in_time():
     ir = SyntheticSource(fps=30, live=True, role="ir")
     vis = SyntheticSource(fps=30, live=True, role="vis")
     sink = RecordingSink()
-    FusionPipeline(ir_source=ir, vis_source=vis, backend=JitteryBackend((0.045, 0.002)), sinks=[sink],
-                   imgsz="48x64", inference_workers=2, duration_s=1.0, verbose=False).run()
+    backend = OutOfOrderBackend(timeout_s=0.5)      # the run's last even frame may wait for a call that never comes
+    FusionPipeline(ir_source=ir, vis_source=vis, backend=backend, sinks=[sink], imgsz="48x64", inference_workers=2,
+                   duration_s=1.0, verbose=False).run()
     indices = [int(info.name) for _, info in sink.frames]
-    assert len(indices) >= 5
+    assert len(indices) >= 5 and backend.most_at_once == 2
     assert all(b > a for a, b in zip(indices, indices[1:]))
 
 

@@ -112,7 +112,8 @@ class OnnxRuntimeBackend(Backend):
         # thread per run, two frames at once use two cores without a parallel operator ever waiting for a core
         # that another stage holds: measured on 2 cores, 2 x 1 thread holds 30 fps where 1 x 2 threads did not.
         cores = os.cpu_count() or 1
-        self.parallel_frames = 2 if (self.provider == "CPUExecutionProvider" and self.threads == 1 and cores >= 2) else 1
+        single_threaded_cpu = self.provider == "CPUExecutionProvider" and self.threads == 1
+        self.parallel_frames = 2 if single_threaded_cpu and cores >= 2 else 1
 
     def infer(self, ir: np.ndarray, vis: np.ndarray) -> np.ndarray:
         return self.session.run(self._output, {"ir": ir, "vis": vis})[0]
