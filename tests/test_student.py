@@ -45,12 +45,38 @@ def test_any_size_in_and_out(size):
     assert float(out.std()) > 0.0
 
 
-def test_fresh_model_is_the_average_of_the_sources():
-    model = create_student("nano").eval()
+@pytest.mark.parametrize("variant", ["nano", "nano2"])
+def test_fresh_model_is_the_average_of_the_sources(variant):
+    model = create_student(variant).eval()
     ir, vis = torch.rand(1, 1, 45, 70), torch.rand(1, 1, 45, 70)
     with torch.no_grad():
         out = model(ir, vis)
     assert torch.allclose(out, (ir + vis) / 2, atol=1e-6)
+
+
+def test_pyramid_gains_keep_both_sources_fine_detail_in_full():
+    # v2's head: gains on the full-resolution sources and on coarser pyramid levels. a_ir = a_vis = 1 with
+    # g_1 = -0.5 on the half-resolution level keeps each source's fine detail at full strength over the average of
+    # their coarse content - what a pyramid teacher does where both cameras carry structure, and what one gain per
+    # source cannot (a plain average halves each source's texture).
+    model = create_student("tiny-test", input_scale=2, pyramid_levels=1).eval()
+    assert model.config.coefficient_channels == 5
+    size = (64, 64)
+    yy, xx = torch.meshgrid(torch.arange(size[0]), torch.arange(size[1]), indexing="ij")
+    ir = (0.2 + 0.5 * xx / size[1]).float()[None, None]                     # smooth ramp: no fine detail
+    vis = (0.5 + 0.2 * ((yy + xx) % 2 * 2 - 1)).float()[None, None]         # one-pixel checkerboard, amplitude 0.2
+    head = model.head[-1]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([1.0, 1.0, 0.0, -0.5, -0.5]))       # a_ir, a_vis, b, g_ir_1, g_vis_1
+        out = model(ir, vis)
+    inner = (slice(None), slice(None), slice(4, -4), slice(4, -4))          # away from the padded border
+    checker = ((yy + xx) % 2 * 2 - 1).float()[None, None]
+    amplitude = float((out * checker)[inner].mean())
+    assert abs(amplitude - 0.2) < 0.01, amplitude                           # the plain average would give 0.1
+    assert abs(float((out - (ir + vis) / 2)[inner].mean())) < 0.01          # coarse content: the average
+    with pytest.raises(ValueError, match="pyramid_levels must be 0 to 1"):
+        create_student("tiny-test", pyramid_levels=2)
 
 
 def test_three_channel_mode():
@@ -106,9 +132,10 @@ def test_load_reports_missing_files(tmp_path):
         load_student(tmp_path / "corrupt")
 
 
-def test_onnx_export_dynamic_size_matches_torch(tmp_path):
+@pytest.mark.parametrize("overrides", [{}, {"input_scale": 2, "pyramid_levels": 2}], ids=["v1", "v2"])
+def test_onnx_export_dynamic_size_matches_torch(tmp_path, overrides):
     ort = pytest.importorskip("onnxruntime")
-    model = _randomize(create_student("tiny-test"), seed=1)
+    model = _randomize(create_student("tiny-test", **overrides), seed=1)
     path = tmp_path / "student.onnx"
     dynamic = {"ir": {0: "n", 2: "h", 3: "w"}, "vis": {0: "n", 2: "h", 3: "w"}, "fused": {0: "n", 2: "h", 3: "w"}}
     torch.onnx.export(model, (torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 96)), str(path), input_names=["ir", "vis"],
@@ -128,7 +155,7 @@ def test_onnx_export_dynamic_size_matches_torch(tmp_path):
         np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
-@pytest.mark.parametrize("variant", ["nano", "small"])
+@pytest.mark.parametrize("variant", ["nano", "nano2", "small"])
 def test_variants_fit_the_speed_budget_in_params_and_macs(variant):
     thop = pytest.importorskip("thop")
     model = create_student(variant).eval()

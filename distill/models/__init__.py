@@ -62,6 +62,16 @@ def _small() -> StudentConfig:
         decoder_channels=[40, 24, 16], head_channels=12)
 
 
+@register_student("nano2", "v2: nano's body at half resolution, gains per pyramid level; 0.08 M params, "
+                           "0.27 GMACs at 640x480")
+def _nano2() -> StudentConfig:
+    # The body sees the sources pooled 2x (a quarter of the work; coefficients come out at 1/4 resolution); the head
+    # predicts gains on the full-resolution sources and on two coarser pyramid levels, so fine detail keeps a gain of
+    # its own (distill/models/student.py: compose). Keys and values of the cross-attention are not pooled: at 1/32 of
+    # 640x480 there are 300 positions, and no pooling keeps the network's multiple at 32.
+    return replace(_nano(), variant="nano2", input_scale=2, pyramid_levels=2, kv_pool=1)
+
+
 @register_student("tiny-test", "a minimal student for unit tests (not for use)")
 def _tiny_test() -> StudentConfig:
     return StudentConfig(

@@ -54,6 +54,11 @@ class StudentConfig:
     attention_heads: int = 2
     kv_pool: int = 2               # keys/values of the cross-attention are pooled by this factor
     pad_mode: str = "replicate"    # how inputs are padded to the multiple ("replicate", "reflect" or "constant")
+    # v2 (the defaults keep v1 exactly): the body runs on the sources average-pooled by `input_scale` (1, 2 or 4),
+    # and `pyramid_levels` coarser levels of each source's box pyramid get gains of their own, so a source's fine
+    # detail no longer has to share the gain of its intensity (see DualBranchFusionNet.compose).
+    input_scale: int = 1
+    pyramid_levels: int = 0
 
     @property
     def out_channels(self) -> int:
@@ -61,7 +66,13 @@ class StudentConfig:
 
     @property
     def multiple(self) -> int:
-        return 2 ** (len(self.stages) + 1) * max(1, self.kv_pool)
+        return 2 ** (len(self.stages) + 1) * max(1, self.kv_pool) * max(1, self.input_scale)
+
+    @property
+    def coefficient_channels(self) -> int:
+        """Head outputs per output channel: gain on IR, gain on VIS, offset, then an IR and a VIS gain per pyramid
+        level (finest first)."""
+        return 3 + 2 * self.pyramid_levels
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -133,6 +144,12 @@ class DualBranchFusionNet(nn.Module):
                              f"got {len(config.decoder_channels)}")
         if config.vis_channels not in (1, 3):
             raise ValueError(f"vis_channels must be 1 (luminance) or 3 (RGB), got {config.vis_channels}")
+        if config.input_scale not in (1, 2, 4):
+            raise ValueError(f"input_scale must be 1, 2 or 4, got {config.input_scale}")
+        coefficient_level = (2 * config.input_scale).bit_length() - 1
+        if not 0 <= config.pyramid_levels <= coefficient_level:
+            raise ValueError(f"pyramid_levels must be 0 to {coefficient_level} (the coefficients' level at "
+                             f"input_scale {config.input_scale}), got {config.pyramid_levels}")
         self.config = config
         self.encoder_ir = Encoder(1, config.stem_channels, config.stages)
         self.encoder_vis = Encoder(config.vis_channels, config.stem_channels, config.stages)
@@ -151,11 +168,13 @@ class DualBranchFusionNet(nn.Module):
         # coefficients per output channel: gain on IR, gain on VIS, offset
         self.head = nn.Sequential(
             ConvBNAct(x_channels, config.head_channels, 3, act="hswish"),
-            nn.Conv2d(config.head_channels, 3 * config.out_channels, 1))
-        # Start as the plain average of the sources (a_ir = a_vis = 0.5, b = 0): training refines a sensible fusion.
+            nn.Conv2d(config.head_channels, config.coefficient_channels * config.out_channels, 1))
+        # Start as the plain average of the sources (a_ir = a_vis = 0.5, b = 0, no extra detail): training refines a
+        # sensible fusion.
         nn.init.zeros_(self.head[-1].weight)
         with torch.no_grad():
-            self.head[-1].bias.copy_(torch.tensor([0.5, 0.5, 0.0]).repeat_interleave(config.out_channels))
+            start = [0.5, 0.5] + [0.0] * (config.coefficient_channels - 2)
+            self.head[-1].bias.copy_(torch.tensor(start).repeat_interleave(config.out_channels))
 
     @property
     def multiple(self) -> int:
@@ -184,15 +203,45 @@ class DualBranchFusionNet(nn.Module):
         ir_p = F.pad(ir, (0, pad_w, 0, pad_h), mode=self.config.pad_mode)
         vis_p = F.pad(vis, (0, pad_w, 0, pad_h), mode=self.config.pad_mode)
 
-        fused = [fuse(a, b) for fuse, a, b in zip(self.fusions, self.encoder_ir(ir_p), self.encoder_vis(vis_p))]
+        pyramid_ir, pyramid_vis = [ir_p], [vis_p]
+        for _ in range(max(self.config.pyramid_levels, self.config.input_scale.bit_length() - 1)):
+            pyramid_ir.append(F.avg_pool2d(pyramid_ir[-1], 2))
+            pyramid_vis.append(F.avg_pool2d(pyramid_vis[-1], 2))
+        body = self.config.input_scale.bit_length() - 1
+        fused = [fuse(a, b) for fuse, a, b in zip(self.fusions, self.encoder_ir(pyramid_ir[body]),
+                                                   self.encoder_vis(pyramid_vis[body]))]
         x = fused[-1]
         for block, skip in zip(self.decoder, reversed(fused[:-1])):
             x = block(x, skip)
-        coefficients = F.interpolate(self.head(x), scale_factor=2.0, mode="bilinear", align_corners=False)
-        c = self.config.out_channels
-        gain_ir, gain_vis, offset = coefficients[:, :c], coefficients[:, c:2 * c], coefficients[:, 2 * c:]
-        fused_image = gain_ir * ir_p + gain_vis * vis_p + offset
+        fused_image = self.compose(self.head(x), pyramid_ir, pyramid_vis)
         return fused_image[:, :, :height, :width].clamp(0.0, 1.0), fused
+
+    def compose(self, coefficients: torch.Tensor, pyramid_ir: List[torch.Tensor],
+                pyramid_vis: List[torch.Tensor]) -> torch.Tensor:
+        """The fused image from the head's coefficients (N, K * C, h, w), at level J = log2(2 * input_scale) of the
+        sources' box pyramids [x, pool2(x), pool4(x), ...] (N, 1 or C, H / 2^j, W / 2^j):
+
+            fused = a_ir * ir + a_vis * vis + up(b + sum_{j=1..L} up_j(g_ir_j * ir_j + g_vis_j * vis_j))
+
+        with every coefficient upsampled bilinearly to the level it multiplies. With L = pyramid_levels = 0 this is
+        v1's local affine model. With levels, a source's fine detail (x - up(pool2(x))) can be kept in full (a = 1,
+        g_1 = -1) while its coarse intensity is weighted down, which is what the pyramid teacher does where both
+        sources carry structure and one gain per source cannot. The sums over coarser levels are folded into the
+        offset on the way up, so the full-resolution work stays one 3-channel upsampling and four multiply-adds.
+        """
+        c = self.config.out_channels
+        top = (2 * self.config.input_scale).bit_length() - 1
+        if self.config.pyramid_levels == 0:
+            x = F.interpolate(coefficients, scale_factor=float(2 ** top), mode="bilinear", align_corners=False)
+        else:
+            x = coefficients
+            for level in range(top, 0, -1):
+                if level <= self.config.pyramid_levels:
+                    gains = x[:, (1 + 2 * level) * c:(3 + 2 * level) * c]
+                    offset = x[:, 2 * c:3 * c] + gains[:, :c] * pyramid_ir[level] + gains[:, c:] * pyramid_vis[level]
+                    x = torch.cat([x[:, :2 * c], offset, x[:, 3 * c:(1 + 2 * level) * c]], dim=1)
+                x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return x[:, :c] * pyramid_ir[0] + x[:, c:2 * c] * pyramid_vis[0] + x[:, 2 * c:3 * c]
 
     @property
     def feature_channels(self) -> List[int]:
