@@ -173,7 +173,8 @@ class SaliencyPyramidFusion(FusionTeacher):
     - each band weighs each source by its share of the local band energy (squared coefficients smoothed by a
       Gaussian of `energy_sigma` at that level): w = min(1, 2 * share). Where both sources carry comparable
       structure both are kept in full (their details add); where one dominates, the other fades out smoothly, so
-      weak noise is not added to strong structure and there are no seams where the choice changes.
+      weak noise is not added to strong structure and there are no seams where the choice changes;
+    - `detail_gain` scales the fused band-pass levels (1: none); `detail_levels` limits it to the finest levels.
     The weights are smooth, so a fusion network that predicts per-pixel source gains at low resolution (the student)
     can follow this teacher closely.
     """
@@ -181,9 +182,10 @@ class SaliencyPyramidFusion(FusionTeacher):
     name = "pyramid"
 
     def __init__(self, device: str = "cpu", levels: int = 5, base_softness: float = 0.05,
-                 energy_sigma: float = 2.0):
+                 energy_sigma: float = 2.0, detail_gain: float = 1.0, detail_levels: int = 0):
         super().__init__(device)
         self.levels, self.base_softness, self.energy_sigma = levels, base_softness, energy_sigma
+        self.detail_gain, self.detail_levels = float(detail_gain), int(detail_levels)
 
     def fuse_batch(self, ir, vis_y):
         import torch
@@ -199,7 +201,10 @@ class SaliencyPyramidFusion(FusionTeacher):
             if min(a.shape[-2:]) > 4:
                 energy = gaussian_filter(energy, self.energy_sigma)
             share_ir = energy[:, :1] / (energy.sum(dim=1, keepdim=True) + 1e-8)
-            fused.append((2 * share_ir).clamp(max=1) * a + (2 * (1 - share_ir)).clamp(max=1) * b)
+            band = (2 * share_ir).clamp(max=1) * a + (2 * (1 - share_ir)).clamp(max=1) * b
+            if self.detail_gain != 1.0 and (self.detail_levels <= 0 or len(fused) < self.detail_levels):
+                band = band * self.detail_gain
+            fused.append(band)
         base_ir, base_vis = bands_ir[-1], bands_vis[-1]
         weight_ir = torch.sigmoid((base_ir - base_vis) / self.base_softness)
         fused.append(weight_ir * base_ir + (1 - weight_ir) * base_vis)
@@ -207,4 +212,22 @@ class SaliencyPyramidFusion(FusionTeacher):
 
     def settings(self) -> dict[str, Any]:
         return {"teacher": self.name, "levels": self.levels, "base_softness": self.base_softness,
-                "energy_sigma": self.energy_sigma}
+                "energy_sigma": self.energy_sigma, "detail_gain": self.detail_gain,
+                "detail_levels": self.detail_levels}
+
+
+class SharpPyramidFusion(SaliencyPyramidFusion):
+    """`pyramid-sharp`: `pyramid` with every fused band-pass level x1.1, the teacher of the v2 students (nano2).
+
+    The plain pyramid keeps both sources' detail where both carry it but no more, and on daytime frames it stays
+    below the max-abs Laplacian rule on spatial frequency and average gradient, the sharpness metrics. Ten percent
+    more band-pass signal lifts those by about 9% on the training lists (RoadScene train SF 14.1 -> 15.4, LLVIP train
+    11.8 -> 12.9), lifts VIF slightly (0.683 -> 0.690, 1.131 -> 1.157) and costs about 0.01 of Qabf (edge
+    overshoot); 1.3 cost 0.03-0.04 of Qabf, and a finest-level-only boost lowered VIF (docs/distill.md).
+    """
+
+    name = "pyramid-sharp"
+
+    def __init__(self, device: str = "cpu", levels: int = 5, base_softness: float = 0.05,
+                 energy_sigma: float = 2.0, detail_gain: float = 1.1, detail_levels: int = 0):
+        super().__init__(device, levels, base_softness, energy_sigma, detail_gain, detail_levels)

@@ -42,6 +42,8 @@ for _entry in (
     TeacherEntry("pyramid", "fusion", "teacher.multiscale:SaliencyPyramidFusion",
                  "Laplacian pyramid with salient-source bands and a soft-max base: keeps what is bright in either "
                  "camera, day and night; no weights"),
+    TeacherEntry("pyramid-sharp", "fusion", "teacher.multiscale:SharpPyramidFusion",
+                 "`pyramid` with its band-pass levels x1.1: sharper targets, the v2 students' teacher; no weights"),
     TeacherEntry("ddfm", "fusion", "teacher.ddfm:DDFMTeacher",
                  "DDFM diffusion sampler: unconditional diffusion prior + EM likelihood step (needs a prior folder)",
                  needs_weights=True),

@@ -18,7 +18,7 @@ from runtime.color import split_luminance  # noqa: E402
 from runtime.imageio import discover_pairs, read_pair  # noqa: E402
 from teacher.registry import load_teacher_class  # noqa: E402
 
-TEACHERS = ("gff", "vsmwls", "pyramid")
+TEACHERS = ("gff", "vsmwls", "pyramid", "pyramid-sharp")
 
 
 def _pair(root: Path, names: str, index: int, side: int = 240):
@@ -74,6 +74,19 @@ def test_pyramid_keeps_what_is_bright_in_one_camera_only(which, day_pair, night_
     laplacian = load_teacher_class("laplacian", "baseline")().fuse(ir, vis)
     assert np.abs(low(pyramid) - brighter).mean() < np.abs(low(laplacian) - brighter).mean()
     assert np.abs(low(pyramid) - brighter).mean() < 0.03
+
+
+@pytest.mark.parametrize("which", ["day", "night"])
+def test_pyramid_sharp_adds_detail_and_keeps_the_base(which, day_pair, night_pair):
+    import cv2
+    ir, vis = day_pair if which == "day" else night_pair
+    plain = load_teacher_class("pyramid", "fusion")().fuse(ir, vis)
+    sharp = load_teacher_class("pyramid-sharp", "fusion")().fuse(ir, vis)
+    plain_scores, sharp_scores = _scores(ir, vis, plain), _scores(ir, vis, sharp)
+    for metric in ("SF", "AG"):
+        assert sharp_scores[metric] > 1.04 * plain_scores[metric], (metric, plain_scores, sharp_scores)
+    low = lambda a: cv2.GaussianBlur(a, (0, 0), 12)  # noqa: E731
+    assert np.abs(low(sharp) - low(plain)).mean() < 0.005          # the same large-scale brightness
 
 
 def test_visual_saliency_map_favours_rare_grey_levels():
