@@ -176,10 +176,15 @@ def export_onnx_for_bench(model, path: str | os.PathLike, imgsz: tuple[int, int]
     return path
 
 
-def ort_session(path: str | os.PathLike, threads: int = 2, providers: Sequence | None = None):
-    """An ONNX Runtime session with a fixed intra-op thread count (default: CPU provider)."""
+def ort_session(path: str | os.PathLike, threads: int = 2, providers: Sequence | None = None,
+                profile_prefix: str | os.PathLike | None = None):
+    """An ONNX Runtime session with a fixed intra-op thread count (default: CPU provider). `profile_prefix`: record
+    ORT's per-node profile (read it with `ort_op_profile`)."""
     import onnxruntime as ort
     options = ort.SessionOptions()
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     options.intra_op_num_threads = int(threads)
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
@@ -205,6 +210,53 @@ def ort_runner(session, feeds: Mapping[str, np.ndarray]) -> Callable[[], object]
     def run():
         return session.run([output], fixed)
     return run
+
+
+def ort_op_profile(path: str | os.PathLike, feeds: Mapping[str, np.ndarray], threads: int = 2, runs: int = 20,
+                   warmup: int = 3) -> dict:
+    """Where an ONNX model's time goes in ONNX Runtime on the CPU: kernel time per op type and per node, from ORT's
+    own profiler (after graph optimisation, so fused ops and layout reorders show as ORT runs them).
+
+    Returns {"runs", "kernel_ms" (sum of kernel times per run), "nodes" (kernels per run), "ops": [{op, ms, count,
+    share}] by cost, "top_nodes": [{node, op, ms}] (the 15 dearest)}; ms are per run, warm-up runs left out. The
+    kernel sum is not the latency: with several threads kernels overlap, and session overhead is not in it."""
+    import json
+    import tempfile
+    from collections import defaultdict
+    with tempfile.TemporaryDirectory(prefix="fusion-ortprof-") as work:
+        session = ort_session(path, threads, profile_prefix=Path(work) / "profile")
+        run = ort_runner(session, feeds)
+        for _ in range(warmup + runs):
+            run()
+        events = json.loads(Path(session.end_profiling()).read_text())
+    durations: dict = defaultdict(list)   # node -> kernel time of each run, in order
+    node_op: dict = {}
+    for event in events:
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            durations[event["name"]].append(event["dur"])
+            node_op[event["name"]] = event.get("args", {}).get("op_name", "?")
+    per_node = {name: sum(d[warmup:]) / max(1, len(d) - warmup) for name, d in durations.items()}  # us per run
+    per_op: dict = defaultdict(float)
+    count: dict = defaultdict(int)
+    for name, us in per_node.items():
+        per_op[node_op[name]] += us
+        count[node_op[name]] += 1
+    total = sum(per_op.values()) or 1.0
+    ops = [{"op": op, "ms": us / 1000, "count": count[op], "share": us / total}
+           for op, us in sorted(per_op.items(), key=lambda item: -item[1])]
+    top = [{"node": name[:-len("_kernel_time")], "op": node_op[name], "ms": us / 1000}
+           for name, us in sorted(per_node.items(), key=lambda item: -item[1])[:15]]
+    return {"runs": runs, "kernel_ms": total / 1000, "nodes": len(per_node), "ops": ops, "top_nodes": top}
+
+
+def format_op_profile(profile: dict, top_ops: int = 12) -> str:
+    """Markdown: kernel time per op type (and the dearest nodes) from `ort_op_profile`."""
+    lines = [f"ONNX Runtime kernel time: {profile['kernel_ms']:.2f} ms per run in {profile['nodes']} kernels "
+             f"({profile['runs']} runs profiled)", "", "| op | ms per run | kernels | share |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {o['op']} | {o['ms']:.2f} | {o['count']} | {100 * o['share']:.0f}% |" for o in profile["ops"][:top_ops]]
+    lines += ["", "| dearest nodes | op | ms per run |", "| --- | --- | ---: |"]
+    lines += [f"| {n['node']} | {n['op']} | {n['ms']:.3f} |" for n in profile["top_nodes"]]
+    return "\n".join(lines)
 
 
 def fmt_ms(value: float | None) -> str:

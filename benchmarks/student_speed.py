@@ -3,6 +3,7 @@
     .venv/bin/python -m benchmarks.student_speed                         # the default student (or a random nano)
     .venv/bin/python -m benchmarks.student_speed --variant small --runs 50
     .venv/bin/python -m benchmarks.student_speed --weights runs/x/best --json /tmp/speed.json
+    .venv/bin/python -m benchmarks.student_speed --variant nano2 --ops   # + ORT's kernel time per op and node
 
     from benchmarks.student_speed import measure_student_speed, format_report
     report = measure_student_speed(create_student("nano", width=0.75))   # while designing a model
@@ -55,12 +56,12 @@ def _shipped_onnx(imgsz) -> Path | None:
 def measure_student_speed(model=None, weights: str | None = None, variant: str | None = None,
                           onnx_path: str | os.PathLike | None = None, imgsz: tuple[int, int] = (480, 640),
                           threads: int = 2, runs: int = 30, peer: str = "seafusion", peer_runs: int = 5,
-                          warmup: int = 2, data: str | os.PathLike | None = None) -> dict:
+                          warmup: int = 2, data: str | os.PathLike | None = None, ops: bool = False) -> dict:
     """Measure one student against a peer; see the module docstring. `model` (a torch module) wins over `weights`
     and `variant`. `onnx_path`: time this ONNX file for the student instead of exporting it (e.g. the shipped
     runtime/models/default/model.onnx; it must have static or dynamic inputs compatible with imgsz)."""
-    from benchmarks.latency import (count_gmacs, count_params, export_onnx_for_bench, ort_runner, ort_session,
-                                    real_feeds, set_torch_threads, time_interleaved)
+    from benchmarks.latency import (count_gmacs, count_params, export_onnx_for_bench, ort_op_profile, ort_runner,
+                                    ort_session, real_feeds, set_torch_threads, time_interleaved)
     from benchmarks.peers import PEER_PAPERS, create_peer
     set_torch_threads(threads)
     load_start = load_average()
@@ -83,6 +84,7 @@ def measure_student_speed(model=None, weights: str | None = None, variant: str |
         sessions = {"student": ort_session(student_onnx, threads), peer: ort_session(peer_onnx, threads)}
         runners = {"student": ort_runner(sessions["student"], feeds), peer: ort_runner(sessions[peer], peer_feeds)}
         stats = time_interleaved(runners, runs={"student": runs, peer: peer_runs}, warmup=warmup)
+        op_profile = ort_op_profile(student_onnx, feeds, threads, runs=max(10, runs // 2)) if ops else None
     student_ms, peer_ms = stats["student"].p50_ms, stats[peer].p50_ms
     gmacs, thop_gmacs = student_gmacs(model, imgsz, vis_channels)
     report = {
@@ -95,6 +97,8 @@ def measure_student_speed(model=None, weights: str | None = None, variant: str |
                  "gmacs": count_gmacs(peer_model, imgsz, 1), **stats[peer].to_dict()},
         "speedup": peer_ms / student_ms,
     }
+    if op_profile is not None:
+        report["op_profile"] = op_profile
     s = report["student"]
     report["goals"] = {
         f">= {GOALS['speedup_min']:g}x faster than {peer}": report["speedup"] >= GOALS["speedup_min"],
@@ -128,6 +132,9 @@ def format_report(report: dict) -> str:
     lines += [f"- [{'x' if ok else ' '}] {goal}" for goal, ok in report["goals"].items()]
     if report.get("note"):
         lines += ["", f"note: {report['note']}"]
+    if report.get("op_profile"):
+        from benchmarks.latency import format_op_profile
+        lines += ["", format_op_profile(report["op_profile"])]
     return "\n".join(lines)
 
 
@@ -145,6 +152,8 @@ def main(argv=None) -> int:
     parser.add_argument("--peer", default="seafusion", choices=("seafusion", "densefuse"))
     parser.add_argument("--peer-runs", type=int, default=5, help="timed peer runs (spread over the student's)")
     parser.add_argument("--json", default=None, help="also write the report here")
+    parser.add_argument("--ops", action="store_true", help="also profile the student's ONNX graph in ONNX Runtime: "
+                        "kernel time per op type and the dearest nodes")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/cli.py: spinning OpenMP workers
     from runtime.errors import FusionError
@@ -153,7 +162,7 @@ def main(argv=None) -> int:
         imgsz = parse_imgsz(args.imgsz)
         report = measure_student_speed(weights=args.weights, variant=args.variant, onnx_path=args.onnx, imgsz=imgsz,
                                        threads=args.threads, runs=args.runs, peer=args.peer,
-                                       peer_runs=args.peer_runs)
+                                       peer_runs=args.peer_runs, ops=args.ops)
     except FusionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
