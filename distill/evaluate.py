@@ -375,6 +375,16 @@ def evaluate(weights: str, data: str, names: Optional[str], out: Path, teacher: 
     return summary
 
 
+def own_teacher(weights: str, fallback: str = "pyramid") -> str:
+    """The registered fusion teacher a student was distilled from (its config.json metadata), else `fallback`."""
+    from distill.models import read_student_config, resolve_weights
+    from teacher.registry import TEACHERS
+    _, data = read_student_config(resolve_weights(weights))
+    teacher = data.get("metadata", {}).get("teacher")
+    entry = TEACHERS.get(teacher) if isinstance(teacher, str) else None
+    return teacher if entry is not None and entry.kind == "fusion" else fallback
+
+
 def configure_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default="default", help="student folder (config.json + model.safetensors) or "
                                                              "'default' (default: %(default)s)")
@@ -388,7 +398,8 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--names", default=None, help="split file for a single --data (e.g. test.txt; looked up in "
                                                       "--data too)")
     parser.add_argument("--out", default=None, help="output folder (default: runs/distill/eval/<weights name>)")
-    parser.add_argument("--teacher", default="pyramid", help="teacher row (default: %(default)s)")
+    parser.add_argument("--teacher", default=None, help="teacher row (default: the student's own teacher, from its "
+                                                        "config.json, when that is a registered teacher; else pyramid)")
     parser.add_argument("--teacher-dir", default=None, help="precomputed teacher fusions (default: the dataset's "
                                                             "TEACHER_FUSED/ when complete, else computed into --out)")
     parser.add_argument("--baselines", default=",".join(DEFAULT_BASELINES), help="comma-separated baseline rows "
@@ -406,7 +417,7 @@ def run_eval(args) -> int:
     sets = list(args.data) + [str(Path(args.shared) / spec) for spec in SUITES.get(args.suite, ())]
     if not sets:
         raise FusionError("give a dataset with --data PATH (repeatable) or a group of sets with --suite validation")
-    options = dict(teacher=args.teacher, teacher_dir=args.teacher_dir,
+    options = dict(teacher=args.teacher or own_teacher(args.weights), teacher_dir=args.teacher_dir,
                    baselines=[b for b in args.baselines.split(",") if b], device=args.device,
                    grid_rows=args.grid_rows, profile=not args.no_profile, threads=args.threads)
     if len(sets) > 1:

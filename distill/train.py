@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from distill.data import AugmentConfig
 from distill.losses import LossWeights
@@ -51,6 +51,7 @@ class DataSection:
     sets: List[DataSetSpec] = field(default_factory=list)  # several training sets; empty: root/names/teacher_dir
     online_teacher: str = ""                     # a fast registered teacher that makes the targets from each
                                                  # augmented batch ("" : read targets from teacher_dir)
+    online_teacher_options: Dict[str, float] = field(default_factory=dict)  # its settings, e.g. {detail_gain: 1.1}
     max_side: int = 0                            # downscale larger frames once at load (0: keep)
 
 
@@ -465,8 +466,14 @@ def train(cfg: TrainConfig, feature_teacher=None) -> dict:
     target_teacher = None
     if cfg.data.online_teacher:
         from teacher.registry import load_teacher_class
-        target_teacher = load_teacher_class(cfg.data.online_teacher, ("fusion", "baseline"))(device=str(device))
-        log(f"targets: made online by the '{cfg.data.online_teacher}' teacher from each augmented batch")
+        teacher_class = load_teacher_class(cfg.data.online_teacher, ("fusion", "baseline"))
+        try:
+            target_teacher = teacher_class(device=str(device), **cfg.data.online_teacher_options)
+        except TypeError as exc:
+            raise FusionError(f"data.online_teacher_options {cfg.data.online_teacher_options} do not fit the "
+                              f"'{cfg.data.online_teacher}' teacher ({exc})") from None
+        settings = f" with {cfg.data.online_teacher_options}" if cfg.data.online_teacher_options else ""
+        log(f"targets: made online by the '{cfg.data.online_teacher}' teacher{settings} from each augmented batch")
 
     params = list(model.parameters()) + (list(feature_loss.parameters()) if feature_loss is not None else [])
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,

@@ -64,3 +64,14 @@ def test_cli_refuses_a_suffix_that_matches_nothing(tiny_weights, tmp_path, capsy
                  f"{SHARED_DATA / 'msrs_mini'}:val.txt:Q", "--no-profile", "--out", str(tmp_path / "e")])
     assert code == 2
     assert "ending in 'Q'" in capsys.readouterr().err
+
+
+def test_eval_compares_a_student_with_its_own_teacher(tmp_path):
+    from distill.evaluate import own_teacher
+    from distill.models import create_student, save_student
+    save_student(create_student("tiny-test"), tmp_path / "sharp", metadata={"teacher": "pyramid-sharp"})
+    save_student(create_student("tiny-test"), tmp_path / "files", metadata={"teacher": ["build/teacher/x"]})
+    save_student(create_student("tiny-test"), tmp_path / "baseline", metadata={"teacher": "max"})
+    assert own_teacher(str(tmp_path / "sharp")) == "pyramid-sharp"
+    assert own_teacher(str(tmp_path / "files")) == "pyramid"      # target files, not a registered teacher
+    assert own_teacher(str(tmp_path / "baseline")) == "pyramid"   # a baseline is not a fusion teacher

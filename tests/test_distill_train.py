@@ -245,3 +245,11 @@ def test_device_augmentation_trains_resumes_exactly_and_takes_big_batches(em_dat
     b = load_file(str(resumed / "last" / "model.safetensors"))
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-5), key
+
+
+def test_online_teacher_options_reach_the_teacher_and_wrong_ones_are_reported(em_dataset, tmp_path):
+    from runtime.errors import FusionError
+    sets = f"[{{root: {em_dataset}, names: train.txt}}]"
+    with pytest.raises(FusionError, match=r"online_teacher_options .*do not fit the 'pyramid' teacher"):
+        train(_config(em_dataset, tmp_path / "bad", 2, **{"data.sets": sets, "data.online_teacher": "pyramid",
+                                                          "data.online_teacher_options": "{sharpness: 2}"}))
