@@ -118,7 +118,8 @@ def default_model_dir() -> Path:
 
 
 def resolve_weights(path_or_name: str | os.PathLike) -> Path:
-    """The folder holding config.json + model.safetensors for a path, a file inside it, or "default"."""
+    """The folder holding config.json + model.safetensors for a path, a file inside it, "default", or the name of
+    another student shipped in runtime/models/ (e.g. "nano-v1", the previous default)."""
     from runtime.errors import FusionError
     if str(path_or_name) == "default":
         folder = default_model_dir()
@@ -127,6 +128,9 @@ def resolve_weights(path_or_name: str | os.PathLike) -> Path:
                               f"or pass --weights FOLDER")
         return folder
     path = Path(path_or_name)
+    shipped = default_model_dir().parent / str(path_or_name)
+    if not path.exists() and "/" not in str(path_or_name) and (shipped / WEIGHTS_NAME).is_file():
+        path = shipped
     folder = path.parent if path.is_file() else path
     if not folder.is_dir():
         raise FusionError(f"student weights not found: {path} (give a folder with {CONFIG_NAME} and {WEIGHTS_NAME}, "

@@ -179,10 +179,21 @@ class ModelFiles:
     extras: dict = field(default_factory=dict)
 
 
+def shipped_model_dir(name: str) -> Path | None:
+    """runtime/models/<name> when `name` is a plain name of a model folder shipped there, else None."""
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        return None
+    folder = DEFAULT_MODEL_DIR.parent / name
+    return folder if folder.is_dir() else None
+
+
 def locate_model(model: str | os.PathLike | None) -> ModelFiles:
-    """Resolve --model (a .onnx / .engine file, a model folder, or "default") to the files it offers."""
+    """Resolve --model (a .onnx / .engine file, a model folder, "default", or the name of another model shipped in
+    runtime/models/, e.g. "nano-v1") to the files it offers."""
     given = "default" if model in (None, "", "default") else str(model)
     path = DEFAULT_MODEL_DIR if given == "default" else Path(given)
+    if given != "default" and not path.exists() and shipped_model_dir(given) is not None:
+        path = shipped_model_dir(given)
     files = ModelFiles(given=given)
     if path.is_file():
         suffix = path.suffix.lower()
