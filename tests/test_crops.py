@@ -14,12 +14,12 @@ def test_crops_are_pixel_exact_and_bad_boxes_fail(tmp_path, roadscene, test_name
     ir = load_gray(next((roadscene / "ir").glob(f"{name}.*")))
     cv2.imwrite(str(fused / f"{name}.png"), 255 - ir)                     # a "fusion" we know pixel by pixel
     out = tmp_path / "crop.png"
-    assert main(["--data", str(roadscene), "--name", name, "--box", "10,20,30,16", "--column", f"neg={fused}",
+    assert main(["--data", str(roadscene), "--name", name, "--box", "10,20,30,40", "--column", f"neg={fused}",
                  "--zoom", "2", "--out", str(out)]) == 0
     strip = cv2.imread(str(out), cv2.IMREAD_COLOR)[..., 0]
-    assert strip.shape == (32, 3 * 60 + 2 * 4)                            # three 30x16 tiles x2, 4 px gaps
+    assert strip.shape == (80, 3 * 60 + 2 * 4)                            # three 30x40 tiles x2, 4 px gaps
     neg_tile = strip[:, 2 * 64:2 * 64 + 60]
-    expected = np.repeat(np.repeat(255 - ir[20:36, 10:40], 2, axis=0), 2, axis=1)
-    assert np.array_equal(neg_tile[24:], expected[24:])                    # below the label: the exact pixels
+    expected = np.repeat(np.repeat(255 - ir[20:60, 10:40], 2, axis=0), 2, axis=1)
+    assert np.array_equal(neg_tile[28:], expected[28:])                    # below the label: the exact pixels
     assert main(["--data", str(roadscene), "--name", name, "--box", "10000,0,8,8", "--out", str(out)]) == 2
     assert "does not fit" in capsys.readouterr().err
