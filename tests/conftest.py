@@ -1,4 +1,5 @@
-"""Shared fixtures: the real RoadScene pairs in ../shared/data (override with FUSION_SHARED_DATA)."""
+"""Shared fixtures: the real RoadScene pairs in ../shared/data (override with FUSION_SHARED_DATA). Shared functions
+and classes are in helpers.py."""
 from __future__ import annotations
 
 import os
@@ -6,13 +7,11 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("FUSION_SHARED_DATA", REPO.parent / "shared" / "data"))
-ROADSCENE = SHARED_DATA / "roadscene"
-
 # One intra-op thread: deterministic, and immune to the large slowdowns torch suffers when its threads
-# are oversubscribed on a busy 2-core machine.
+# are oversubscribed on a busy 2-core machine. (Set before helpers imports numpy and OpenCV.)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from helpers import ROADSCENE, SHARED_DATA  # noqa: E402
 
 
 def _require(path: Path) -> Path:
@@ -41,13 +40,3 @@ def train_names(roadscene) -> list[str]:
 def test_names(roadscene) -> list[str]:
     return [Path(line).stem for line in (roadscene / "test.txt").read_text().split()]
 
-
-def cuda_available() -> bool:
-    try:
-        import torch
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
-
-
-requires_gpu = pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU; none is present on this machine")

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from conftest import SHARED_DATA  # noqa: E402
+from helpers import SHARED_DATA  # noqa: E402
 
 from distill.evaluate import below_baseline, evaluate_sets, parse_set, set_label, wins_over  # noqa: E402
 from runtime.errors import FusionError  # noqa: E402

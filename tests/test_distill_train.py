@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_DATA as SHARED, requires_gpu
+from helpers import SHARED_DATA as SHARED, requires_gpu
 
 from distill.train import load_train_config, train
 
@@ -62,7 +62,7 @@ def test_loss_decreases_and_run_folder_is_complete(em_dataset, tmp_path):
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
     # validation pairs come from train.txt, the teacher is em: the student beats its starting point (the average)
     assert summary["val"]["l1"] < 0.12
-    for path in ("config.yaml", "best/config.json", "best/model.safetensors", "last/trainer_state.json",
+    for path in ("config.yaml", "best/config.json", "best/model.safetensors", "last/state.json",
                  "last/optimizer.safetensors", "last/ema.safetensors", "summary.json"):
         assert (run / path).is_file(), path
     assert any((run / "tb").iterdir())
@@ -96,7 +96,7 @@ def test_resume_continues_where_an_uninterrupted_run_would_be(em_dataset, tmp_pa
     monkeypatch.setattr(train_module, "epoch_loader", interrupted_loader)
     with pytest.raises(KeyboardInterrupt):
         train(_config(em_dataset, resumed, 10, save_every=5))
-    assert json.loads((resumed / "last" / "trainer_state.json").read_text())["step"] == 5   # mid-epoch
+    assert json.loads((resumed / "last" / "state.json").read_text())["step"] == 5   # mid-epoch
     monkeypatch.setattr(train_module, "epoch_loader", real_loader)
     summary = train(_config(em_dataset, resumed, 10, save_every=5))
     assert summary["step"] == 10
@@ -196,7 +196,7 @@ def test_zero_periods_turn_periodic_actions_off(em_dataset, tmp_path, monkeypatc
     assert summary["step"] == 3 and grids == []
     records = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [3] and "val" in records[0]
-    assert json.loads((run / "last" / "trainer_state.json").read_text())["step"] == 3
+    assert json.loads((run / "last" / "state.json").read_text())["step"] == 3
 
 
 def test_pick_device_gives_set_device_an_index(monkeypatch):
@@ -238,7 +238,7 @@ def test_device_augmentation_trains_resumes_exactly_and_takes_big_batches(em_dat
     monkeypatch.setattr(DeviceBatches, "batch", killed_at_step_4)
     with pytest.raises(KeyboardInterrupt):
         train(_config(em_dataset, resumed, 6, **gpu))
-    assert json.loads((resumed / "last" / "trainer_state.json").read_text())["step"] == 3
+    assert json.loads((resumed / "last" / "state.json").read_text())["step"] == 3
     monkeypatch.setattr(DeviceBatches, "batch", real_batch)
     assert train(_config(em_dataset, resumed, 6, **gpu))["step"] == 6
     a = load_file(str(straight / "last" / "model.safetensors"))

@@ -19,7 +19,7 @@ from export.quantize import (QuantRecipe, calibration_reader, compare_models, cp
 from runtime.cli import main as fusion_main  # noqa: E402
 from runtime.errors import FusionError  # noqa: E402
 
-from test_export_onnx import random_student  # noqa: E402
+from helpers import random_student  # noqa: E402
 
 torch.set_num_threads(1)
 SIZE = (64, 96)

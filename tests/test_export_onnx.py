@@ -11,28 +11,15 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from distill.models import create_student, save_student  # noqa: E402
+from distill.models import save_student  # noqa: E402
 from export.onnx_export import ParityError, check_parity, export_onnx, read_onnx_metadata, weights_metadata  # noqa: E402
 from export.pairs import load_inputs, parse_imgsz, resize_cover_crop, spread  # noqa: E402
 from runtime.cli import main as fusion_main  # noqa: E402
 
+from helpers import random_student  # noqa: E402
+
 torch.set_num_threads(1)
 SIZE = (64, 96)
-
-
-def random_student(variant: str = "tiny-test", seed: int = 0, **overrides):
-    """A student whose output depends on its weights: create_student starts as the plain average of the sources
-    (zero head weights), which would make every parity check trivially pass."""
-    torch.manual_seed(seed)
-    model = create_student(variant, **overrides)
-    with torch.no_grad():
-        for p in model.head[-1].parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.normal_(0, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import types
 import numpy as np
 import pytest
 
-from conftest import requires_gpu
+from helpers import cuda_available, requires_gpu
 from export.trtexec import dynamic_profile, format_command, script_text, shape_spec, trtexec_argv
 from runtime.backends.tensorrt_engine import check_compatible, metadata_path
 from runtime.errors import FusionError, MissingExtraError
@@ -139,7 +139,7 @@ def test_runner_module_imports_without_tensorrt_torch_or_cuda():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
-@pytest.mark.skipif(_importable("tensorrt") and __import__("conftest").cuda_available(),
+@pytest.mark.skipif(_importable("tensorrt") and cuda_available(),
                     reason="TensorRT and a GPU are present: the real build tests below run instead")
 def test_engine_command_without_tensorrt_or_gpu_exits_2_with_one_sentence(tmp_path, capsys):
     from runtime.cli import main as fusion_main
@@ -322,7 +322,7 @@ def onnx_for_trt(tmp_path_factory, roadscene):
     torch = pytest.importorskip("torch")
     from export.onnx_export import export_onnx
     from export.pairs import load_inputs
-    from test_export_onnx import random_student
+    from helpers import random_student
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("trt")
     model = random_student("nano")
@@ -388,7 +388,7 @@ def test_cli_engine_build_writes_record_script_and_loads(tmp_path, roadscene):
     from distill.models import save_student
     from runtime.backends.tensorrt_engine import TensorRTEngine
     from runtime.cli import main as fusion_main
-    from test_export_onnx import random_student
+    from helpers import random_student
     folder = save_student(random_student("nano"), tmp_path / "student")
     engine = tmp_path / "model.engine"
     code = fusion_main(["export", "--weights", str(folder), "--format", "engine", "--precision", "fp16",

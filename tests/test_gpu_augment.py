@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("kornia")
 
-from conftest import requires_gpu  # noqa: E402
+from helpers import requires_gpu  # noqa: E402
 from distill.data import AugmentConfig, PairAugment  # noqa: E402
 from distill.gpu_augment import (DeviceBatches, batches_per_epoch, resolve_augment_device,  # noqa: E402
                                  warn_unimplemented)

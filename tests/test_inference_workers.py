@@ -9,7 +9,7 @@ import pytest
 
 from runtime.errors import FusionError
 from runtime.pipeline import FusionPipeline
-from test_runtime_helpers import NumpyBackend, RecordingSink, SyntheticSource
+from helpers import NumpyBackend, RecordingSink, SyntheticSource
 
 
 class OutOfOrderBackend(NumpyBackend):
@@ -90,7 +90,7 @@ def test_default_workers_follow_the_backend():
 
 def test_onnxruntime_on_two_cores_suggests_two_single_threaded_workers(tmp_path, monkeypatch):
     from runtime.backends import OnnxRuntimeBackend
-    from test_runtime_helpers import make_onnx_model
+    from helpers import make_onnx_model
     model = make_onnx_model(tmp_path / "mean.onnx", op="mean")
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     assert OnnxRuntimeBackend(model, threads=1, device="cpu").parallel_frames == 2

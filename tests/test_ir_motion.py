@@ -17,7 +17,7 @@ from runtime.motion import IrMotionCompensator, VisHistory, resolve_mode
 from runtime.pairing import match_latest
 from runtime.pipeline import FusionPipeline
 from runtime.sources import Frame
-from test_runtime_helpers import NumpyBackend, RecordingSink, SyntheticSource
+from helpers import NumpyBackend, RecordingSink, SyntheticSource
 
 STEM = "FLIR_00060"          # a training pair (train.txt)
 

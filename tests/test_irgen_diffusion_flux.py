@@ -13,7 +13,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
 from runtime.cli import main as fusion  # noqa: E402
-from conftest import requires_gpu  # noqa: E402
+from helpers import requires_gpu  # noqa: E402
 from teacher.irgen.cli import read_rgb  # noqa: E402
 
 TINY = ["--device", "cpu", "--set", "data.crop=32", "--set", "data.scale=0.25", "--set", "optim.warmup_steps=1",

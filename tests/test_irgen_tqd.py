@@ -15,7 +15,7 @@ from teacher.irgen.layers import sine_position_encoding  # noqa: E402
 from teacher.irgen.resnet import ResNet, load_imagenet_weights  # noqa: E402
 from teacher.irgen.tqd import TQDConfig, TQDTrainConfig, ThermalQueryDecoderGenerator  # noqa: E402
 from teacher.irgen.tqd_net import ThermalQueryDecoder  # noqa: E402
-from conftest import requires_gpu  # noqa: E402
+from helpers import requires_gpu  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -20,7 +20,7 @@ from runtime.cli import main as fusion
 from runtime.color import split_luminance
 from runtime.imageio import discover_pairs, read_raw, read_vis
 from runtime.pipeline import FusionPipeline
-from test_runtime_helpers import count_frames, make_onnx_model, write_clip
+from helpers import count_frames, make_onnx_model, write_clip
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "runtime" / "assets" / "samples"

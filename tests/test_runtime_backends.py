@@ -7,7 +7,7 @@ import pytest
 import runtime.backends as backends
 from runtime.backends import OnnxRuntimeBackend, best_providers, create_backend, locate_model
 from runtime.errors import FusionError
-from test_runtime_helpers import make_onnx_model
+from helpers import make_onnx_model
 
 
 def test_best_providers_prefer_tensorrt_then_cuda():

@@ -19,7 +19,7 @@ import pytest
 from runtime.errors import FusionError
 from runtime.mjpeg import MjpegServer, is_loopback, live_summary, stream_token
 from runtime.pipeline import FusionPipeline
-from test_runtime_helpers import NumpyBackend
+from helpers import NumpyBackend
 
 TOKEN = "s3cret-token-for-tests"
 SAMPLES = Path(__file__).resolve().parents[1] / "runtime" / "assets" / "samples"

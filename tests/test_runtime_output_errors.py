@@ -18,7 +18,7 @@ import runtime.sinks as sinks
 from runtime.cli import main as fusion
 from runtime.pipeline import FusionPipeline
 from runtime.sources import Frame, Source
-from test_runtime_helpers import NumpyBackend, SyntheticSource, count_frames, make_onnx_model
+from helpers import NumpyBackend, SyntheticSource, count_frames, make_onnx_model
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "runtime" / "assets" / "samples"

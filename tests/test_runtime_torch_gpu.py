@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import requires_gpu  # noqa: E402
+from helpers import requires_gpu  # noqa: E402
 from runtime.backends import TorchBackend, create_backend  # noqa: E402
 from runtime.backends.torch_fast import GraphRunner, TorchGpuBackend  # noqa: E402
 from runtime.cli import main as fusion  # noqa: E402

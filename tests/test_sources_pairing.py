@@ -14,7 +14,7 @@ from runtime.pairing import match_nearest
 from runtime.pipeline import FusionPipeline
 from runtime.sources import Frame, open_source, parse_camera_index
 from runtime.stats import StatsRecorder
-from test_runtime_helpers import NumpyBackend, RecordingSink, SyntheticSource
+from helpers import NumpyBackend, RecordingSink, SyntheticSource
 
 
 def _frame(t: float, index: int = 0) -> Frame:

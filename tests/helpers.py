@@ -1,20 +1,52 @@
-"""Helpers shared by the runtime tests: tiny ONNX fusion models, synthetic sources, recording sinks, small clips.
-
-(Named test_* so it sits with the runtime tests; it holds a couple of self-checks of the helpers themselves.)
+"""Helpers shared by the tests (imported as `helpers`; pytest puts tests/ on the path): where the shared data lives,
+the GPU mark, bounded waits, tiny ONNX fusion models and students, synthetic sources, recording sinks, small clips.
+Fixtures live in conftest.py; tests/test_helpers.py checks the helpers themselves.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import cv2
 import numpy as np
+import pytest
 
 from runtime.backends import Backend
 from runtime.sinks import OutputInfo, Sink
 from runtime.sources import Frame, Source, SourceLost
+
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("FUSION_SHARED_DATA", REPO.parent / "shared" / "data"))
+ROADSCENE = SHARED_DATA / "roadscene"
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+requires_gpu = pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU; none is present on this machine")
+
+
+def wait_until(condition: Callable[[], object], timeout_s: float, failure: str, poll_s: float = 0.02):
+    """Poll `condition` until it returns something true, and return that; fail the test with `failure` (what did
+    not happen) when `timeout_s` passes first. For waits on other threads and processes: the bound only turns a
+    hang into a clear failure, it is never what the test measures."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            pytest.fail(f"{failure} (waited {timeout_s:g} s)")
+        time.sleep(poll_s)
 
 
 # ---------------------------------------------------------------------------------------------------- ONNX models
@@ -43,6 +75,25 @@ def make_onnx_model(path: Path, op: str = "vis", size: Optional[tuple[int, int]]
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+# ---------------------------------------------------------------------------------------------------- students
+def random_student(variant: str = "tiny-test", seed: int = 0, **overrides):
+    """A student whose output depends on its weights: create_student starts as the plain average of the sources
+    (zero head weights), which would make every parity check trivially pass."""
+    import torch
+
+    from distill.models import create_student
+    torch.manual_seed(seed)
+    model = create_student(variant, **overrides)
+    with torch.no_grad():
+        for p in model.head[-1].parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return model.eval()
 
 
 class NumpyBackend(Backend):
@@ -167,20 +218,3 @@ def count_frames(path: Path) -> tuple[int, tuple[int, int]]:
     capture.release()
     return count, shape
 
-
-# --------------------------------------------------------------------------------------------- self-checks
-def test_synthetic_file_source_timestamps():
-    source = SyntheticSource(fps=9, frames=5, live=False)
-    times = [source.read().t_media for _ in range(5)]
-    assert np.allclose(times, np.arange(5) / 9)
-    assert source.read() is None
-
-
-def test_onnx_helper_models(tmp_path):
-    import onnxruntime as ort
-    ir = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)
-    vis = np.random.default_rng(1).random((1, 1, 8, 8), dtype=np.float32)
-    for op, expected in (("vis", vis), ("max", np.maximum(ir, vis)), ("mean", (ir + vis) / 2)):
-        session = ort.InferenceSession(str(make_onnx_model(tmp_path / f"{op}.onnx", op)),
-                                       providers=["CPUExecutionProvider"])
-        assert np.allclose(session.run(["fused"], {"ir": ir, "vis": vis})[0], expected, atol=1e-6)
