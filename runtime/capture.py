@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Deque, Dict, List, Optional, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 from runtime.errors import FusionError
 from runtime.sources import Frame, Source, SourceLost, open_source
@@ -99,20 +99,23 @@ class CaptureWorker(threading.Thread):
     one frame period after the last frame of the previous one, so pairing and real-time pacing never see time jump
     back or a pass-long gap ahead. With `realtime`, a file is paced like a camera (its frames are due at the media
     time on the wall clock); after an outage the clock is re-anchored instead of replaying the missed seconds at
-    full speed, as a camera would not deliver the frames it missed either.
+    full speed, as a camera would not deliver the frames it missed either. `clock` is the wall clock that pacing
+    follows (time.monotonic; tests pass a simulated one, whose time passes as `stop.wait` is called).
     """
 
     # Further behind the real-time schedule than this and a paced file re-anchors its clock.
     MAX_LAG_S = 1.0
 
     def __init__(self, role: str, source: Source, buffer: FrameBuffer, stats: StatsRecorder, stop: threading.Event,
-                 realtime: bool = False, loop: bool = False, reconnect_max_s: float = 5.0, fps_override: float = 0.0):
+                 realtime: bool = False, loop: bool = False, reconnect_max_s: float = 5.0, fps_override: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic):
         super().__init__(name=f"capture-{role}", daemon=True)
         self.role, self.source, self.buffer, self.stats, self.stop_event = role, source, buffer, stats, stop
         self.realtime = realtime and not source.live
         self.loop = loop
         self.reconnect_max_s = reconnect_max_s
         self.fps_override = fps_override
+        self.clock = clock
         self.state = "ok"
         self.error: Optional[BaseException] = None
         self.frames = 0
@@ -121,7 +124,7 @@ class CaptureWorker(threading.Thread):
         self._offset = 0.0          # added to the source's media time so restarts continue the timeline
         self._last_media: Optional[float] = None
         self._rebase = False        # the source was reopened: the next frame continues the timeline
-        self._clock: Optional[float] = None   # realtime: wall-clock time of media time 0
+        self._anchor: Optional[float] = None  # realtime: wall-clock time of media time 0
 
     @property
     def down(self) -> bool:
@@ -170,7 +173,7 @@ class CaptureWorker(threading.Thread):
                 if not self._reconnect():
                     return
                 self._rebase = True
-                self._clock = None        # re-anchor real-time pacing: the missed seconds are not replayed
+                self._anchor = None       # re-anchor real-time pacing: the missed seconds are not replayed
                 reconnects += 1
                 self.stats.count(f"reconnects_{self.role}")
                 self.stats.source_state(self.role, reconnects=reconnects)
@@ -206,13 +209,13 @@ class CaptureWorker(threading.Thread):
 
     def _pace(self, frame: Frame) -> bool:
         """Realtime: wait until the frame is due, then give it a camera's clock. False when stopped meanwhile."""
-        now = time.monotonic()
-        if self._clock is None or now - (self._clock + frame.t_media) > self.MAX_LAG_S:
-            self._clock = now - frame.t_media
-        delay = self._clock + frame.t_media - now
+        now = self.clock()
+        if self._anchor is None or now - (self._anchor + frame.t_media) > self.MAX_LAG_S:
+            self._anchor = now - frame.t_media
+        delay = self._anchor + frame.t_media - now
         if delay > 0 and self.stop_event.wait(delay):
             return False
-        frame.t_capture = frame.t_media = time.monotonic()
+        frame.t_capture = frame.t_media = self.clock()
         return True
 
     def _reconnect(self) -> bool:
