@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Dict, List, Optional
 from distill.data import AugmentConfig
 from distill.losses import LossWeights
 from runtime.errors import FusionError
+from teacher.training_utils import Checkpoint, ModelEMA, find_checkpoint, save_checkpoint, warmup_cosine
 
 
 # ------------------------------------------------------------------------------------------------------------ config
@@ -142,108 +142,31 @@ def pick_device(name: str, dist_info: Dist):
     return torch.device(name)
 
 
-# --------------------------------------------------------------------------------------------------------------- EMA
-class ModelEMA:
-    """Exponential moving average of a model's parameters (buffers copied), with the usual warm-up of the decay."""
-
-    def __init__(self, model, decay: float):
-        import copy
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay = decay
-        self.updates = 0
-
-    def update(self, model) -> None:
-        import torch
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        with torch.no_grad():
-            ema_state = self.module.state_dict()
-            for name, value in model.state_dict().items():
-                target = ema_state[name]
-                if value.dtype.is_floating_point:
-                    target.mul_(decay).add_(value.detach(), alpha=1 - decay)
-                else:
-                    target.copy_(value)
-
-
 # ------------------------------------------------------------------------------------------------------ checkpoints
-def _optimizer_to_flat(optimizer) -> tuple[dict, dict]:
-    """An optimizer state dict as (tensors for safetensors, JSON-able rest): no pickles."""
-    import torch
-    state = optimizer.state_dict()
-    tensors, meta = {}, {"param_groups": state["param_groups"], "state": {}}
-    for index, entry in state["state"].items():
-        meta["state"][str(index)] = []
-        for key, value in entry.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
-                meta["state"][str(index)].append(key)
-            else:
-                meta["state"][str(index)].append({key: value})
-    return tensors, meta
-
-
-def _optimizer_from_flat(tensors: dict, meta: dict) -> dict:
-    state = {}
-    for index, keys in meta["state"].items():
-        entry = {}
-        for key in keys:
-            if isinstance(key, dict):
-                entry.update(key)
-            else:
-                entry[key] = tensors[f"{index}.{key}"]
-        state[int(index)] = entry
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
-def save_checkpoint(folder: Path, model, ema: ModelEMA, optimizer, scheduler, scaler, step: int, best: float,
-                    metadata: dict) -> None:
-    """Write run/last atomically: build last.partial/, then swap it in."""
-    from safetensors.torch import save_file
-
+# run/last is a checkpoint folder of teacher.training_utils that is also a student folder (config.json +
+# model.safetensors, loadable by `load_student`), with ema.safetensors beside it.
+def save_last(folder: Path, model, ema: ModelEMA, optimizer, scheduler, scaler, step: int, best: float,
+              metadata: dict) -> None:
     from distill.models import save_student
-    from runtime.imageio import write_json
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    save_student(model, partial, metadata=metadata)
-    save_file({k: v.detach().cpu().contiguous() for k, v in ema.module.state_dict().items()},
-              str(partial / "ema.safetensors"))
-    tensors, meta = _optimizer_to_flat(optimizer)
-    save_file(tensors, str(partial / "optimizer.safetensors"))
-    write_json(partial / "trainer_state.json", {
-        "step": step, "best_score": best, "ema_updates": ema.updates, "optimizer": meta,
-        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None})
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    partial.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    save_checkpoint(folder, step, tensors={"ema": ema.module.state_dict()}, optimizer=optimizer,
+                    state={"best_score": best, "ema_updates": ema.updates, "scheduler": scheduler.state_dict(),
+                           "scaler": scaler.state_dict() if scaler is not None else None},
+                    write_model=lambda path: save_student(model, path, metadata=metadata))
 
 
-def find_checkpoint(run_dir: Path) -> Optional[Path]:
-    for name in ("last", "last.old"):  # last.old survives a crash in the middle of the swap
-        if (run_dir / name / "trainer_state.json").is_file():
-            return run_dir / name
-    return None
-
-
-def load_checkpoint(folder: Path, model, ema: ModelEMA, optimizer, scheduler, scaler) -> tuple[int, float]:
-    from safetensors.torch import load_file
-
+def resume_last(checkpoint: Checkpoint, model, ema: ModelEMA, optimizer, scheduler, scaler) -> tuple[int, float]:
+    """Restore everything `save_last` wrote; (step, best validation score)."""
     from distill.models import check_state_dict
-    state = load_file(str(folder / "model.safetensors"))
-    check_state_dict(model, state, str(folder))
+    state = checkpoint.tensors("model")
+    check_state_dict(model, state, str(checkpoint.folder))
     model.load_state_dict(state)
-    ema.module.load_state_dict(load_file(str(folder / "ema.safetensors")))
-    trainer = json.loads((folder / "trainer_state.json").read_text())
-    optimizer.load_state_dict(_optimizer_from_flat(load_file(str(folder / "optimizer.safetensors")),
-                                                   trainer["optimizer"]))
-    scheduler.load_state_dict(trainer["scheduler"])
-    if scaler is not None and trainer.get("scaler"):
-        scaler.load_state_dict(trainer["scaler"])
-    ema.updates = trainer["ema_updates"]
-    return int(trainer["step"]), float(trainer["best_score"])
+    ema.module.load_state_dict(checkpoint.tensors("ema"))
+    checkpoint.restore_optimizer(optimizer)
+    scheduler.load_state_dict(checkpoint.state["scheduler"])
+    if scaler is not None and checkpoint.state.get("scaler"):
+        scaler.load_state_dict(checkpoint.state["scaler"])
+    ema.updates = checkpoint.state["ema_updates"]
+    return checkpoint.step, float(checkpoint.state["best_score"])
 
 
 # -------------------------------------------------------------------------------------------------------------- data
@@ -368,17 +291,6 @@ def preview_grid(model, item, device, teacher=None):
 
 
 # ----------------------------------------------------------------------------------------------------------- trainer
-def lr_lambda(cfg: TrainConfig):
-    warmup, total, floor = cfg.optim.warmup_steps, cfg.steps, cfg.optim.min_lr_ratio
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-    return factor
-
-
 def _with_features_class():
     import torch
 
@@ -406,18 +318,43 @@ def _log(message: str, dist_info: Dist) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def train(cfg: TrainConfig, feature_teacher=None) -> dict:
-    """Run (or resume) training as `cfg` says. Returns a summary dict (rank 0's view).
+@dataclass
+class Precision:
+    """Mixed precision on CUDA: bf16 where the GPU has it (no grad scaling), else fp16 with a grad scaler."""
+    enabled: bool
+    dtype: object
+    scaler: object = None
 
-    feature_teacher: an object with `features(ir, vis) -> [tensors]` (torch batches), for feature distillation;
-    by default it is looked up from cfg.loss.teacher_features.
-    """
+    @classmethod
+    def for_device(cls, amp: bool, device) -> "Precision":
+        import torch
+        enabled = amp and device.type == "cuda"
+        dtype = torch.bfloat16 if enabled and torch.cuda.is_bf16_supported() else torch.float16
+        return cls(enabled, dtype, torch.amp.GradScaler("cuda") if enabled and dtype == torch.float16 else None)
+
+
+@dataclass
+class StudentTraining:
+    """What one optimisation step touches."""
+    cfg: TrainConfig
+    device: object
+    model: object                                # the student
+    ema: ModelEMA
+    criterion: object
+    optimizer: object = None
+    scheduler: object = None
+    precision: Optional[Precision] = None
+    params: list = field(default_factory=list)   # what the optimizer steps (student + feature adapters)
+    train_model: object = None                   # the student returning its features, DDP-wrapped when distributed
+    feature_teacher: object = None               # set only when feature distillation is on
+    target_teacher: object = None                # makes the targets online (data.online_teacher)
+
+
+def start_run(cfg: TrainConfig):
+    """(Dist, device, run folder): the process group, the device, seeds and threads; the resolved config saved."""
     import torch
 
-    from distill.losses import FeatureDistillationLoss, FusionLoss, PerceptualLoss
-    from distill.models import create_student, save_student
-    from runtime.config import config_hash, save_config
-
+    from runtime.config import save_config
     dist_info = init_distributed(cfg.device)
     device = pick_device(cfg.device, dist_info)
     if cfg.threads > 0:
@@ -427,24 +364,30 @@ def train(cfg: TrainConfig, feature_teacher=None) -> dict:
     if dist_info.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
+    return dist_info, device, run_dir
 
+
+def training_data(cfg: TrainConfig, device, dist_info: Dist):
+    """(training set, validation set or None, DeviceBatches when crops are augmented on the device else None)."""
+    from distill.gpu_augment import resolve_augment_device
     train_set, val_set = build_datasets(cfg)
     _log(f"data: {len(train_set)} training pairs, {len(val_set) if val_set else 0} validation pairs "
          f"(carved from {cfg.data.names}), {dist_info.world} process(es) on {device}", dist_info)
-
     device_batches = None
-    from distill.gpu_augment import resolve_augment_device
     if resolve_augment_device(cfg.data.augment_device, device) == "gpu":
         from distill.gpu_augment import DeviceBatches
         device_batches = DeviceBatches(train_set, cfg.data.augment, device, seed=cfg.seed, rank=dist_info.rank,
                                        batch_size=cfg.data.batch_size, log=lambda msg: _log(msg, dist_info))
         _log(f"augmentation: on {device} (kornia), batch {cfg.data.batch_size}", dist_info)
+    return train_set, val_set, device_batches
 
-    model = create_student(cfg.model.variant, vis_channels=cfg.model.vis_channels).to(device)
-    ema = ModelEMA(model, cfg.optim.ema_decay)
 
-    # loss terms that need something the run may not have say so once, then stay off
-    log = (lambda msg: _log(msg, dist_info))
+def build_criterion(cfg: TrainConfig, model, device, feature_teacher, log):
+    """(FusionLoss, the feature teacher or None). Loss terms that need something the run lacks say so once, then
+    stay off."""
+    import torch
+
+    from distill.losses import FeatureDistillationLoss, FusionLoss, PerceptualLoss
     perceptual = PerceptualLoss.from_path(cfg.loss.vgg_weights, log=log) if cfg.loss.perceptual > 0 else None
     if perceptual is not None:
         perceptual = perceptual.to(device)
@@ -456,63 +399,199 @@ def train(cfg: TrainConfig, feature_teacher=None) -> dict:
         if feature_teacher is None or not hasattr(feature_teacher, "features"):
             name = cfg.loss.teacher_features or "the teacher behind the targets"
             log(f"feature distillation: off ({name} exposes no intermediate features; the targets are images only)")
-            feature_teacher = None
         else:
             probe = torch.zeros(1, 1, 64, 64, device=device)
             teacher_channels = [f.shape[1] for f in feature_teacher.features(probe, probe)]
             feature_loss = FeatureDistillationLoss(model.feature_channels[:len(teacher_channels)],
                                                    teacher_channels).to(device)
-    criterion = FusionLoss(cfg.loss, perceptual=perceptual, feature=feature_loss)
-    target_teacher = None
-    if cfg.data.online_teacher:
-        from teacher.registry import load_teacher_class
-        teacher_class = load_teacher_class(cfg.data.online_teacher, ("fusion", "baseline"))
-        try:
-            target_teacher = teacher_class(device=str(device), **cfg.data.online_teacher_options)
-        except TypeError as exc:
-            raise FusionError(f"data.online_teacher_options {cfg.data.online_teacher_options} do not fit the "
-                              f"'{cfg.data.online_teacher}' teacher ({exc})") from None
-        settings = f" with {cfg.data.online_teacher_options}" if cfg.data.online_teacher_options else ""
-        log(f"targets: made online by the '{cfg.data.online_teacher}' teacher{settings} from each augmented batch")
+    return FusionLoss(cfg.loss, perceptual=perceptual, feature=feature_loss), \
+        (feature_teacher if feature_loss is not None else None)
 
-    params = list(model.parameters()) + (list(feature_loss.parameters()) if feature_loss is not None else [])
-    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                  betas=tuple(cfg.optim.betas))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    use_amp = cfg.optim.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
 
-    start_step, best_score = 0, -math.inf
-    checkpoint = find_checkpoint(run_dir) if cfg.resume else None
-    if checkpoint is not None:
-        start_step, best_score = load_checkpoint(checkpoint, model, ema, optimizer, scheduler, scaler)
-        _log(f"resumed from {checkpoint} at step {start_step}", dist_info)
-    if start_step >= cfg.steps:
-        _log(f"nothing to do: the run is at step {start_step} of {cfg.steps} (raise steps= to train longer)",
-             dist_info)
-        return {"step": start_step, "best_score": best_score, "run_dir": str(run_dir)}
+def build_online_teacher(cfg: TrainConfig, device, log):
+    """The registered teacher that makes each batch's targets (data.online_teacher), or None."""
+    if not cfg.data.online_teacher:
+        return None
+    from teacher.registry import load_teacher_class
+    teacher_class = load_teacher_class(cfg.data.online_teacher, ("fusion", "baseline"))
+    try:
+        target_teacher = teacher_class(device=str(device), **cfg.data.online_teacher_options)
+    except TypeError as exc:
+        raise FusionError(f"data.online_teacher_options {cfg.data.online_teacher_options} do not fit the "
+                          f"'{cfg.data.online_teacher}' teacher ({exc})") from None
+    settings = f" with {cfg.data.online_teacher_options}" if cfg.data.online_teacher_options else ""
+    log(f"targets: made online by the '{cfg.data.online_teacher}' teacher{settings} from each augmented batch")
+    return target_teacher
 
-    # DDP wraps a module whose forward also returns the features, so feature distillation keeps gradient sync
+
+def build_optimizer(run: StudentTraining) -> None:
+    """AdamW on the student (and the feature adapters), warm-up + cosine, mixed precision on CUDA."""
+    import torch
+    cfg = run.cfg
+    feature = run.criterion.feature  # the feature-distillation adapters, when that term is on
+    run.params = list(run.model.parameters()) + (list(feature.parameters()) if feature is not None else [])
+    run.optimizer = torch.optim.AdamW(run.params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                      betas=tuple(cfg.optim.betas))
+    run.scheduler = torch.optim.lr_scheduler.LambdaLR(
+        run.optimizer, warmup_cosine(cfg.optim.warmup_steps, cfg.steps, cfg.optim.min_lr_ratio))
+    run.precision = Precision.for_device(cfg.optim.amp, run.device)
+
+
+def wrap_for_training(model, dist_info: Dist, device):
+    """The student returning its features too, DDP-wrapped when distributed (so feature distillation keeps the
+    gradient sync)."""
     train_model = _WithFeatures(model)
     if dist_info.world > 1:
         from torch.nn.parallel import DistributedDataParallel
         train_model = DistributedDataParallel(train_model,
                                               device_ids=[device.index] if device.type == "cuda" else None)
+    return train_model
 
+
+def open_monitors(run_dir: Path, cfg: TrainConfig, start_step: int, dist_info: Dist, log):
+    """(TensorBoard writer or None, tqdm bar or None): rank 0 only."""
+    if not dist_info.main:
+        return None, None
     writer = None
-    if dist_info.main:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step)
-        except ImportError:
-            log("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
-    progress = None
-    if dist_info.main:
-        from tqdm import tqdm
-        progress = tqdm(total=cfg.steps, initial=start_step, desc="distill", unit="step", dynamic_ncols=True,
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step)
+    except ImportError:
+        log("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
+    from tqdm import tqdm
+    return writer, tqdm(total=cfg.steps, initial=start_step, desc="distill", unit="step", dynamic_ncols=True,
                         file=sys.stderr)
 
+
+def train_step(run: StudentTraining, batch: dict, step: int):
+    """One optimisation step on one batch: (loss, {term: value}, gradient norm)."""
+    import torch
+    device, precision, optimizer = run.device, run.precision, run.optimizer
+    ir, vis = batch["ir"].to(device, non_blocking=True), batch["vis"].to(device, non_blocking=True)
+    target = online_targets(run.target_teacher, ir, vis) if run.target_teacher is not None else \
+        batch["target"].to(device, non_blocking=True)
+    with torch.autocast(device_type=device.type, dtype=precision.dtype, enabled=precision.enabled):
+        fused, student_features = run.train_model(ir, vis)
+        teacher_features = run.feature_teacher.features(ir, vis) if run.feature_teacher is not None else None
+    loss, terms = run.criterion(fused.float(), target, ir, vis, step, student_features, teacher_features)
+    if not torch.isfinite(loss):
+        raise FusionError(f"the loss became {float(loss)} at step {step}; lower optim.lr or check the data")
+    optimizer.zero_grad(set_to_none=True)
+    if precision.scaler is not None:
+        precision.scaler.scale(loss).backward()
+        precision.scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, run.cfg.optim.grad_clip) if run.cfg.optim.grad_clip > 0 \
+        else torch.tensor(0.0)
+    if precision.scaler is not None:
+        precision.scaler.step(optimizer)
+        precision.scaler.update()
+    else:
+        optimizer.step()
+    run.scheduler.step()
+    run.ema.update(run.model)
+    return loss, terms, grad_norm
+
+
+def log_training(running: dict, step: int, lr: float, grad_norm, progress, writer, log_file: Path,
+                 started: float) -> None:
+    """The means of the terms since the last log: to the bar, TensorBoard and train_log.jsonl."""
+    means = {k: v / running["_n"] for k, v in running.items() if k != "_n"}
+    progress.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.2e}")
+    if writer is not None:
+        for k, v in means.items():
+            writer.add_scalar(f"train/{k}", v, step)
+        writer.add_scalar("train/lr", lr, step)
+        writer.add_scalar("train/grad_norm", float(grad_norm), step)
+    with open(log_file, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"step": step, "lr": lr, "elapsed_s": round(time.time() - started, 1),
+                             **{k: round(v, 6) for k, v in means.items()}}) + "\n")
+
+
+def out_of_time(cfg: TrainConfig, started: float, dist_info: Dist, device) -> bool:
+    """max_minutes has passed (on any rank: they all stop together)."""
+    import torch
+    late = cfg.max_minutes > 0 and (time.time() - started) > cfg.max_minutes * 60
+    if dist_info.world > 1:
+        flag = torch.tensor([1.0 if late else 0.0], device=device)
+        torch.distributed.all_reduce(flag)
+        late = bool(flag.item() > 0)
+    return late
+
+
+def validate_and_save(run: StudentTraining, val_set, step: int, finished: bool, best_score: float, last_val: dict,
+                      run_dir: Path, metadata: dict, writer, dist_info: Dist) -> tuple[dict, float]:
+    """Rank 0's periodic work: validate the EMA (best/ when it improves), preview images, save last/.
+    Returns (last validation, best score)."""
+    from distill.models import save_student
+    cfg, ema = run.cfg, run.ema
+    if val_set is not None and (every(step, cfg.val_every) or finished):
+        last_val = validate(ema.module, val_set, run.device, run.target_teacher)
+        if writer is not None:
+            for k, v in last_val.items():
+                writer.add_scalar(f"val/{k}", v, step)
+        if last_val["score"] > best_score:
+            best_score = last_val["score"]
+            save_student(ema.module, run_dir / "best", metadata={**metadata, "step": step, "val": last_val})
+        with open(run_dir / "train_log.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"step": step, "val": last_val, "best_score": best_score}) + "\n")
+        _log(f"step {step}: val L1 {last_val['l1']:.4f} SSIM {last_val['ssim']:.4f} "
+             f"PSNR {last_val['psnr']:.2f} (best score {best_score:.4f})", dist_info)
+    if writer is not None and val_set is not None and cfg.image_every > 0 and (every(step, cfg.image_every) or finished):
+        writer.add_image("val/ir_vis_teacher_student", preview_grid(ema.module, val_set[0], run.device,
+                                                                     run.target_teacher), step)
+    if val_set is None and finished:
+        save_student(ema.module, run_dir / "best", metadata={**metadata, "step": step})
+    if every(step, cfg.save_every) or finished:
+        save_last(run_dir / "last", run.model, ema, run.optimizer, run.scheduler, run.precision.scaler, step,
+                  best_score, metadata={**metadata, "step": step})
+    run.model.train()
+    return last_val, best_score
+
+
+def ranks_in_sync(model, device, dist_info: Dist) -> bool:
+    """Every rank ends with the same weights (DDP averages the gradients): compare a checksum across ranks."""
+    import torch
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1).to(device)
+    gathered = [torch.zeros_like(checksum) for _ in range(dist_info.world)]
+    torch.distributed.all_gather(gathered, checksum)
+    values = [float(g) for g in gathered]
+    torch.distributed.barrier()
+    return max(values) - min(values) < 1e-6 * max(1.0, abs(values[0]))
+
+
+def train(cfg: TrainConfig, feature_teacher=None) -> dict:
+    """Run (or resume) training as `cfg` says. Returns a summary dict (rank 0's view).
+
+    feature_teacher: an object with `features(ir, vis) -> [tensors]` (torch batches), for feature distillation;
+    by default it is looked up from cfg.loss.teacher_features.
+    """
+    from distill.models import create_student
+    from runtime.config import config_hash
+
+    dist_info, device, run_dir = start_run(cfg)
+    train_set, val_set, device_batches = training_data(cfg, device, dist_info)
+    model = create_student(cfg.model.variant, vis_channels=cfg.model.vis_channels).to(device)
+    ema = ModelEMA(model, cfg.optim.ema_decay)
+    log = (lambda msg: _log(msg, dist_info))
+    criterion, feature_teacher = build_criterion(cfg, model, device, feature_teacher, log)
+    run = StudentTraining(cfg, device, model, ema, criterion, feature_teacher=feature_teacher,
+                          target_teacher=build_online_teacher(cfg, device, log))
+    build_optimizer(run)
+
+    start_step, best_score = 0, -math.inf
+    checkpoint = find_checkpoint(run_dir / "last") if cfg.resume else None
+    if checkpoint is not None:
+        start_step, best_score = resume_last(checkpoint, model, ema, run.optimizer, run.scheduler,
+                                             run.precision.scaler)
+        log(f"resumed from {checkpoint.folder} at step {start_step}")
+    if start_step >= cfg.steps:
+        log(f"nothing to do: the run is at step {start_step} of {cfg.steps} (raise steps= to train longer)")
+        return {"step": start_step, "best_score": best_score, "run_dir": str(run_dir)}
+
+    run.train_model = wrap_for_training(model, dist_info, device)
+    writer, progress = open_monitors(run_dir, cfg, start_step, dist_info, log)
     if device_batches is not None:
         from distill.gpu_augment import batches_per_epoch as device_batches_per_epoch
         per_epoch = device_batches_per_epoch(len(train_set), cfg.data.batch_size, dist_info.world)
@@ -520,10 +599,8 @@ def train(cfg: TrainConfig, feature_teacher=None) -> dict:
         per_epoch = batches_per_epoch(train_set, cfg, dist_info)
     metadata = {"config_hash": config_hash(cfg), "names": [f"{s.root}/{s.names}" for s in training_sets(cfg)],
                 "teacher": cfg.data.online_teacher or [s.teacher_dir for s in training_sets(cfg)]}
-    step, epoch = start_step, start_step // per_epoch
-    skip = start_step % per_epoch
+    step, epoch, skip = start_step, start_step // per_epoch, start_step % per_epoch
     started = time.time()
-    log_file = run_dir / "train_log.jsonl"
     last_val: dict = {}
     running: dict = {}
     stop = False
@@ -534,85 +611,26 @@ def train(cfg: TrainConfig, feature_teacher=None) -> dict:
         for batch_index, batch in enumerate(batches):
             if batch_index < skip:
                 continue
-            ir, vis = batch["ir"].to(device, non_blocking=True), batch["vis"].to(device, non_blocking=True)
-            target = online_targets(target_teacher, ir, vis) if target_teacher is not None else \
-                batch["target"].to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-                fused, student_features = train_model(ir, vis)
-                teacher_features = feature_teacher.features(ir, vis) if feature_loss is not None else None
-            loss, terms = criterion(fused.float(), target, ir, vis, step, student_features, teacher_features)
-            if not torch.isfinite(loss):
-                raise FusionError(f"the loss became {float(loss)} at step {step}; lower optim.lr or check the data")
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip) if cfg.optim.grad_clip > 0 \
-                else torch.tensor(0.0)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            ema.update(model)
+            loss, terms, grad_norm = train_step(run, batch, step)
             step += 1
-
             for name, value in {"loss": float(loss.detach()), **terms}.items():
                 running[name] = running.get(name, 0.0) + value
             running["_n"] = running.get("_n", 0) + 1
             if progress is not None:
                 progress.update(1)
             if every(step, cfg.log_every) and dist_info.main:
-                means = {k: v / running["_n"] for k, v in running.items() if k != "_n"}
+                log_training(running, step, run.scheduler.get_last_lr()[0], grad_norm, progress, writer,
+                             run_dir / "train_log.jsonl", started)
                 running = {}
-                lr = scheduler.get_last_lr()[0]
-                progress.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.2e}")
-                if writer is not None:
-                    for k, v in means.items():
-                        writer.add_scalar(f"train/{k}", v, step)
-                    writer.add_scalar("train/lr", lr, step)
-                    writer.add_scalar("train/grad_norm", float(grad_norm), step)
-                with open(log_file, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps({"step": step, "lr": lr, "elapsed_s": round(time.time() - started, 1),
-                                         **{k: round(v, 6) for k, v in means.items()}}) + "\n")
-
-            out_of_time = cfg.max_minutes > 0 and (time.time() - started) > cfg.max_minutes * 60
-            if dist_info.world > 1:
-                flag = torch.tensor([1.0 if out_of_time else 0.0], device=device)
-                torch.distributed.all_reduce(flag)
-                out_of_time = bool(flag.item() > 0)
-            finished = step >= cfg.steps or out_of_time
+            late = out_of_time(cfg, started, dist_info, device)
+            finished = step >= cfg.steps or late
             if dist_info.main:
-                if val_set is not None and (every(step, cfg.val_every) or finished):
-                    last_val = validate(ema.module, val_set, device, target_teacher)
-                    if writer is not None:
-                        for k, v in last_val.items():
-                            writer.add_scalar(f"val/{k}", v, step)
-                    if last_val["score"] > best_score:
-                        best_score = last_val["score"]
-                        save_student(ema.module, run_dir / "best",
-                                     metadata={**metadata, "step": step, "val": last_val})
-                    with open(log_file, "a", encoding="utf-8") as fh:
-                        fh.write(json.dumps({"step": step, "val": last_val, "best_score": best_score}) + "\n")
-                    _log(f"step {step}: val L1 {last_val['l1']:.4f} SSIM {last_val['ssim']:.4f} "
-                         f"PSNR {last_val['psnr']:.2f} (best score {best_score:.4f})", dist_info)
-                if writer is not None and val_set is not None and cfg.image_every > 0 and \
-                        (every(step, cfg.image_every) or finished):
-                    writer.add_image("val/ir_vis_teacher_student", preview_grid(ema.module, val_set[0], device,
-                                                                                 target_teacher), step)
-                if val_set is None and finished:
-                    save_student(ema.module, run_dir / "best", metadata={**metadata, "step": step})
-                if every(step, cfg.save_every) or finished:
-                    save_checkpoint(run_dir / "last", model, ema, optimizer, scheduler, scaler, step, best_score,
-                                    metadata={**metadata, "step": step})
-                model.train()
+                last_val, best_score = validate_and_save(run, val_set, step, finished, best_score, last_val, run_dir,
+                                                         metadata, writer, dist_info)
             if finished:
-                if out_of_time and step < cfg.steps:
-                    _log(f"stopping at step {step}: max_minutes={cfg.max_minutes} reached; run the same command "
-                         f"again to resume", dist_info)
+                if late and step < cfg.steps:
+                    log(f"stopping at step {step}: max_minutes={cfg.max_minutes} reached; run the same command "
+                        f"again to resume")
                 stop = True
                 break
         skip = 0
@@ -625,13 +643,7 @@ def train(cfg: TrainConfig, feature_teacher=None) -> dict:
     summary = {"step": step, "best_score": best_score, "val": last_val, "run_dir": str(run_dir),
                "train_minutes": round((time.time() - started) / 60, 2), "world_size": dist_info.world}
     if dist_info.world > 1:
-        # every rank must end with the same weights (DDP averages the gradients); record that it did
-        checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1).to(device)
-        gathered = [torch.zeros_like(checksum) for _ in range(dist_info.world)]
-        torch.distributed.all_gather(gathered, checksum)
-        values = [float(g) for g in gathered]
-        summary["ranks_in_sync"] = max(values) - min(values) < 1e-6 * max(1.0, abs(values[0]))
-        torch.distributed.barrier()
+        summary["ranks_in_sync"] = ranks_in_sync(model, device, dist_info)
     if dist_info.main:
         from runtime.imageio import write_json
         write_json(run_dir / "summary.json", summary)
