@@ -5,8 +5,8 @@
 - LoRA on attention projections with peft, saved in the diffusers layout (`pytorch_lora_weights.safetensors`, with
   the peft config in the safetensors metadata) beside `irgen.json`, so other diffusers tools load it too.
 - One training loop on accelerate (multi-GPU with `accelerate launch`, bf16 on CUDA, gradient accumulation) with a
-  pickle-free checkpoint (trainable tensors and optimizer state as safetensors, the rest JSON) for `--resume`, a loss
-  log and sample grids.
+  pickle-free checkpoint (teacher.training_utils: trainable tensors and optimizer state as safetensors, the rest
+  JSON) for `--resume`, a loss log and sample grids.
 
 Nothing here imports torch or diffusers at module import time: `fusion teacher` imports generator modules to collect
 their options, and must stay fast.
@@ -25,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from runtime.errors import FusionError
+from teacher.training_utils import Checkpoint, checkpoint_to_resume, save_checkpoint, set_learning_rate, warmup_cosine
 
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' load_lora_weights looks for
 INFO_NAME = "irgen.json"
@@ -351,11 +352,6 @@ def sampler_overrides(args: argparse.Namespace | None) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ training loop
-def lr_factor(step: int, optim: DiffusionOptimConfig) -> float:
-    """Linear warm-up, then constant (the usual schedule for LoRA fine-tuning)."""
-    return min(1.0, (step + 1) / max(1, optim.warmup_steps))
-
-
 @dataclass
 class TrainingJob:
     """What the shared loop needs from a generator."""
@@ -383,51 +379,25 @@ def nonfinite_gradients(modules: dict, limit: int = 3) -> str:
         if names else "no tensor (the norm itself overflowed)"
 
 
-def save_checkpoint(folder: Path, modules: dict, optimizer, step: int) -> None:
-    """Trainable tensors + optimizer state as safetensors, scalars as JSON; state.json last, so a checkpoint counts
-    only once complete."""
-    from safetensors.torch import save_file
-
-    from runtime.imageio import atomic_path, write_json
-    folder.mkdir(parents=True, exist_ok=True)
-    params = {k: v.detach().to("cpu").contiguous() for k, v in trainable_tensors(modules).items()}
-    with atomic_path(folder / "trainable.safetensors") as tmp:
-        save_file(params, str(tmp))
-    state = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for index, entries in state["state"].items():
-        for key, value in entries.items():
-            if hasattr(value, "shape") and value.ndim > 0:
-                tensors[f"{index}.{key}"] = value.detach().to("cpu").contiguous()
-            else:
-                scalars[f"{index}.{key}"] = float(value)
-    with atomic_path(folder / "optimizer.safetensors") as tmp:
-        save_file(tensors, str(tmp))
-    write_json(folder / "state.json", {"step": step, "param_groups": state["param_groups"],
-                                       "optimizer_scalars": scalars})
+def save_trainable_checkpoint(folder: Path, modules: dict, optimizer, step: int) -> None:
+    """The resumable checkpoint (teacher.training_utils): the trainable tensors and the optimizer."""
+    save_checkpoint(folder, step, tensors={"trainable": trainable_tensors(modules)}, optimizer=optimizer)
 
 
-def load_checkpoint(folder: Path, modules: dict, optimizer, device) -> int:
+def restore_trainable(checkpoint: Checkpoint, modules: dict, optimizer) -> int:
+    """Put back what `save_trainable_checkpoint` wrote; the step to continue from."""
     import torch
-    from safetensors.torch import load_file
-    saved = load_file(str(folder / "trainable.safetensors"))
+    saved = checkpoint.tensors("trainable")
     current = trainable_tensors(modules)
     if set(saved) != set(current):
-        raise FusionError(f"the checkpoint in {folder} was made with other trainable parameters (a different lora or "
-                          f"adapter config); resume with the config of that run or choose another --out")
+        raise FusionError(f"the checkpoint in {checkpoint.folder} was made with other trainable parameters (a "
+                          f"different lora or adapter config); resume with the config of that run or choose another "
+                          f"--out")
     with torch.no_grad():
         for key, param in current.items():
             param.copy_(saved[key].to(param.device, param.dtype))
-    meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    per_param: dict[int, dict] = {}
-    for key, value in load_file(str(folder / "optimizer.safetensors"), device=str(device)).items():
-        index, name = key.split(".", 1)
-        per_param.setdefault(int(index), {})[name] = value
-    for key, value in meta["optimizer_scalars"].items():
-        index, name = key.split(".", 1)
-        per_param.setdefault(int(index), {})[name] = torch.tensor(value)
-    optimizer.load_state_dict({"state": per_param, "param_groups": meta["param_groups"]})
-    return int(meta["step"])
+    checkpoint.restore_optimizer(optimizer)
+    return checkpoint.step
 
 
 def make_accelerator(cfg, device: str, out: Path):
@@ -447,13 +417,9 @@ def make_accelerator(cfg, device: str, out: Path):
                        project_config=ProjectConfiguration(project_dir=str(out)))
 
 
-def prepare_output(out: Path, resume: bool) -> Path | None:
-    """The checkpoint folder to resume from (None: start fresh); FusionError when --out holds a run and no --resume."""
-    checkpoint = out / "checkpoint"
-    exists = (checkpoint / "state.json").is_file()
-    if exists and not resume:
-        raise FusionError(f"{out} already holds a training run; pass --resume to continue it, or choose another --out")
-    return checkpoint if exists else None
+def prepare_output(out: Path, resume: bool) -> Checkpoint | None:
+    """The checkpoint to resume from (None: start fresh); FusionError when --out holds a run and no --resume."""
+    return checkpoint_to_resume(out / "checkpoint", resume, out)
 
 
 def run_training(job: TrainingJob, cfg, args: argparse.Namespace, accelerator, out: Path) -> int:
@@ -472,7 +438,7 @@ def run_training(job: TrainingJob, cfg, args: argparse.Namespace, accelerator, o
     resume_from = prepare_output(out, getattr(args, "resume", False))
     start = 0
     if resume_from is not None:
-        start = load_checkpoint(resume_from, modules, optimizer, accelerator.device)
+        start = restore_trainable(resume_from, modules, optimizer)
         if accelerator.is_main_process:
             print(f"{job.name}: resuming {out} at step {start}", file=sys.stderr)
     prepared = accelerator.prepare(job.model, optimizer)
@@ -487,10 +453,10 @@ def run_training(job: TrainingJob, cfg, args: argparse.Namespace, accelerator, o
     started = time.time()
     running: dict[str, float] = {}
     seen = 0
+    schedule = warmup_cosine(cfg.optim.warmup_steps, steps, 1.0)  # warm-up, then constant
     model.train()
     for step in progress:
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.optim.lr * lr_factor(step, cfg.optim)
+        set_learning_rate(optimizer, cfg.optim.lr, schedule(step))
         for micro in range(cfg.optim.grad_accum):
             with accelerator.accumulate(model):
                 with accelerator.autocast():
@@ -526,8 +492,8 @@ def run_training(job: TrainingJob, cfg, args: argparse.Namespace, accelerator, o
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 job.save_fn(out, done)
-                save_checkpoint(out / "checkpoint", modules, optimizer.optimizer if hasattr(optimizer, "optimizer")
-                                else optimizer, done)
+                save_trainable_checkpoint(out / "checkpoint", modules, optimizer.optimizer
+                                          if hasattr(optimizer, "optimizer") else optimizer, done)
         sample_now = cfg.train.sample_every and done % cfg.train.sample_every == 0
         if job.sample_fn is not None and accelerator.is_main_process and (sample_now or done == steps):
             model.eval()

@@ -7,7 +7,7 @@ build the network from that config, the per-image extras it trains on, and its l
   a tqdm bar, TensorBoard scalars and sample images (when tensorboard is installed) plus `train_log.jsonl`,
   periodic checkpoints, and `--resume` that continues bit-for-bit with the same batches.
 - the weights folder: `config.json` + `model.safetensors` (the network), `train_config.yaml` (the resolved training
-  config), `checkpoint/` (optimizer state as safetensors + JSON; no pickles).
+  config), `checkpoint/` (a teacher.training_utils checkpoint folder; no pickles).
 - `--self-check`: one forward/backward pass on real crops with a report of what usually explains "the loss does not
   go down" (dead gradients, saturated sigmoid, constant output, NaNs, a batch that cannot even be overfitted).
 """
@@ -27,6 +27,8 @@ import numpy as np
 
 from runtime.errors import FusionError
 from teacher.irgen.base import IRGenerator
+from teacher.training_utils import (Checkpoint, checkpoint_to_resume, save_checkpoint, set_learning_rate,
+                                    warmup_cosine)
 
 
 @dataclasses.dataclass
@@ -127,9 +129,7 @@ class TrainableGenerator(IRGenerator):
             return cls.self_check(cfg, data, steps=args.self_check, device=device, seed=args.seed)
 
         checkpoint = out / "checkpoint"
-        if (checkpoint / "state.json").exists() and not args.resume:
-            raise FusionError(f"{out} already holds a training run; pass --resume to continue it, or choose another "
-                              f"--out")
+        resume_from = checkpoint_to_resume(checkpoint, args.resume, out)
         model = cls.build_model(cfg).to(device)
         optimizer = torch.optim.AdamW(cls.parameter_groups(model, cfg), lr=cfg.optim.lr,
                                       weight_decay=cfg.optim.weight_decay)
@@ -137,8 +137,8 @@ class TrainableGenerator(IRGenerator):
         amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
         start = 0
-        if args.resume and (checkpoint / "state.json").exists():
-            start = load_training_state(checkpoint, model, optimizer, scaler, cfg, device)
+        if resume_from is not None:
+            start = load_training_state(resume_from, model, optimizer, scaler, device)
             print(f"{cls.name}: resuming {out} at step {start}", file=sys.stderr)
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "train_config.yaml")
@@ -150,15 +150,15 @@ class TrainableGenerator(IRGenerator):
         from tqdm import tqdm
         progress = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc=f"train {cls.name}",
                         unit="step", dynamic_ncols=True, file=sys.stderr)
+        schedule = warmup_cosine(cfg.optim.warmup_steps, cfg.train.steps, cfg.optim.min_lr_ratio)
         model.train()
         running: dict[str, float] = {}
         seen = 0
         started = time.time()
         try:
             for step in progress:
-                lr_factor = lr_schedule(step, cfg.optim, cfg.train.steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = cfg.optim.lr * lr_factor * group.get("lr_scale", 1.0)
+                lr_factor = schedule(step)
+                set_learning_rate(optimizer, cfg.optim.lr, lr_factor)
                 batch = to_tensors(data.batch(args.seed, step), device)
                 with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp):
                     loss, parts = cls.compute_loss(model, batch, cfg)
@@ -309,14 +309,6 @@ class TrainableGenerator(IRGenerator):
 
 
 # -------------------------------------------------------------------------------------------------- helpers
-def lr_schedule(step: int, optim: OptimConfig, total: int) -> float:
-    """Linear warmup, then cosine decay over `total` steps to `min_lr_ratio`; a factor of the base lr."""
-    if step < optim.warmup_steps:
-        return (step + 1) / optim.warmup_steps
-    progress = min(1.0, (step - optim.warmup_steps) / max(1, total - optim.warmup_steps))
-    return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def to_tensors(batch: dict[str, np.ndarray], device: str) -> dict:
     torch = _torch()
     return {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
@@ -357,43 +349,18 @@ def _log_images(writer, model, batch, step: int) -> None:
 
 
 def save_training_state(folder: Path, model, optimizer, scaler, step: int) -> None:
-    """Optimizer tensors as safetensors, everything else as JSON, written atomically; state.json last so a
-    checkpoint counts only once complete."""
-    from safetensors.torch import save_file
-
-    from runtime.imageio import atomic_path, write_json
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    state = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for index, entries in state["state"].items():
-        for key, value in entries.items():
-            if hasattr(value, "shape") and value.ndim > 0:
-                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{index}.{key}"] = float(value)
-    with atomic_path(folder / "optimizer.safetensors") as tmp:
-        save_file(tensors, str(tmp))
-    groups = [{k: v for k, v in g.items()} for g in state["param_groups"]]
-    write_json(folder / "state.json", {"step": step, "param_groups": groups, "optimizer_scalars": scalars,
-                                       "scaler": scaler.state_dict() if scaler.is_enabled() else None})
+    """The resumable checkpoint (teacher.training_utils): the network as a `save_pretrained` folder, the optimizer,
+    the grad scaler."""
+    save_checkpoint(folder, step, optimizer=optimizer,
+                    state={"scaler": scaler.state_dict() if scaler.is_enabled() else None},
+                    write_model=model.save_pretrained)
 
 
-def load_training_state(folder: Path, model, optimizer, scaler, cfg, device: str) -> int:
-    torch = _torch()
-    from safetensors.torch import load_file
-    trained = type(model).from_pretrained(folder, device=device)
+def load_training_state(checkpoint: Checkpoint, model, optimizer, scaler, device: str) -> int:
+    """Restore what `save_training_state` wrote; the step to continue from."""
+    trained = type(model).from_pretrained(checkpoint.folder, device=device)
     model.load_state_dict(trained.state_dict())
-    meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    tensors = load_file(str(folder / "optimizer.safetensors"), device=device)
-    per_param: dict[int, dict] = {}
-    for key, value in tensors.items():
-        index, name = key.split(".", 1)
-        per_param.setdefault(int(index), {})[name] = value
-    for key, value in meta["optimizer_scalars"].items():
-        index, name = key.split(".", 1)
-        per_param.setdefault(int(index), {})[name] = torch.tensor(value)
-    optimizer.load_state_dict({"state": per_param, "param_groups": meta["param_groups"]})
-    if meta.get("scaler") and scaler.is_enabled():
-        scaler.load_state_dict(meta["scaler"])
-    return int(meta["step"])
+    checkpoint.restore_optimizer(optimizer)
+    if checkpoint.state.get("scaler") and scaler.is_enabled():
+        scaler.load_state_dict(checkpoint.state["scaler"])
+    return checkpoint.step
