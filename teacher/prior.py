@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.errors import FusionError
+from teacher.training_utils import ModelEMA, find_checkpoint, save_checkpoint, set_learning_rate, warmup_cosine
 
 MODEL_PRESETS = {
     # name: (block_out_channels, layers_per_block, attention on the last N levels)
@@ -163,20 +164,10 @@ def save_prior(out: Path, unet, scheduler) -> None:
         staging.rename(out)
 
 
-def _save_state(out: Path, unet, ema, optimizer, step: int, rng_state) -> None:
-    import torch
-    from safetensors.torch import save_file
-
-    from runtime.imageio import atomic_path, write_json
-    state_dir = out / "training_state"
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(state_dir / "model.safetensors") as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}, str(tmp))
-    with atomic_path(state_dir / "ema.safetensors") as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, str(tmp))
-    with atomic_path(state_dir / "optimizer.pt") as tmp:
-        torch.save(optimizer.state_dict(), str(tmp))
-    write_json(state_dir / "state.json", {"step": step, "data_rng": rng_state})
+def _save_state(out: Path, unet, ema: ModelEMA, optimizer, step: int, rng_state) -> None:
+    """OUT/training_state/, a teacher.training_utils checkpoint: weights, EMA, optimiser, step, data RNG."""
+    save_checkpoint(out / "training_state", step, tensors={"model": unet.state_dict(), "ema": ema.module.state_dict()},
+                    optimizer=optimizer, state={"data_rng": rng_state})
 
 
 # ---------------------------------------------------------------------------------------------------------- train
@@ -189,10 +180,10 @@ def train_prior(images, out, config: PriorTrainConfig, device: str = "cpu", resu
 
     from runtime.config import save_config
     out = Path(out)
-    state_dir = out / "training_state"
     if out.exists() and any(out.iterdir()) and not resume:
         raise FusionError(f"{out} already exists; pass --resume to continue training it, or choose another --out")
-    if resume and not (state_dir / "state.json").is_file() and out.exists() and any(out.iterdir()):
+    checkpoint = find_checkpoint(out / "training_state") if resume else None
+    if resume and checkpoint is None and out.exists() and any(out.iterdir()):
         raise FusionError(f"{out} has no training_state/ to resume from")
     torch.manual_seed(config.seed)
     files = list_training_images(images)
@@ -201,18 +192,14 @@ def train_prior(images, out, config: PriorTrainConfig, device: str = "cpu", resu
     scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule="linear",
                               beta_start=1e-4, beta_end=0.02)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=0.0)
-    ema = {k: v.detach().clone().float() for k, v in unet.state_dict().items()}
+    ema = ModelEMA(unet, config.ema_decay)
     step = 0
-    if resume and (state_dir / "state.json").is_file():
-        import json
-
-        from safetensors.torch import load_file
-        unet.load_state_dict(load_file(str(state_dir / "model.safetensors"), device=str(device)))
-        ema = {k: v.float() for k, v in load_file(str(state_dir / "ema.safetensors"), device=str(device)).items()}
-        optimizer.load_state_dict(torch.load(str(state_dir / "optimizer.pt"), map_location=device, weights_only=True))
-        saved = json.loads((state_dir / "state.json").read_text())
-        step = int(saved["step"])
-        data.rng.bit_generator.state = saved["data_rng"]
+    if checkpoint is not None:
+        unet.load_state_dict(checkpoint.tensors("model", device))
+        ema.module.load_state_dict(checkpoint.tensors("ema", device))
+        checkpoint.restore_optimizer(optimizer)
+        step = ema.updates = checkpoint.step  # one EMA update per step
+        data.rng.bit_generator.state = checkpoint.state["data_rng"]
         torch.manual_seed(config.seed + step)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "train_prior.yaml")
@@ -223,6 +210,7 @@ def train_prior(images, out, config: PriorTrainConfig, device: str = "cpu", resu
     use_amp = str(device).startswith("cuda")
     smoothed, started = None, time.perf_counter()
     first_step = step
+    schedule = warmup_cosine(config.warmup, config.steps, 1.0)  # warm-up, then constant
     bar = tqdm(total=config.steps, initial=step, desc="train-prior", unit="step", disable=None)
     unet.train()
     while step < config.steps:
@@ -231,8 +219,7 @@ def train_prior(images, out, config: PriorTrainConfig, device: str = "cpu", resu
         t = torch.randint(0, config.num_train_timesteps, (clean.shape[0],), device=device)
         abar = alphas_cumprod[t].view(-1, 1, 1, 1)
         noisy = abar.sqrt() * clean + (1 - abar).sqrt() * noise
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * min(1.0, (step + 1) / max(1, config.warmup))
+        set_learning_rate(optimizer, config.lr, schedule(step))
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
             pred = unet(noisy, t).sample
         loss = torch.nn.functional.mse_loss(pred.float(), noise)
@@ -243,13 +230,7 @@ def train_prior(images, out, config: PriorTrainConfig, device: str = "cpu", resu
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
         step += 1
-        with torch.no_grad():
-            decay = min(config.ema_decay, (1 + step) / (10 + step))
-            for key, value in unet.state_dict().items():
-                if value.dtype.is_floating_point:
-                    ema[key].mul_(decay).add_(value.float(), alpha=1 - decay)
-                else:
-                    ema[key].copy_(value)
+        ema.update(unet)
         smoothed = loss.item() if smoothed is None else 0.98 * smoothed + 0.02 * loss.item()
         bar.set_postfix(loss=f"{smoothed:.4f}")
         bar.update(1)
@@ -265,10 +246,7 @@ def train_prior(images, out, config: PriorTrainConfig, device: str = "cpu", resu
 
 def _checkpoint(out, unet, ema, optimizer, scheduler, step, data, config):
     import copy
-    ema_unet = copy.deepcopy(unet).eval()
-    ema_unet.load_state_dict({k: v.to(next(iter(unet.state_dict().values())).dtype) if v.is_floating_point() else v
-                              for k, v in ema.items()})
-    save_prior(out, ema_unet.to("cpu"), scheduler)
+    save_prior(out, copy.deepcopy(ema.module).to("cpu"), scheduler)
     _save_state(out, unet, ema, optimizer, step, data.rng.bit_generator.state)
 
 
