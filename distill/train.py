@@ -59,6 +59,8 @@ class DataSection:
 class ModelSection:
     variant: str = "nano"
     vis_channels: int = 1                        # 3: RGB in / RGB out
+    options: Dict[str, int] = field(default_factory=dict)  # StudentConfig fields over the variant's, e.g.
+                                                           # {guide_channels: 8, pyramid_levels: 1} (ablations)
 
 
 @dataclass
@@ -572,7 +574,7 @@ def train(cfg: TrainConfig, feature_teacher=None) -> dict:
 
     dist_info, device, run_dir = start_run(cfg)
     train_set, val_set, device_batches = training_data(cfg, device, dist_info)
-    model = create_student(cfg.model.variant, vis_channels=cfg.model.vis_channels).to(device)
+    model = create_student(cfg.model.variant, vis_channels=cfg.model.vis_channels, **cfg.model.options).to(device)
     ema = ModelEMA(model, cfg.optim.ema_decay)
     log = (lambda msg: _log(msg, dist_info))
     criterion, feature_teacher = build_criterion(cfg, model, device, feature_teacher, log)

@@ -77,6 +77,11 @@ def test_pyramid_gains_keep_both_sources_fine_detail_in_full():
     assert abs(float((out - (ir + vis) / 2)[inner].mean())) < 0.01          # coarse content: the average
     with pytest.raises(ValueError, match="pyramid_levels must be 0 to 1"):
         create_student("tiny-test", pyramid_levels=2)
+    with pytest.raises(ValueError, match="guide_channels needs input_scale 2 or 4"):
+        create_student("tiny-test", guide_channels=4)
+    guided = create_student("tiny-test", input_scale=2, pyramid_levels=1, guide_channels=4).eval()
+    with torch.no_grad():                                                   # fresh: still the plain average
+        assert torch.allclose(guided(ir, vis), (ir + vis) / 2, atol=1e-6)
 
 
 def test_three_channel_mode():
@@ -132,7 +137,9 @@ def test_load_reports_missing_files(tmp_path):
         load_student(tmp_path / "corrupt")
 
 
-@pytest.mark.parametrize("overrides", [{}, {"input_scale": 2, "pyramid_levels": 2}], ids=["v1", "v2"])
+@pytest.mark.parametrize("overrides", [{}, {"input_scale": 2, "pyramid_levels": 2},
+                                       {"input_scale": 2, "pyramid_levels": 1, "guide_channels": 4}],
+                         ids=["v1", "v2", "v2-guided"])
 def test_onnx_export_dynamic_size_matches_torch(tmp_path, overrides):
     ort = pytest.importorskip("onnxruntime")
     model = _randomize(create_student("tiny-test", **overrides), seed=1)

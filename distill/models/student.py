@@ -59,6 +59,9 @@ class StudentConfig:
     # detail no longer has to share the gain of its intensity (see DualBranchFusionNet.compose).
     input_scale: int = 1
     pyramid_levels: int = 0
+    # > 0 (with input_scale > 1): one more decoder step back to the body's input resolution, its skip the pooled
+    # sources themselves (guided upsampling: the coefficients follow the sources' edges at 1 / input_scale)
+    guide_channels: int = 0
 
     @property
     def out_channels(self) -> int:
@@ -67,6 +70,12 @@ class StudentConfig:
     @property
     def multiple(self) -> int:
         return 2 ** (len(self.stages) + 1) * max(1, self.kv_pool) * max(1, self.input_scale)
+
+    @property
+    def coefficient_level(self) -> int:
+        """log2 of the factor from the coefficients' resolution up to the input's."""
+        body = self.input_scale.bit_length() - 1
+        return body if self.guide_channels > 0 else body + 1
 
     @property
     def coefficient_channels(self) -> int:
@@ -146,7 +155,9 @@ class DualBranchFusionNet(nn.Module):
             raise ValueError(f"vis_channels must be 1 (luminance) or 3 (RGB), got {config.vis_channels}")
         if config.input_scale not in (1, 2, 4):
             raise ValueError(f"input_scale must be 1, 2 or 4, got {config.input_scale}")
-        coefficient_level = (2 * config.input_scale).bit_length() - 1
+        if config.guide_channels > 0 and config.input_scale == 1:
+            raise ValueError("guide_channels needs input_scale 2 or 4 (the guided step returns to the body's input)")
+        coefficient_level = config.coefficient_level
         if not 0 <= config.pyramid_levels <= coefficient_level:
             raise ValueError(f"pyramid_levels must be 0 to {coefficient_level} (the coefficients' level at "
                              f"input_scale {config.input_scale}), got {config.pyramid_levels}")
@@ -165,6 +176,10 @@ class DualBranchFusionNet(nn.Module):
         for skip_channels, out_channels in zip(reversed(channels[:-1]), config.decoder_channels):
             self.decoder.append(DecoderBlock(x_channels, skip_channels, out_channels))
             x_channels = out_channels
+        self.guide = None
+        if config.guide_channels > 0:
+            self.guide = DecoderBlock(x_channels, 1 + config.vis_channels, config.guide_channels)
+            x_channels = config.guide_channels
         # coefficients per output channel: gain on IR, gain on VIS, offset
         self.head = nn.Sequential(
             ConvBNAct(x_channels, config.head_channels, 3, act="hswish"),
@@ -213,13 +228,15 @@ class DualBranchFusionNet(nn.Module):
         x = fused[-1]
         for block, skip in zip(self.decoder, reversed(fused[:-1])):
             x = block(x, skip)
+        if self.guide is not None:
+            x = self.guide(x, torch.cat([pyramid_ir[body], pyramid_vis[body]], dim=1))
         fused_image = self.compose(self.head(x), pyramid_ir, pyramid_vis)
         return fused_image[:, :, :height, :width].clamp(0.0, 1.0), fused
 
     def compose(self, coefficients: torch.Tensor, pyramid_ir: List[torch.Tensor],
                 pyramid_vis: List[torch.Tensor]) -> torch.Tensor:
-        """The fused image from the head's coefficients (N, K * C, h, w), at level J = log2(2 * input_scale) of the
-        sources' box pyramids [x, pool2(x), pool4(x), ...] (N, 1 or C, H / 2^j, W / 2^j):
+        """The fused image from the head's coefficients (N, K * C, h, w), at level J = config.coefficient_level
+        (log2(2 * input_scale); log2(input_scale) with the guided step) of the sources' box pyramids [x, pool2(x), pool4(x), ...] (N, 1 or C, H / 2^j, W / 2^j):
 
             fused = a_ir * ir + a_vis * vis + up(b + sum_{j=1..L} up_j(g_ir_j * ir_j + g_vis_j * vis_j))
 
@@ -230,7 +247,7 @@ class DualBranchFusionNet(nn.Module):
         offset on the way up, so the full-resolution work stays one 3-channel upsampling and four multiply-adds.
         """
         c = self.config.out_channels
-        top = (2 * self.config.input_scale).bit_length() - 1
+        top = self.config.coefficient_level
         if self.config.pyramid_levels == 0:
             x = F.interpolate(coefficients, scale_factor=float(2 ** top), mode="bilinear", align_corners=False)
         else:
