@@ -145,15 +145,13 @@ def test_cli_onnx_int8_reports_on_test_and_never_calibrates_on_it(tmp_path, road
 
 
 def test_runtime_loads_what_export_writes(tmp_path, fp32_model, calib_inputs):
-    backends = pytest.importorskip("runtime.backends")
-    if not hasattr(backends, "create_backend"):
-        pytest.skip("runtime.backends.create_backend is not available yet")
+    from runtime.backends import create_backend
     int8 = tmp_path / "m.int8.onnx"
     quantize_int8(fp32_model, int8, calib_inputs[:2], QuantRecipe("minmax"))
     item = calib_inputs[0]
     outputs = {}
     for path in (fp32_model, int8):
-        backend = backends.create_backend(str(path), backend="onnxruntime", threads=1)
+        backend = create_backend(str(path), backend="onnxruntime", threads=1)
         assert backend.input_size == SIZE and backend.vis_channels == 1
         outputs[path.name] = backend(item.ir, item.vis)
     assert outputs["model.onnx"].shape == outputs["m.int8.onnx"].shape == (1, 1, *SIZE)
@@ -188,12 +186,9 @@ def test_metric_deltas_score_8bit_images_as_fusion_eval_does(tmp_path, roadscene
     assert float_mi > scored_mi + 0.1
 
 
-def test_percentile_ranges_are_cached_per_percentile(tmp_path, calib_inputs, capsys):
+def test_percentile_ranges_are_cached_per_percentile(tmp_path, calib_inputs, capsys, shipped_model):
     # the shipped student (dynamic ONNX): a random one has constant activations numpy cannot histogram
-    from export.pairs import REPO_ROOT
-    shipped = REPO_ROOT / "runtime" / "models" / "default" / "model.onnx"
-    if not shipped.is_file():
-        pytest.skip("the default model is not installed")
+    shipped = shipped_model / "model.onnx"
     a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
     quantize_int8(shipped, a, calib_inputs[:2], QuantRecipe("percentile", percentile=99.999), cache_dir=tmp_path)
     quantize_int8(shipped, b, calib_inputs[:2], QuantRecipe("percentile", percentile=90.0), cache_dir=tmp_path)
@@ -218,15 +213,11 @@ def test_recipe_study_labels_match_the_auto_candidates_and_render():
 
 # ------------------------------------------------------------------------------------ recipe choice on real pairs
 @pytest.fixture(scope="module")
-def shipped_onnx():
-    from export.pairs import REPO_ROOT
-    path = REPO_ROOT / "runtime" / "models" / "default" / "model.onnx"
-    if not path.is_file():
-        pytest.skip("the default model is not installed")
-    return path
+def shipped_onnx(shipped_model):
+    return shipped_model / "model.onnx"
 
 
-def test_auto_keeps_a_recipe_no_other_candidate_beats(tmp_path, roadscene):
+def test_auto_keeps_a_recipe_no_other_candidate_beats(tmp_path, roadscene, shipped_model):
     """Through the command, on real pairs with the trained default student: every candidate is built and reported,
     and with no tie window and no metric limit the kept one has the highest selection PSNR of them all."""
     out = tmp_path / "m.int8.onnx"

@@ -202,12 +202,10 @@ def test_the_shipped_cpu_int8_onnx_is_never_given_to_tensorrt(tmp_path):
     assert f"--onnx={onnx} " in line and line.endswith(f"--calib={tmp_path}/model.int8.engine.calib")
 
 
-def test_shipped_int8_onnx_record_says_what_it_was_quantised_for():
+def test_shipped_int8_onnx_record_says_what_it_was_quantised_for(shipped_model):
     """The jetson kit decides from the export record beside model.int8.onnx; it must say its QDQ target."""
     import json
-    record = REPO / "runtime" / "models" / "default" / "model.int8.onnx.json"
-    if not record.is_file():
-        pytest.skip("no INT8 ONNX shipped beside the default model")
+    record = shipped_model / "model.int8.onnx.json"
     assert json.loads(record.read_text())["settings"]["qdq_target"] in ("cpu", "tensorrt")
 
 
