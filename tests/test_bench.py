@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.latency import _schedule, count_gmacs, count_params, summarize, time_callable, time_interleaved
+from benchmarks.latency import count_gmacs, count_params, summarize, time_callable, time_interleaved
 from benchmarks.peers import create_peer
 from export.pairs import spread
 from runtime.errors import FusionError
@@ -29,11 +29,13 @@ def test_summarize_percentiles_and_fps():
         summarize([])
 
 
-def test_schedule_spreads_the_rare_model_over_all_rounds():
-    rounds = _schedule({"student": 10, "peer": 3})
-    assert len(rounds) == 10
-    assert [i for i, names in enumerate(rounds) if "peer" in names] == [0, 4, 9]  # first, middle, last
-    assert sum("student" in names for names in rounds) == 10
+def test_interleaving_spreads_the_rare_model_over_all_rounds():
+    calls = []
+    time_interleaved({"student": lambda: calls.append("student"), "peer": lambda: calls.append("peer")},
+                     runs={"student": 10, "peer": 3}, warmup=0)
+    assert calls.count("student") == 10 and calls.count("peer") == 3
+    rounds_with_peer = [calls[:i].count("student") - 1 for i, name in enumerate(calls) if name == "peer"]
+    assert rounds_with_peer == [0, 4, 9]  # one round each: first, middle, last (student 10 times, one a round)
 
 
 def test_interleaved_timing_counts_warmup_and_runs():
@@ -206,10 +208,21 @@ def test_tensorrt_rows_explain_why_they_are_absent_here():
                                     "JetPack ships it)")
 
 
-def test_fused_to_gray_matches_an_8bit_file():
-    from benchmarks.bench import _fused_to_gray255
-    fused = np.array([[[[0.0, 0.5, 1.2, -0.1]]]], dtype=np.float32)
-    assert _fused_to_gray255(fused).tolist() == [[0.0, 128.0, 255.0, 0.0]]
+def test_outputs_are_scored_as_the_8bit_files_they_would_be_written_as():
+    """A model's float output (out of range at places; gray, or RGB scored by its luminance) gets the metrics of the
+    8-bit image a written file would hold: clipped to [0, 1], scaled and rounded."""
+    from benchmarks.bench import score_outputs
+    from distill.metrics import fusion_metrics
+    from runtime.color import luminance
+    rng = np.random.default_rng(0)
+    ir255, vis255 = (rng.integers(0, 256, (48, 64)).astype(np.float32) for _ in range(2))
+    pair = ("pair", None, None, ir255, vis255)
+    gray = rng.uniform(-0.1, 1.2, (1, 1, 48, 64)).astype(np.float32)
+    rgb = rng.uniform(-0.1, 1.2, (1, 3, 48, 64)).astype(np.float32)
+    for fused, image in ((gray, gray[0, 0]), (rgb, luminance(rgb[0].transpose(1, 2, 0)))):
+        written = np.round(np.clip(image, 0.0, 1.0) * 255.0)
+        assert score_outputs([pair], [fused]) == fusion_metrics(ir255, vis255, written)
+        assert score_outputs([pair], [fused]) != fusion_metrics(ir255, vis255, np.clip(image, 0.0, 1.0) * 255.0)
 
 
 def test_ddfm_step_cost_with_a_tiny_random_prior_is_labelled(roadscene, test_names):
