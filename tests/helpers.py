@@ -118,16 +118,18 @@ class SyntheticSource(Source):
 
     live=True: paced in real time with the capture clock as media time (a camera); live=False: media time is
     index / fps and frames come as fast as they are read (a file). `fail_after` frames into the run, a live source
-    raises SourceLost and refuses to reopen for `outage_s` seconds (an unplugged camera).
+    raises SourceLost and refuses to reopen (an unplugged camera) for `outage_s` seconds, or with `plugged` until
+    that event is set.
     """
 
     kind = "synthetic"
 
     def __init__(self, fps: float, frames: int = 0, live: bool = True, size=(48, 64), fail_after: int = 0,
-                 outage_s: float = 0.0, role: str = "ir", start: Optional[float] = None):
+                 outage_s: float = 0.0, role: str = "ir", start: Optional[float] = None,
+                 plugged: Optional[threading.Event] = None):
         self.fps, self.limit, self.live, self.size = fps, frames, live, size
         self.uri = f"synthetic://{role}@{fps:g}"
-        self.fail_after, self.outage_s = fail_after, outage_s
+        self.fail_after, self.outage_s, self.plugged = fail_after, outage_s, plugged
         self.index = 0
         self.start = start
         self.failed_at: Optional[float] = None
@@ -137,7 +139,9 @@ class SyntheticSource(Source):
     def open(self) -> None:
         if self.failed_at is not None:
             self.reopen_attempts += 1
-            if time.monotonic() - self.failed_at < self.outage_s:
+            unplugged = (not self.plugged.is_set() if self.plugged is not None
+                         else time.monotonic() - self.failed_at < self.outage_s)
+            if unplugged:
                 raise SourceLost(f"{self.uri} is unplugged")
             self.failed_at = None
         if self.start is None:
@@ -148,7 +152,8 @@ class SyntheticSource(Source):
             self.open()
         if self.limit and self.index >= self.limit:
             return None
-        if self.fail_after and self.index == self.fail_after and self.failed_at is None and self.outage_s:
+        if self.fail_after and self.index == self.fail_after and self.failed_at is None and \
+                (self.outage_s or self.plugged is not None):
             self.failed_at = time.monotonic()
             self.fail_after = 0
             raise SourceLost(f"{self.uri} stopped delivering frames")
@@ -171,16 +176,30 @@ class SyntheticSource(Source):
 
 # ------------------------------------------------------------------------------------------------------------ sinks
 class RecordingSink(Sink):
-    """Keeps what it is given: (first pixel of the frame, OutputInfo) per frame."""
+    """Keeps what it is given: (first pixel of the frame, OutputInfo) per frame.
+
+    `stop_when(condition, stop)`: call `stop` (a pipeline's) after the write that makes `condition(frames)` true, so a
+    run over live sources lasts until it has shown what the test needs, not for a guessed number of seconds."""
 
     kind = "recording"
 
     def __init__(self):
         self.frames: list[tuple[np.ndarray, OutputInfo]] = []
         self.closed = False
+        self.condition: Optional[Callable[[list], bool]] = None
+        self.stop: Optional[Callable[[], None]] = None
+
+    def stop_when(self, condition: Callable[[list], bool], stop: Callable[[], None]) -> None:
+        self.condition, self.stop = condition, stop
 
     def write(self, rgb: np.ndarray, info: OutputInfo) -> None:
         self.frames.append((rgb[0, 0].copy(), info))
+        if self.condition is not None and self.condition(self.frames):
+            self.stop()
+
+    def modes(self) -> list[str]:
+        """What each frame showed so far ("fused", "vis only", ...)."""
+        return [info.mode for _, info in list(self.frames)]
 
     def close(self) -> None:
         self.closed = True

@@ -65,15 +65,19 @@ def test_files_every_frame_out_in_order(workers):
 
 def test_live_output_never_goes_back_in_time():
     """Live cameras with two workers and a model that sometimes finishes a later frame first: the output's VIS frame
-    indices only increase (a late frame waits for the one before it, nothing older is shown after something newer)."""
+    indices only increase (a late frame waits for the one before it, nothing older is shown after something newer).
+    The run lasts until 10 frames are out (30 s at most)."""
     ir = SyntheticSource(fps=30, live=True, role="ir")
     vis = SyntheticSource(fps=30, live=True, role="vis")
     sink = RecordingSink()
     backend = OutOfOrderBackend(timeout_s=0.5)      # the run's last even frame may wait for a call that never comes
-    FusionPipeline(ir_source=ir, vis_source=vis, backend=backend, sinks=[sink], imgsz="48x64", inference_workers=2,
-                   duration_s=1.0, verbose=False).run()
+    pipeline = FusionPipeline(ir_source=ir, vis_source=vis, backend=backend, sinks=[sink], imgsz="48x64",
+                              inference_workers=2, duration_s=30, verbose=False)
+    sink.stop_when(lambda frames: len(frames) >= 10, pipeline.stop)
+    pipeline.run()
     indices = [int(info.name) for _, info in sink.frames]
-    assert len(indices) >= 5 and backend.most_at_once == 2
+    assert len(indices) >= 10, "fewer than 10 frames came out in 30 s"
+    assert backend.most_at_once == 2
     assert all(b > a for a, b in zip(indices, indices[1:]))
 
 

@@ -154,14 +154,17 @@ def test_file_pairing_with_motion_takes_the_latest_ir_frame():
 
 def test_live_pairing_with_motion_never_waits_for_a_future_frame():
     """Live cameras (9 Hz IR, 30 Hz VIS): with motion compensation no VIS frame waits for the IR camera; every pair
-    has its IR frame at or before the VIS frame, at most one IR period (plus --sync-ms) before it."""
+    has its IR frame at or before the VIS frame, at most one IR period (plus --sync-ms) before it. The run lasts
+    until 20 frames are fused (30 s at most)."""
     ir = SyntheticSource(fps=9, live=True, role="ir")
     vis = SyntheticSource(fps=30, live=True, role="vis")
     sink = RecordingSink()
-    FusionPipeline(ir_source=ir, vis_source=vis, backend=NumpyBackend(), sinks=[sink], imgsz="48x64",
-                   duration_s=1.2, verbose=False).run()
+    pipeline = FusionPipeline(ir_source=ir, vis_source=vis, backend=NumpyBackend(), sinks=[sink], imgsz="48x64",
+                              duration_s=30, verbose=False)
+    sink.stop_when(lambda frames: sum(info.mode == "fused" for _, info in frames) >= 20, pipeline.stop)
+    pipeline.run()
     errors = [info.pair_error_ms for _, info in sink.frames if info.mode == "fused"]
-    assert len(errors) >= 10
+    assert len(errors) >= 20, "fewer than 20 frames were fused in 30 s"
     assert max(errors) <= 1e-6                                   # the IR frame is never newer than the VIS frame
     assert min(errors) >= -(1000 / 9 + 60.0)
 
