@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from runtime.cli import main as fusion
 from runtime.color import split_luminance
 from runtime.imageio import discover_pairs, read_raw, read_vis
 from runtime.pipeline import FusionPipeline
-from helpers import count_frames, make_onnx_model, write_clip
+from helpers import count_frames, make_onnx_model, wait_until, write_clip
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "runtime" / "assets" / "samples"
@@ -127,10 +126,7 @@ def test_mjpeg_stream_fetched_over_http(tmp_path, clips, models):
     runner = threading.Thread(target=pipeline.run, daemon=True)
     runner.start()
     try:
-        deadline = time.monotonic() + 10
-        while not pipeline.sinks and time.monotonic() < deadline:
-            time.sleep(0.05)
-        server = pipeline.sinks[0].server
+        server = wait_until(lambda: pipeline.sinks, 10, "the pipeline opened no output")[0].server
         assert server.host == "127.0.0.1"                           # loopback unless --bind says otherwise
         base = f"http://127.0.0.1:{server.port}"
         page = urllib.request.urlopen(base + "/", timeout=10).read().decode()
@@ -181,27 +177,27 @@ def test_record_pairs_writes_a_dataset(tmp_path, clips, models):
 
 
 def test_sigint_finalises_the_video(tmp_path, models):
-    """Ctrl-C in the middle of a (real-time paced) run: exit 0, stats written, and a playable video holding every
-    frame the stats counted."""
+    """Ctrl-C in the middle of a (real-time paced) run, once 5 pairs are recorded: exit 0, stats written, and a
+    playable video holding every frame the stats counted."""
     out = tmp_path / "fused.mp4"
     stats = tmp_path / "stats.json"
+    pairs = tmp_path / "pairs"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     process = subprocess.Popen(
         [sys.executable, "-m", "runtime.cli", "run", "--ir", str(SAMPLES / "ir.mp4"), "--vis",
          str(SAMPLES / "vis.mp4"), "--model", str(models["mean"]), "--imgsz", "120x160", "--realtime", "--headless",
-         "--output", str(out), "--stats", str(stats)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 30
-    lines = []
-    while time.monotonic() < deadline:                             # wait until it is streaming
-        line = process.stdout.readline()
-        lines.append(line)
-        if line.startswith("model:") or not line:
-            break
-    time.sleep(1.5)
-    process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=30)
-    assert process.returncode == 0, "".join(lines) + output
+         "--output", str(out), "--stats", str(stats), "--record-pairs", str(pairs)], cwd=REPO, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: process.poll() is not None or len(list((pairs / "vi").glob("[0-9]*.png"))) >= 5, 60,
+                   "the run recorded fewer than 5 pairs")
+        assert process.poll() is None, process.communicate()[0]          # still running: stopped by the signal
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
     assert "stopping (SIGINT)" in output
     report = json.loads(stats.read_text())
     assert 5 <= report["frames"] < 300                              # stopped early, after real work

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -15,10 +14,11 @@ import numpy as np
 import pytest
 
 import runtime.sinks as sinks
+from runtime.capture import CaptureWorker
 from runtime.cli import main as fusion
 from runtime.pipeline import FusionPipeline
 from runtime.sources import Frame, Source
-from helpers import NumpyBackend, SyntheticSource, count_frames, make_onnx_model
+from helpers import NumpyBackend, SyntheticSource, count_frames, make_onnx_model, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "runtime" / "assets" / "samples"
@@ -44,17 +44,20 @@ def _run(argv, model):
     (["--output", "{tmp}/ok.mp4", "--stats", "{tmp}"], "is a folder"),
     (["--record-pairs", "/proc/nope/pairs"], "cannot write recorded pairs"),
 ])
-def test_bad_output_paths_are_one_line_and_exit_2_before_any_work(tmp_path, model, capsys, args, message):
+def test_bad_output_paths_are_one_line_and_exit_2_before_any_work(tmp_path, model, capsys, monkeypatch, args,
+                                                                  message):
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "dir.mp4").mkdir()
     values = {"file": tmp_path / "a_file", "dir_named_mp4": tmp_path / "dir.mp4", "tmp": tmp_path}
-    started = time.monotonic()
+    captured = []
+    start = CaptureWorker.start
+    monkeypatch.setattr(CaptureWorker, "start", lambda worker: (captured.append(worker.role), start(worker)))
     code = _run([a.format(**values) for a in args], model)
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert "internal error" not in err[0]
-    assert time.monotonic() - started < 10                              # refused up front, not after the clip
+    assert not captured, "capture began before the bad output was refused"   # refused up front, not after the clip
     assert not (tmp_path / "ok.mp4").exists()
 
 
@@ -152,23 +155,25 @@ def test_a_dying_source_leaves_a_finalised_video(tmp_path):
 
 
 def test_sigterm_finalises_the_video(tmp_path, model):
-    """SIGTERM (a service manager stopping it) in the middle of a paced, looped run: exit 0, a playable video holding
-    every frame the stats counted."""
+    """SIGTERM (a service manager stopping it) in the middle of a paced, looped run, once 5 pairs are recorded:
+    exit 0, a playable video holding every frame the stats counted."""
     out = tmp_path / "fused.mp4"
     stats = tmp_path / "stats.json"
+    pairs = tmp_path / "pairs"
     process = subprocess.Popen(
         [sys.executable, "-m", "runtime.cli", "run", "--ir", str(SAMPLES / "ir.mp4"), "--vis",
          str(SAMPLES / "vis.mp4"), "--model", str(model), "--imgsz", "120x160", "--realtime", "--loop",
-         "--headless", "--output", str(out), "--stats", str(stats)], cwd=REPO,
+         "--headless", "--output", str(out), "--stats", str(stats), "--record-pairs", str(pairs)], cwd=REPO,
         env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if line.startswith("model:") or not line:
-            break
-    time.sleep(1.5)
-    process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=30)
+    try:
+        wait_until(lambda: process.poll() is not None or len(list((pairs / "vi").glob("[0-9]*.png"))) >= 5, 60,
+                   "the run recorded fewer than 5 pairs")
+        assert process.poll() is None, process.communicate()[0]          # still running: stopped by the signal
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
     assert process.returncode == 0, output
     assert "stopping (SIGTERM)" in output
     report = json.loads(stats.read_text())
