@@ -84,10 +84,19 @@ def test_graph_runner_without_cuda_calls_through():
 
 
 @requires_gpu
-def test_cuda_fp16_graphs_match_fp32_and_capture_once_per_shape(raw_pairs):
+def test_cuda_fp16_graphs_match_fp32_and_capture_once_per_shape(raw_pairs, monkeypatch):
+    import runtime.backends.torch_fast as torch_fast
+    graph_runners = []
+
+    class CountedRunner(GraphRunner):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if self.graphs:
+                graph_runners.append(self)
     fast = TorchGpuBackend("runtime/models/default", device="cuda")
     exact = TorchGpuBackend("runtime/models/default", device="cuda", half=False, graphs=False)
     assert fast.half and fast.graphs
+    monkeypatch.setattr(torch_fast, "GraphRunner", CountedRunner)   # counts the frame runners made from now on
     for ir, vis in raw_pairs:
         for size in ((480, 640), (1080, 1920)):
             a = fast.fuse_frames(ir, vis, size, size).astype(int)
@@ -95,7 +104,7 @@ def test_cuda_fp16_graphs_match_fp32_and_capture_once_per_shape(raw_pairs):
             b = exact.fuse_frames(ir, vis, size, size).astype(int)
             assert np.array_equal(a, a_again)
             assert np.abs(a - b).mean() < 1.0 and np.abs(a - b).max() <= 8
-    assert len(fast._frame_runners) == 2
+    assert len(graph_runners) == 2                                  # one per (model size, output size), reused
     ir = np.random.default_rng(0).random((1, 1, 480, 640), dtype=np.float32)
     np.testing.assert_allclose(fast.infer(ir, ir), exact.infer(ir, ir), atol=4e-3)
 
