@@ -209,3 +209,59 @@ def test_no_private_name_taken_from_another_module(package):
     problems = private_imports(package)
     assert not problems, f"private names used across modules in {package}/ (make them public in one owner " \
                          f"module): " + "; ".join(problems)
+
+
+# ---------------------------------------------------------------------------------------------------------- the tests
+# Being changed in this checkout by another piece of work; it takes SHARED_DATA from conftest until that lands (conftest
+# still offers it, from helpers). Remove the entry once the file imports from helpers.
+PENDING_TESTS = {("tests/test_teacher_multiscale.py", "conftest")}
+
+
+def borrowed_names_in_tests(root: Path = REPO) -> list[str]:
+    """`tests/x.py:line ...` for each test file that takes a private name of a project module (`from m import _y`,
+    `m._y`), or anything from conftest or another test module: shared helpers belong in tests/helpers.py and fixtures
+    in conftest.py, where pytest hands them over by name."""
+    modules = module_files(root)
+    problems = []
+    for path in sorted((root / "tests").glob("*.py")):
+        name, rel = f"tests.{path.stem}", path.relative_to(root).as_posix()
+        problems += [f"{rel}:{line} imports {imported} from {target}"
+                     for target, line, imported in imports_of(name, path, modules) if imported and _private(imported)]
+        problems += _private_attributes(name, path, modules, root)
+        tree, borrowed = _parse(path), []
+        for node in _import_nodes(tree):
+            if isinstance(node, ast.Import):
+                borrowed += [(node.lineno, alias.name) for alias in node.names]
+            elif not node.level:
+                borrowed.append((node.lineno, node.module or ""))
+        if "__import__(" in path.read_text(encoding="utf-8"):    # walk only the few files that may call it
+            borrowed += [(node.lineno, node.args[0].value) for node in ast.walk(tree)
+                         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                         and node.func.id == "__import__" and node.args and isinstance(node.args[0], ast.Constant)
+                         and isinstance(node.args[0].value, str)]
+        for line, module in sorted(borrowed):
+            top = module.split(".")[0]
+            if (top == "conftest" or top.startswith("test_")) and (rel, top) not in PENDING_TESTS:
+                problems.append(f"{rel}:{line} imports from {top}")
+    return problems
+
+
+def test_the_walker_sees_what_tests_borrow(tmp_path):
+    (tmp_path / "runtime").mkdir()
+    (tmp_path / "runtime" / "__init__.py").write_text("")
+    (tmp_path / "runtime" / "util.py").write_text("def _hidden():\n    pass\n")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_a.py").write_text("from helpers import wait_until\nfrom runtime.util import "
+                                                  "_hidden\nimport runtime.util as util\nx = util._hidden\n")
+    (tmp_path / "tests" / "test_b.py").write_text("from conftest import DATA\ndef f():\n    from test_a import x\n"
+                                                  "    return __import__('conftest').y\n")
+    assert borrowed_names_in_tests(tmp_path) == [
+        "tests/test_a.py:2 imports _hidden from runtime.util", "tests/test_a.py:4 uses _hidden of runtime.util",
+        "tests/test_b.py:1 imports from conftest", "tests/test_b.py:3 imports from test_a",
+        "tests/test_b.py:4 imports from conftest"]
+
+
+def test_tests_use_public_names_and_shared_helpers():
+    problems = borrowed_names_in_tests()
+    assert not problems, "tests borrowing names (make the name public in its owner module or test through the " \
+                         "public function; move shared helpers to tests/helpers.py): " + "; ".join(problems)
