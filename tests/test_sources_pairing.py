@@ -173,8 +173,8 @@ def test_image_folder_source_reads_real_pairs_in_order(roadscene, train_names):
 
 def test_network_camera_killed_and_restarted_is_reconnected():
     """A real network source: an MJPEG-over-HTTP camera (served by runtime.mjpeg on 127.0.0.1) is shut down in the
-    middle of a run and brought back on the same port 0.8 s later. The pipeline keeps running on VIS, reports the
-    IR camera lost, reconnects through OpenCV/FFmpeg and fuses again."""
+    middle of a run and brought back on the same port once the output goes on with VIS alone. The pipeline keeps
+    running on VIS, reports the IR camera lost, reconnects through OpenCV/FFmpeg and fuses again."""
     from runtime.mjpeg import MjpegServer
 
     def serve(port: int):

@@ -212,11 +212,6 @@ def test_no_private_name_taken_from_another_module(package):
 
 
 # ---------------------------------------------------------------------------------------------------------- the tests
-# Being changed in this checkout by another piece of work; it takes SHARED_DATA from conftest until that lands (conftest
-# still offers it, from helpers). Remove the entry once the file imports from helpers.
-PENDING_TESTS = {("tests/test_teacher_multiscale.py", "conftest")}
-
-
 def borrowed_names_in_tests(root: Path = REPO) -> list[str]:
     """`tests/x.py:line ...` for each test file that takes a private name of a project module (`from m import _y`,
     `m._y`), or anything from conftest or another test module: shared helpers belong in tests/helpers.py and fixtures
@@ -241,7 +236,7 @@ def borrowed_names_in_tests(root: Path = REPO) -> list[str]:
                          and isinstance(node.args[0].value, str)]
         for line, module in sorted(borrowed):
             top = module.split(".")[0]
-            if (top == "conftest" or top.startswith("test_")) and (rel, top) not in PENDING_TESTS:
+            if top == "conftest" or top.startswith("test_"):
                 problems.append(f"{rel}:{line} imports from {top}")
     return problems
 

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from distill.models import (create_student, default_model_dir, list_students, load_student, save_student,
-                            student_config)
+from distill.models import create_student, list_students, load_student, save_student, student_config
 from runtime.errors import FusionError
 
 torch.set_num_threads(2)
@@ -186,11 +185,7 @@ def test_runs_on_real_pairs(roadscene, test_names):
         assert torch.isfinite(out).all()
 
 
-def test_default_model_loads_when_shipped(roadscene, test_names):
-    if not (default_model_dir() / "model.safetensors").is_file():
-        with pytest.raises(FusionError, match="make weights"):
-            load_student("default")
-        return
+def test_the_shipped_default_model_loads(roadscene, test_names, shipped_model):
     from runtime.color import split_luminance
     from runtime.imageio import discover_pairs, read_pair
     model = load_student("default")
@@ -205,13 +200,11 @@ def test_default_model_loads_when_shipped(roadscene, test_names):
     assert float((out - (ir_t + vis_t) / 2).abs().mean()) > 1e-3
 
 
-def test_shipped_onnx_matches_the_shipped_weights(roadscene, test_names):
+def test_shipped_onnx_matches_the_shipped_weights(roadscene, test_names, shipped_model):
     """runtime/models/default/model.onnx is what the runtime runs: it must be the export of the shipped safetensors
     (not a stale one), and dynamic in H and W (a real pair at its native size and an odd crop)."""
     ort = pytest.importorskip("onnxruntime")
-    onnx_path = default_model_dir() / "model.onnx"
-    if not (onnx_path.is_file() and (default_model_dir() / "model.safetensors").is_file()):
-        pytest.skip("no default model shipped here (make weights)")
+    onnx_path = shipped_model / "model.onnx"
     from runtime.color import split_luminance
     from runtime.imageio import discover_pairs, read_pair
     model = load_student("default")

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("kornia")
 
-from conftest import SHARED_DATA  # noqa: E402
+from helpers import SHARED_DATA  # noqa: E402
 
 from distill import metrics  # noqa: E402
 from runtime.color import split_luminance  # noqa: E402
