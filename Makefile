@@ -201,6 +201,17 @@ weights: setup
 	$(BIN)/fusion export --weights $(DEFAULT_MODEL) --format onnx --dynamic --out $(DEFAULT_MODEL)/model.onnx
 	$(MAKE) export-int8
 
+# The v2 student beside the default (docs/distill.md "Student v2"): nano2 on pyramid-sharp targets, 3000 steps (50 min
+# on one CPU thread here), copied to runtime/models/nano2 (`--model nano2`, `--weights nano2`) and exported to ONNX.
+NANO2_RUN ?= runs/distill/nano2
+NANO2_MODEL ?= runtime/models/nano2
+.PHONY: weights-nano2
+weights-nano2: setup
+	$(BIN)/fusion distill train --config configs/distill/nano2.yaml run_dir=$(NANO2_RUN)
+	mkdir -p $(NANO2_MODEL)
+	cp $(NANO2_RUN)/best/config.json $(NANO2_RUN)/best/model.safetensors $(NANO2_MODEL)/
+	$(BIN)/fusion export --weights $(NANO2_MODEL) --format onnx --dynamic --out $(NANO2_MODEL)/model.onnx
+
 # Quality of the default model on every validation set (RoadScene test.txt, msrs_mini day and night, llvip_mini
 # val.txt; never trained or tuned on): one table per set beside the pyramid teacher and the mean/max/laplacian
 # baselines, the metrics where it falls below `mean`, and a picture grid per set (runs/distill/eval/default/).

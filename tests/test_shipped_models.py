@@ -1,4 +1,4 @@
-"""Every model shipped in runtime/models/ (the default and the previous default, `nano-v1`, kept for comparison):
+"""Every model shipped in runtime/models/ (the default and the v2 student `nano2`):
 loadable by name everywhere (`load_student`, `--model`), its ONNX the export of its safetensors, dynamic in H and W."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from distill.models import default_model_dir, load_student, resolve_weights  # n
 from runtime.backends import locate_model  # noqa: E402
 from runtime.errors import FusionError  # noqa: E402
 
-SHIPPED = ("default", "nano-v1")
+SHIPPED = ("default", "nano2")
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -44,9 +44,9 @@ def test_shipped_model_loads_by_name_and_its_onnx_is_its_export(name, roadscene,
 def test_a_path_wins_over_a_shipped_name_and_unknown_names_fail(tmp_path, monkeypatch):
     from distill.models import create_student, save_student
     monkeypatch.chdir(tmp_path)
-    save_student(create_student("tiny-test"), tmp_path / "nano-v1")     # a local folder of the same name
-    assert resolve_weights("nano-v1").resolve() == tmp_path / "nano-v1"
-    assert locate_model("nano-v1").student.resolve() == tmp_path / "nano-v1"
+    save_student(create_student("tiny-test"), tmp_path / "nano2")     # a local folder of the same name
+    assert resolve_weights("nano2").resolve() == tmp_path / "nano2"
+    assert locate_model("nano2").student.resolve() == tmp_path / "nano2"
     with pytest.raises(FusionError, match="not found"):
         resolve_weights("no-such-model")
     with pytest.raises(FusionError, match="model not found"):

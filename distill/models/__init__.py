@@ -119,7 +119,7 @@ def default_model_dir() -> Path:
 
 def resolve_weights(path_or_name: str | os.PathLike) -> Path:
     """The folder holding config.json + model.safetensors for a path, a file inside it, "default", or the name of
-    another student shipped in runtime/models/ (e.g. "nano-v1", the previous default)."""
+    another student shipped in runtime/models/ (e.g. "nano2")."""
     from runtime.errors import FusionError
     if str(path_or_name) == "default":
         folder = default_model_dir()

@@ -189,7 +189,7 @@ def shipped_model_dir(name: str) -> Path | None:
 
 def locate_model(model: str | os.PathLike | None) -> ModelFiles:
     """Resolve --model (a .onnx / .engine file, a model folder, "default", or the name of another model shipped in
-    runtime/models/, e.g. "nano-v1") to the files it offers."""
+    runtime/models/, e.g. "nano2") to the files it offers."""
     given = "default" if model in (None, "", "default") else str(model)
     path = DEFAULT_MODEL_DIR if given == "default" else Path(given)
     if given != "default" and not path.exists() and shipped_model_dir(given) is not None:
