@@ -427,7 +427,7 @@ def peer_candidates(cfg: BenchConfig, work: Path, notes: list) -> list:
     """Peers on the CPU (ONNX Runtime fp32, like the student's main row) and on the first GPU runtime present."""
     from benchmarks.candidates import OrtCandidate, TorchCandidate
     from benchmarks.latency import export_onnx_for_bench
-    from benchmarks.peers import create_peer
+    from distill.peers import create_peer
     out = []
     for name in cfg.peers:
         peer = create_peer(name)
@@ -451,7 +451,7 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
     for module in ("torch", "thop", "onnx", "onnxruntime", "matplotlib"):  # one clear message, not a traceback
         require(module, "fusion bench")
     from benchmarks.latency import count_gmacs, count_params, real_feeds, set_torch_threads, time_interleaved
-    from benchmarks.peers import create_peer
+    from distill.peers import create_peer
     from runtime.config import config_to_dict
     started = time.perf_counter()
     if cfg.quick:

@@ -62,7 +62,7 @@ def measure_student_speed(model=None, weights: str | None = None, variant: str |
     runtime/models/default/model.onnx; it must have static or dynamic inputs compatible with imgsz)."""
     from benchmarks.latency import (count_gmacs, count_params, export_onnx_for_bench, ort_op_profile, ort_runner,
                                     ort_session, real_feeds, set_torch_threads, time_interleaved)
-    from benchmarks.peers import PEER_PAPERS, create_peer
+    from distill.peers import PEER_PAPERS, create_peer
     set_torch_threads(threads)
     load_start = load_average()
     note = ""

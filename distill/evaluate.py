@@ -150,7 +150,7 @@ def profile_student(model, height: int = 480, width: int = 640, threads: int = 2
         student_onnx = export_for_timing(model, Path(tmp) / "student.onnx", height, width, channels)
         if peer:
             try:
-                from benchmarks.peers import create_peer
+                from distill.peers import create_peer
                 peer_model = create_peer(peer)
             except (ImportError, KeyError) as exc:
                 print(f"peer '{peer}' unavailable ({exc}); no speed ratio", file=sys.stderr)

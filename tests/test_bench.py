@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmarks.latency import count_gmacs, count_params, summarize, time_callable, time_interleaved
-from benchmarks.peers import create_peer
+from distill.peers import create_peer
 from export.pairs import spread
 from runtime.errors import FusionError
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.peers import create_peer, list_peers
+from distill.peers import create_peer, list_peers
 from runtime.color import luminance
 from runtime.imageio import discover_pairs, read_pair
 
@@ -42,7 +42,7 @@ def test_seafusion_layout_is_full_resolution_16_32_48():
 
 
 def test_sobel_residual_path_is_gradient_magnitude():
-    from benchmarks.peers import SobelMagnitude
+    from distill.peers import SobelMagnitude
     ramp = torch.arange(8.0).view(1, 1, 1, 8).expand(1, 1, 8, 8).contiguous()
     g = SobelMagnitude(1)(ramp)[0, 0]
     # A horizontal ramp of slope 1: |Sobel_x| = (1 + 2 + 1) * 2 = 8 and Sobel_y = 0 away from the zero-padded border.

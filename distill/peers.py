@@ -2,8 +2,10 @@
 
 Every speed claim of this project is a ratio measured side by side with these peers in the same run, on the same
 machine, with the same runtime: absolute milliseconds on a shared CPU mean little, ratios travel.
+They live in `distill` beside the student because `fusion distill profile` and `fusion distill eval` report the
+student's speed-up over SeAFusion; `benchmarks` imports them from here.
 
-    from benchmarks.peers import create_peer, list_peers
+    from distill.peers import create_peer, list_peers
     peer = create_peer("seafusion").eval()       # random weights: latency and cost only, never quality
     fused = peer(ir, vis)                        # ir, vis (N, 1, H, W) float32 [0, 1] -> (N, 1, H, W) in [0, 1]
 
