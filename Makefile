@@ -72,7 +72,7 @@ irgen-student: setup targets
 	    $(BIN)/fusion distill eval --weights $(IRGEN_RUNS)/$$run/best --data $(IRGEN_DATA) --names test.txt \
 	      --teacher-dir $(IRGEN_TEST_TEACHER) --threads 1 --no-profile --out $(IRGEN_RUNS)/eval/$$run || exit 1; \
 	  done; done
-	$(BIN)/python -m teacher.irgen.compare_students --out $(IRGEN_RUNS)/eval/students.md --paired real \
+	$(BIN)/python -m benchmarks.irgen_students --out $(IRGEN_RUNS)/eval/students.md --paired real \
 	  $(foreach s,$(IRGEN_STUDENT_SEEDS),$(foreach d,real $(addprefix synth-,$(IRGEN_STUDENT_GENS)),\
 	    --run $(d)$(call irgen_suffix,$(s))=$(IRGEN_RUNS)/eval/student-$(d)$(call irgen_suffix,$(s))))
 
@@ -111,7 +111,7 @@ irgen-heldout: setup targets
 	$(BIN)/python -m teacher.irgen.evaluate --data $(IRGEN_DATA) --names $(IRGEN_HELDOUT)/student_b.txt \
 	  --pred tqd-a-unseen=$(IRGEN_HELDOUT)/synth-tqd-a-on-b --pred tqd-all-seen=$(IRGEN_OUT)/synth/tqd-train \
 	  --out $(IRGEN_HELDOUT)/eval-b --grid 4
-	$(BIN)/python -m teacher.irgen.compare_students --out $(IRGEN_RUNS)/eval/heldout.md --paired b-real \
+	$(BIN)/python -m benchmarks.irgen_students --out $(IRGEN_RUNS)/eval/heldout.md --paired b-real \
 	  $(foreach s,$(IRGEN_HELDOUT_SEEDS),--run b-real-seed$(s)=$(IRGEN_RUNS)/eval/heldout-b-real-seed$(s) \
 	    --run b-synth-tqd-a-seed$(s)=$(IRGEN_RUNS)/eval/heldout-b-synth-seed$(s))
 
@@ -221,7 +221,7 @@ eval-default: setup
 
 # The zero-weights teachers beside em and the baselines on every validation set (runs/teacher/compare/summary.md).
 teacher-compare: setup
-	$(BIN)/python -m teacher.compare --suite validation --teachers pyramid,gff,vsmwls,em,laplacian,max,mean \
+	$(BIN)/python -m benchmarks.teacher_compare --suite validation --teachers pyramid,gff,vsmwls,em,laplacian,max,mean \
 	  --out runs/teacher/compare
 
 # GPU check (docs/distill.md, docs/runtime.md, docs/bench.md "GPU"): every GPU test and a smoke of each stage on CUDA

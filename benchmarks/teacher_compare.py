@@ -1,6 +1,6 @@
 """Teachers and baselines side by side on several sets: the field's metrics, seconds per pair, one table per set.
 
-    python -m teacher.compare --suite validation --teachers pyramid,gff,vsmwls,em,laplacian,max,mean \
+    python -m benchmarks.teacher_compare --suite validation --teachers pyramid,gff,vsmwls,em,laplacian,max,mean \
         --out runs/teacher/compare
 
 Fusions are written under OUT/<set>/<teacher>/ and reused on a rerun (resumable); the report is OUT/summary.md.
@@ -50,7 +50,7 @@ def compare(sets, teachers, out: Path) -> str:
 
 def main(argv=None) -> int:
     from distill.evaluate import SUITES
-    parser = argparse.ArgumentParser(prog="python -m teacher.compare", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.teacher_compare", description=__doc__.split("\n")[0])
     parser.add_argument("--data", action="append", default=[], help="PATH[:NAMES[:SUFFIX]], repeatable")
     parser.add_argument("--suite", choices=sorted(SUITES))
     parser.add_argument("--shared", default="../shared/data")
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
             raise FusionError("give --data PATH[:NAMES[:SUFFIX]] (repeatable) or --suite validation")
         print(compare(sets, [t for t in args.teachers.split(",") if t], Path(args.out)))
     except FusionError as exc:
-        print(f"teacher.compare: error: {exc}", file=sys.stderr)
+        print(f"benchmarks.teacher_compare: error: {exc}", file=sys.stderr)
         return exc.exit_code
     return 0
 

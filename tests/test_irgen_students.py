@@ -1,10 +1,10 @@
-"""teacher.irgen.compare_students: the real-vs-synthetic student table built from `fusion distill eval` summaries."""
+"""benchmarks.irgen_students: the real-vs-synthetic student table built from `fusion distill eval` summaries."""
 import json
 
 import pytest
 
 from runtime.errors import FusionError
-from teacher.irgen import compare_students
+from benchmarks import irgen_students
 
 TEACHER = {"EN": 7.4, "SD": 49.9, "SF": 9.36, "AG": 3.7, "MI": 4.18, "SCD": 0.94, "VIF": 0.65, "Qabf": 0.49,
            "SSIM": 0.95, "PSNR": 13.5, "CC": 0.46, "MSE": 3750.0}
@@ -25,13 +25,13 @@ def test_rows_side_by_side_with_one_teacher_row(tmp_path, capsys):
     real = _summary(tmp_path / "real", {**TEACHER, "EN": 7.1, "Qabf": 0.45})
     synth = _summary(tmp_path / "synth", {**TEACHER, "EN": 6.9, "Qabf": 0.41})
     out = tmp_path / "students.md"
-    assert compare_students.main(["--run", f"real={real}", "--run", f"synth-tqd={synth}", "--out", str(out)]) == 0
+    assert irgen_students.main(["--run", f"real={real}", "--run", f"synth-tqd={synth}", "--out", str(out)]) == 0
     table = out.read_text()
     lines = [line for line in table.splitlines() if line.startswith("| ")]
     assert [line.split("|")[1].strip() for line in lines[1:]] == ["student (real)", "student (synth-tqd)",
                                                                   "teacher (em)"]
     header = [c.strip() for c in lines[0].split("|")[2:-1]]
-    assert header == list(compare_students.COLUMNS)          # PSNR/CC/MSE left out, baseline rows left out
+    assert header == list(irgen_students.COLUMNS)          # PSNR/CC/MSE left out, baseline rows left out
     saved = json.loads(out.with_suffix(".json").read_text())
     assert saved["rows"]["student (synth-tqd)"]["Qabf"] == pytest.approx(0.41)
     assert saved["count"] == 50 and saved["runs"]["real"]["folder"] == str(real)
@@ -42,16 +42,16 @@ def test_refuses_different_splits_and_teachers(tmp_path):
     real = _summary(tmp_path / "real", TEACHER)
     other_split = _summary(tmp_path / "split", TEACHER, count=49)
     with pytest.raises(FusionError, match="same split"):
-        compare_students.compare([("real", real), ("synth", other_split)])
+        irgen_students.compare([("real", real), ("synth", other_split)])
     other_teacher = _summary(tmp_path / "teacher", TEACHER, teacher={**TEACHER, "VIF": 0.5})
     with pytest.raises(FusionError, match="different teacher"):
-        compare_students.compare([("real", real), ("synth", other_teacher)])
+        irgen_students.compare([("real", real), ("synth", other_teacher)])
 
 
 def test_missing_or_malformed_runs_are_one_line_errors(tmp_path, capsys):
-    assert compare_students.main(["--run", f"real={tmp_path / 'nowhere'}"]) == 2
+    assert irgen_students.main(["--run", f"real={tmp_path / 'nowhere'}"]) == 2
     assert "run `fusion distill eval" in capsys.readouterr().err
-    assert compare_students.main(["--run", str(tmp_path)]) == 2
+    assert irgen_students.main(["--run", str(tmp_path)]) == 2
     assert "LABEL=DIR" in capsys.readouterr().err
 
 
@@ -96,7 +96,7 @@ def test_seed_replicates_are_summarised_as_mean_and_sd(tmp_path):
     for label, vif in runs.items():
         argv += ["--run", f"{label}={_summary(tmp_path / label, {**TEACHER, 'VIF': vif})}"]
     out = tmp_path / "students.md"
-    assert compare_students.main(argv + ["--out", str(out)]) == 0
+    assert irgen_students.main(argv + ["--out", str(out)]) == 0
     summary = [line for line in out.read_text().splitlines() if line.startswith("| student (real) | 3 |")]
     assert len(summary) == 1 and "0.7200 +- 0.0200" in summary[0]          # VIF: mean, sample sd of 3 seeds
     single = [line for line in out.read_text().splitlines() if line.startswith("| student (synth-tqd) | 1 |")]
@@ -110,12 +110,12 @@ def test_paired_comparison_uses_seed_means_per_pair(tmp_path, capsys):
     for label, vif in {"real": 0.70, "real-seed1": 0.72, "synth": 0.75, "synth-seed1": 0.69}.items():
         argv += ["--run", f"{label}={_summary(tmp_path / label, {**TEACHER, 'VIF': vif})}"]
     out = tmp_path / "students.md"
-    assert compare_students.main(argv + ["--paired", "real", "--out", str(out)]) == 0
+    assert irgen_students.main(argv + ["--paired", "real", "--out", str(out)]) == 0
     saved = json.loads(out.with_suffix(".json").read_text())["paired"]
     # per pair: synth seed mean 0.72 (a) / 0.82 (b) vs real 0.71 / 0.81 -> higher on both, +0.01 on average
     assert saved["synth"]["VIF"]["higher"] == 2 and saved["synth"]["VIF"]["pairs"] == 2
     assert saved["synth"]["VIF"]["mean_diff"] == pytest.approx(0.01)
     assert saved["synth"]["EN"]["higher"] == 0 and saved["synth"]["EN"]["mean_diff"] == pytest.approx(0.0)
     assert "| synth | " in out.read_text() and "real" not in saved
-    assert compare_students.main(argv + ["--paired", "nothing"]) == 2
+    assert irgen_students.main(argv + ["--paired", "nothing"]) == 2
     assert "no run is labelled nothing" in capsys.readouterr().err

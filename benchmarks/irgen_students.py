@@ -2,7 +2,7 @@
 synthetic pairs (synthesised IR + the real VIS), each with em targets. Reads the metrics.json files that
 `fusion distill eval` writes and adds the teacher row of the first one (all evaluations must share the teacher).
 
-    python -m teacher.irgen.compare_students --run real=runs/irgen/eval/student-real \\
+    python -m benchmarks.irgen_students --run real=runs/irgen/eval/student-real \\
         --run synth-tqd=runs/irgen/eval/student-synth-tqd --out runs/irgen/eval/students.md
 
 Runs labelled `NAME-seedS` (and the bare `NAME` for seed 0) are also summarised per NAME as mean +- sample standard
@@ -160,7 +160,7 @@ def paired_table(result: Dict[str, Dict[str, dict]], base: str, columns=COLUMNS)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m teacher.irgen.compare_students", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.irgen_students", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", action="append", required=True, metavar="LABEL=DIR",
                         help="a `fusion distill eval` output folder (or its metrics.json); repeatable")
     parser.add_argument("--out", help="write the Markdown table here as well (and a .json beside it)")
