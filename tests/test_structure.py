@@ -1,4 +1,10 @@
-"""Module boundaries a newcomer can trust: no import circle inside a package, no private name borrowed across modules.
+"""Module boundaries a newcomer can trust: one direction between packages, no import circle inside a package, no
+private name borrowed across modules.
+
+The direction, in one line: imports point back along the data flow teacher -> distill -> export (a package imports
+only those before it), `runtime` ships alone and imports none of them, every package may import the runtime's shared
+core (CORE below), and `benchmarks` imports anything while nothing imports it. The one exception is named in
+EXCEPTIONS: the torch backend's lazy load of the student.
 
 The imports are read from the source (ast), not executed, so every import counts: module level, inside functions
 (a lazy import is still a dependency a reader has to follow) and in `try` blocks; only `if TYPE_CHECKING:` blocks
@@ -49,15 +55,22 @@ def _is_type_checking(node: ast.If) -> bool:
 
 def _import_nodes(tree: ast.AST):
     """Every Import/ImportFrom node that can run (the bodies of `if TYPE_CHECKING:` cannot)."""
-    stack = [tree]
+    for node, _ in _scoped_import_nodes(tree):
+        yield node
+
+
+def _scoped_import_nodes(tree: ast.AST):
+    """(node, lazy) for every Import/ImportFrom node that can run; lazy when it sits inside a function."""
+    stack = [(tree, False)]
     while stack:
-        node = stack.pop()
+        node, lazy = stack.pop()
         if isinstance(node, ast.If) and _is_type_checking(node):
-            stack.extend(node.orelse)
+            stack.extend((child, lazy) for child in node.orelse)
             continue
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            yield node
-        stack.extend(ast.iter_child_nodes(node))
+            yield node, lazy
+        inner = lazy or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+        stack.extend((child, inner) for child in ast.iter_child_nodes(node))
 
 
 def _absolute(module: str, path: Path, node: ast.ImportFrom) -> str:
@@ -72,22 +85,28 @@ def _absolute(module: str, path: Path, node: ast.ImportFrom) -> str:
 def imports_of(module: str, path: Path, modules: dict[str, Path]) -> list[tuple[str, int, str | None]]:
     """[(imported project module, line, imported name or None)] of one module. `from pkg import sub` where `sub` is
     a module counts as importing `pkg.sub`; any other name counts as importing `pkg` itself."""
+    return [(target, line, name) for target, line, name, _ in scoped_imports_of(module, path, modules)]
+
+
+def scoped_imports_of(module: str, path: Path,
+                      modules: dict[str, Path]) -> list[tuple[str, int, str | None, bool]]:
+    """imports_of with a fourth field: True when the import runs inside a function (lazy)."""
     tree = _parse(path)
     found = []
-    for node in _import_nodes(tree):
+    for node, lazy in _scoped_import_nodes(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name in modules:
-                    found.append((alias.name, node.lineno, None))
+                    found.append((alias.name, node.lineno, None, lazy))
             continue
         source = _absolute(module, path, node)
         for alias in node.names:
             submodule = f"{source}.{alias.name}"
             if submodule in modules:
-                found.append((submodule, node.lineno, None))
+                found.append((submodule, node.lineno, None, lazy))
             elif source in modules:
-                found.append((source, node.lineno, alias.name))
-    return found
+                found.append((source, node.lineno, alias.name, lazy))
+    return sorted(found, key=lambda item: item[1])
 
 
 def import_graph(package: str, root: Path = REPO) -> dict[str, set[str]]:
@@ -174,6 +193,112 @@ def _private_attributes(name: str, path: Path, modules: dict[str, Path], root: P
             if target and target != name:
                 found.append(f"{path.relative_to(root).as_posix()}:{node.lineno} uses {node.attr} of {target}")
     return found
+
+
+# ------------------------------------------------------------------------------------------- between packages
+FLOW = ("teacher", "distill", "export")   # data flows left to right; each may import only those before it
+SHIPPED = "runtime"                       # ships to the device alone: imports none of FLOW (but see EXCEPTIONS)
+TOP = "benchmarks"                        # imports anything; nothing imports it
+# The runtime's shared core: every package may import these. They import only each other, so the core stays small.
+CORE = {
+    "runtime": "the package itself, only as `import runtime` (its names load lazily): where runtime/models/ lies",
+    "runtime.errors": "FusionError, require(): errors for people and the missing-extra message",
+    "runtime.config": "typed configs from YAML with key=value overrides",
+    "runtime.imageio": "reading and writing images, pairs, JSON and text (atomically)",
+    "runtime.color": "BT.601 luminance/chroma split and merge",
+    "runtime.backends.tensorrt_engine": "the TensorRT engine runner: export checks each engine it builds with the "
+                                        "code the device runs",
+}
+# (file, imported module) -> why. Each must be a lazy import (inside a function) and must still exist.
+EXCEPTIONS = {
+    ("runtime/backends/base.py", "distill.models"): "the torch backend loads the student only when it is asked for",
+}
+
+
+def _core(target: str, imported: str | None) -> bool:
+    """`from runtime import FusionPipeline` reaches runtime.pipeline through the lazy table: not the core."""
+    return target in CORE and (target != "runtime" or imported is None)
+
+
+def direction_problems(root: Path = REPO) -> tuple[list[str], set]:
+    """(`file:line: ...` for each import between packages that breaks the rule, the EXCEPTIONS entries used)."""
+    modules = module_files(root)
+    problems, used = [], set()
+    for name, path in modules.items():
+        source, rel = name.split(".")[0], path.relative_to(root).as_posix()
+        names: dict[tuple[str, int, bool], list] = {}    # one report per import line and module, names joined
+        for target, line, imported, lazy in scoped_imports_of(name, path, modules):
+            names.setdefault((target, line, lazy), []).append(imported)
+        for (target, line, lazy), imported_names in names.items():
+            package = target.split(".")[0]
+            imported = ", ".join(sorted(n for n in imported_names if n)) or None
+            where = f"{rel}:{line}: {source} imports {target}" + (f" ({imported})" if imported else "")
+            if package == source:
+                if name in CORE and not _core(target, imported):
+                    problems.append(f"{where}, but a core module imports only core modules")
+                continue
+            if package == TOP:
+                problems.append(f"{where}, but nothing imports {TOP}")
+            elif source == TOP or _core(target, imported):
+                continue
+            elif source == SHIPPED:
+                exception = next(((file, module) for file, module in EXCEPTIONS
+                                  if file == rel and (target + ".").startswith(module + ".")), None)
+                if exception and lazy:
+                    used.add(exception)
+                else:
+                    problems.append(f"{where}, but {SHIPPED} ships alone and imports nothing from "
+                                    f"{', '.join(FLOW)} (only the core of its own)")
+            elif package == SHIPPED:
+                problems.append(f"{where}, but only the runtime's core ({', '.join(sorted(CORE))}) may be imported "
+                                f"from {SHIPPED}")
+            elif FLOW.index(package) > FLOW.index(source):
+                problems.append(f"{where}, but {package} comes after {source} in {' -> '.join(FLOW)} and imports "
+                                f"point back along the flow")
+    return problems, used
+
+
+def test_the_walker_sees_imports_against_the_direction(tmp_path):
+    """The direction check itself, on a planted tree: every kind of break is named with its file and line; lazy
+    imports count; the allowed imports pass."""
+    files = {
+        "teacher/__init__.py": "", "teacher/a.py": "from runtime.errors import FusionError\n",
+        "distill/__init__.py": "", "distill/b.py": "import teacher.a\ndef f():\n    import benchmarks.c\n",
+        "export/__init__.py": "", "export/d.py": "from distill import b\nfrom runtime.backends import tensorrt_engine\n",
+        "runtime/__init__.py": "", "runtime/errors.py": "", "runtime/config.py": "from runtime import stages\n",
+        "runtime/stages.py": "def f():\n    from export import d\n",
+        "runtime/backends/__init__.py": "", "runtime/backends/tensorrt_engine.py": "from runtime import errors\n",
+        "runtime/backends/base.py": "def load():\n    from distill.models import load\n",
+        "distill/models/__init__.py": "import runtime\nfrom runtime import FusionPipeline\n",
+        "benchmarks/__init__.py": "", "benchmarks/c.py": "import teacher.a, distill.b, export.d, runtime.stages\n",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    problems, used = direction_problems(tmp_path)
+    assert [p.split(", ")[0] for p in problems] == [
+        "distill/b.py:3: distill imports benchmarks.c",
+        "distill/models/__init__.py:2: distill imports runtime (FusionPipeline)",
+        "runtime/config.py:1: runtime imports runtime.stages",
+        "runtime/stages.py:2: runtime imports export.d"]
+    assert used == set(EXCEPTIONS)
+    (tmp_path / "teacher/a.py").write_text("from distill.b import f\n")
+    (tmp_path / "runtime/backends/base.py").write_text("from distill.models import load\n")
+    problems, used = direction_problems(tmp_path)
+    assert "teacher/a.py:1: teacher imports distill.b (f), but distill comes after teacher in " \
+           "teacher -> distill -> export and imports point back along the flow" in problems
+    assert any(p.startswith("runtime/backends/base.py:1: runtime imports distill.models") for p in problems)
+    assert used == set()
+
+
+def test_imports_between_packages_follow_one_direction():
+    problems, used = direction_problems()
+    assert not problems, "imports against the one direction (see the module docstring and docs/architecture.md; " \
+                         "move the code to the package it belongs to):\n" + "\n".join(problems)
+    stale = [f"{file} -> {module}" for file, module in EXCEPTIONS if (file, module) not in used]
+    assert not stale, "named exceptions that no longer happen (remove them from EXCEPTIONS): " + "; ".join(stale)
+    missing = [name for name in CORE if name not in module_files()]
+    assert not missing, "core modules that do not exist (update CORE): " + ", ".join(missing)
 
 
 # ------------------------------------------------------------------------------------------------------ the checker
