@@ -16,7 +16,7 @@ SHIPPED = ("default", "nano2")
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_model_loads_by_name_and_its_onnx_is_its_export(name, roadscene, test_names):
+def test_shipped_model_loads_by_name_and_its_onnx_is_its_export(name, roadscene, test_names, shipped_model):
     from runtime.color import split_luminance
     from runtime.imageio import discover_pairs, read_pair
     folder = resolve_weights(name)
