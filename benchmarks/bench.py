@@ -30,7 +30,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from benchmarks.common import load_average, onnx_input_size, onnx_is_dynamic, student_gmacs
+from benchmarks.common import load_average, onnx_input_size, onnx_is_dynamic
 from runtime.errors import FusionError
 
 ALL_BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "onnxruntime-cuda", "torch-cuda", "torch-cuda-fp16",
@@ -450,7 +450,8 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
     from runtime.errors import require
     for module in ("torch", "thop", "onnx", "onnxruntime", "matplotlib"):  # one clear message, not a traceback
         require(module, "fusion bench")
-    from benchmarks.latency import count_gmacs, count_params, real_feeds, set_torch_threads, time_interleaved
+    from benchmarks.latency import real_feeds, set_torch_threads, time_interleaved
+    from distill.cost import count_macs, count_params
     from distill.peers import create_peer
     from runtime.config import config_to_dict
     started = time.perf_counter()
@@ -529,8 +530,8 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
             stats = time_interleaved(runners, runs=runs, warmup=warm)
             # Registered students: thop's convs + linears plus the cross-attention matrix products thop cannot
             # see (the count `fusion distill eval` and benchmarks.student_speed report); peers: thop alone.
-            params, gmacs = count_params(model), student_gmacs(model, hw, vis_channels)[0]
-            peer_cost = {name: (count_params(create_peer(name)), count_gmacs(create_peer(name), hw, 1))
+            params, gmacs = count_params(model), count_macs(model, *hw, vis_channels)["gmacs"]
+            peer_cost = {name: (count_params(create_peer(name)), count_macs(create_peer(name), *hw, 1)["gmacs"])
                          for name in cfg.peers}
             reference = {p.device: stats[p.key].p50_ms for p in peers if p.model == "seafusion"}
             # a GPU row is compared with SeAFusion under the same treatment (fp16, CUDA graph) when it has one

@@ -1,8 +1,8 @@
 """What `fusion bench` (benchmarks/bench.py) and benchmarks/student_speed.py both need, owned here so that neither
-borrows from the other: a student's GMACs, the input size an ONNX file accepts, and the machine's load average.
+borrows from the other: the input size an ONNX file accepts and the machine's load average (a student's GMACs are
+`distill.cost.count_macs`).
 
-    from benchmarks.common import load_average, onnx_input_size, student_gmacs
-    gmacs, thop_gmacs = student_gmacs(model, (480, 640))
+    from benchmarks.common import load_average, onnx_input_size
     onnx_input_size("runtime/models/default/model.onnx")    # (H, W) when fixed, None when dynamic
 """
 from __future__ import annotations
@@ -10,19 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Optional
-
-
-def student_gmacs(model, imgsz: tuple[int, int], vis_channels: int = 1) -> tuple[float, float]:
-    """(GMACs, thop-only GMACs) of one forward pass at imgsz. thop counts convs and linear layers but not the
-    cross-attention matrix products of a registered student, so those are added the way `fusion distill eval`
-    does (distill.evaluate.count_macs); any other module is counted by thop alone."""
-    from benchmarks.latency import count_gmacs
-    if getattr(getattr(model, "config", None), "stages", None) is not None:
-        from distill.evaluate import count_macs
-        macs = count_macs(model, *imgsz)
-        return macs["gmacs"], macs["thop_gmacs"]
-    gmacs = count_gmacs(model, imgsz, vis_channels)
-    return gmacs, gmacs
 
 
 def onnx_input_size(path: str | os.PathLike) -> Optional[tuple[int, int]]:

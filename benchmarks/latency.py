@@ -1,6 +1,6 @@
-"""Latency measurement shared by `fusion bench` and `benchmarks/student_speed.py`.
+"""Latency measurement shared by `fusion bench` and `benchmarks/student_speed.py` (params and GMACs: distill.cost).
 
-    from benchmarks.latency import time_interleaved, count_params, count_gmacs
+    from benchmarks.latency import time_interleaved
     stats = time_interleaved({"student": run_student, "seafusion": run_peer}, runs={"student": 50, "seafusion": 5})
     stats["student"].p50_ms, stats["student"].fps
 
@@ -23,8 +23,8 @@ from typing import Callable, Dict, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["LatencyStats", "summarize", "time_callable", "time_interleaved", "count_params", "count_gmacs",
-           "export_onnx_for_bench", "ort_session", "ort_runner", "torch_runner", "set_torch_threads"]
+__all__ = ["LatencyStats", "summarize", "time_callable", "time_interleaved", "export_onnx_for_bench", "ort_session",
+           "ort_runner", "torch_runner", "set_torch_threads"]
 
 
 @dataclass
@@ -103,26 +103,6 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], runs: int | Mappin
         if over and all(len(t) >= min(min_runs, counts[n]) for n, t in times.items()):
             break
     return {name: summarize(t) for name, t in times.items()}
-
-
-# ------------------------------------------------------------------------------------------------ model cost
-def count_params(model) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
-
-
-def count_gmacs(model, imgsz: tuple[int, int], vis_channels: int = 1) -> float:
-    """Multiply-accumulates (G) of one forward pass at imgsz (H, W), counted by thop on a copy of the model
-    (thop attaches counters to the modules it profiles, which must not leak into saved weights)."""
-    import torch
-    from thop import profile
-    probe = copy.deepcopy(model).cpu().eval()
-    h, w = imgsz
-    ir = torch.zeros(1, 1, h, w)
-    vis = torch.zeros(1, vis_channels, h, w)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        macs, _ = profile(probe, inputs=(ir, vis), verbose=False)
-    return float(macs) / 1e9
 
 
 # ---------------------------------------------------------------------------------------------------- runners

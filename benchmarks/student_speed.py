@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import load_average, onnx_input_size, student_gmacs
+from benchmarks.common import load_average, onnx_input_size
 
 GOALS = {"speedup_min": 20.0, "latency_ms_max": 30.0, "gmacs_max": 1.5, "params_max": 1_000_000}
 
@@ -60,8 +60,9 @@ def measure_student_speed(model=None, weights: str | None = None, variant: str |
     """Measure one student against a peer; see the module docstring. `model` (a torch module) wins over `weights`
     and `variant`. `onnx_path`: time this ONNX file for the student instead of exporting it (e.g. the shipped
     runtime/models/default/model.onnx; it must have static or dynamic inputs compatible with imgsz)."""
-    from benchmarks.latency import (count_gmacs, count_params, export_onnx_for_bench, ort_op_profile, ort_runner,
-                                    ort_session, real_feeds, set_torch_threads, time_interleaved)
+    from benchmarks.latency import (export_onnx_for_bench, ort_op_profile, ort_runner, ort_session, real_feeds,
+                                    set_torch_threads, time_interleaved)
+    from distill.cost import count_macs, count_params
     from distill.peers import PEER_PAPERS, create_peer
     set_torch_threads(threads)
     load_start = load_average()
@@ -86,15 +87,15 @@ def measure_student_speed(model=None, weights: str | None = None, variant: str |
         stats = time_interleaved(runners, runs={"student": runs, peer: peer_runs}, warmup=warmup)
         op_profile = ort_op_profile(student_onnx, feeds, threads, runs=max(10, runs // 2)) if ops else None
     student_ms, peer_ms = stats["student"].p50_ms, stats[peer].p50_ms
-    gmacs, thop_gmacs = student_gmacs(model, imgsz, vis_channels)
+    macs = count_macs(model, *imgsz, vis_channels)
     report = {
         "imgsz": list(imgsz), "threads": threads, "input": source, "note": note,
         "load_avg": [load_start, load_average()],
         "student": {"label": label, "onnx": str(onnx_path) if onnx_path else "exported (opset 17)",
-                    "params": count_params(model), "gmacs": gmacs, "thop_gmacs": thop_gmacs,
+                    "params": count_params(model), "gmacs": macs["gmacs"], "thop_gmacs": macs["thop_gmacs"],
                     **stats["student"].to_dict()},
         "peer": {"name": peer, "paper": PEER_PAPERS[peer], "params": count_params(peer_model),
-                 "gmacs": count_gmacs(peer_model, imgsz, 1), **stats[peer].to_dict()},
+                 "gmacs": count_macs(peer_model, *imgsz, 1)["gmacs"], **stats[peer].to_dict()},
         "speedup": peer_ms / student_ms,
     }
     if op_profile is not None:

@@ -12,7 +12,6 @@ exactly as for any other fusion method, so every row of the table is computed th
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
 import time
@@ -70,41 +69,7 @@ def wins_over(rows: Dict[str, dict], subject: str, baseline: str, metrics_: Sequ
 
 
 # --------------------------------------------------------------------------------------------------------- cost
-def count_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def attention_macs(model, height: int, width: int) -> int:
-    """MACs of the cross-attention matrix products (thop counts only the convs around them)."""
-    from distill.models.fusion import CrossModalAttention
-    multiple = getattr(model, "multiple", 1)
-    ph, pw = math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple
-    total = 0
-    levels = len(model.config.stages) + 1
-    deep_h, deep_w = ph // 2 ** levels, pw // 2 ** levels
-    for module in model.modules():
-        if isinstance(module, CrossModalAttention):
-            queries = deep_h * deep_w
-            keys = (deep_h // module.kv_pool) * (deep_w // module.kv_pool)
-            total += 2 * queries * keys * module.heads * module.head_dim  # Q K^T and A V
-    return total
-
-
-def count_macs(model, height: int = 480, width: int = 640) -> Dict[str, float]:
-    """{'thop_gmacs': convs and linear layers (thop), 'gmacs': plus the attention matmuls} at (height, width)."""
-    import copy
-
-    import torch
-    thop = require("thop", "counting MACs")
-    probe = copy.deepcopy(model).cpu().eval()  # thop leaves counters on the modules it profiles
-    channels = probe.config.vis_channels
-    with torch.no_grad():
-        macs, _ = thop.profile(probe, inputs=(torch.rand(1, 1, height, width), torch.rand(1, channels, height, width)),
-                               verbose=False)
-    extra = attention_macs(model, height, width)
-    return {"thop_gmacs": macs / 1e9, "gmacs": (macs + extra) / 1e9}
-
-
+# params and GMACs: distill.cost
 def export_for_timing(model, path: Path, height: int, width: int, channels: int = 1) -> Path:
     """A dynamic-size ONNX export (opset 17) for latency measurements."""
     import torch
@@ -142,6 +107,8 @@ def profile_student(model, height: int = 480, width: int = 640, threads: int = 2
     """Params, GMACs and ONNX Runtime CPU latency of `model`; with `peer`, the peer's latency measured in the same
     run (interleaved, so both see the same machine load) and the speed ratio."""
     import torch
+
+    from distill.cost import count_macs, count_params
     torch.set_num_threads(max(1, threads))
     result: Dict[str, float] = {"params": count_params(model), **count_macs(model, height, width),
                                 "height": height, "width": width, "threads": threads}

@@ -1,4 +1,5 @@
-"""`fusion bench` and its parts: timing statistics, cost counting, the report, and a small real run."""
+"""`fusion bench` and its parts: timing statistics, the report, and a small real run (params and GMACs:
+tests/test_cost.py)."""
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.latency import count_gmacs, count_params, summarize, time_callable, time_interleaved
-from distill.peers import create_peer
+from benchmarks.latency import summarize, time_callable, time_interleaved
+from distill.cost import count_macs, count_params
 from export.pairs import spread
 from runtime.errors import FusionError
 
@@ -61,17 +62,6 @@ def test_spread_is_deterministic_and_includes_the_ends():
     names = [f"n{i}" for i in range(50)]
     assert spread(names, 3) == ["n0", "n24", "n49"] or spread(names, 3) == ["n0", "n25", "n49"]
     assert spread(names, None) == names and spread(names, 0) == [] and spread(names, 1) == ["n0"]
-
-
-# ---------------------------------------------------------------------------------------------------- cost
-def test_gmacs_match_the_hand_count_for_densefuse():
-    # Per pixel: encoder 9*(1*16 + 16*16 + 32*16 + 48*16) = 13,968 MACs, run for IR and VIS; decoder
-    # 9*(64*64 + 64*32 + 32*16 + 16*1) = 60,048. Total 87,984 per pixel.
-    model = create_peer("densefuse")
-    assert count_gmacs(model, (48, 64)) == pytest.approx(87_984 * 48 * 64 / 1e9, rel=1e-9)
-    assert count_params(model) == 74_193
-    # thop's counters must not leak into the model that was measured (they would end up in saved weights).
-    assert not any("total_ops" in k for k in model.state_dict())
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
@@ -139,7 +129,6 @@ def test_rows_cover_backends_and_the_peer_with_quality_where_due(small_run):
     assert "EN" not in rows[("densefuse", "onnxruntime-cpu", "fp32")]  # random-weight peer: latency only
     assert rows[("densefuse", "onnxruntime-cpu", "fp32")]["gmacs"] == pytest.approx(87_984 * 64 * 80 / 1e9)
     # the student's GMACs include the cross-attention products thop cannot see (as `fusion distill eval` counts)
-    from distill.evaluate import count_macs
     from distill.models import create_student
     macs = count_macs(create_student("tiny-test"), 64, 80)
     assert torch_row["gmacs"] == pytest.approx(macs["gmacs"]) and ort_row["gmacs"] == torch_row["gmacs"]
