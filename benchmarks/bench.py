@@ -450,10 +450,11 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
     from runtime.errors import require
     for module in ("torch", "thop", "onnx", "onnxruntime", "matplotlib"):  # one clear message, not a traceback
         require(module, "fusion bench")
-    from benchmarks.latency import real_feeds, set_torch_threads, time_interleaved
+    from benchmarks.latency import real_feeds, set_torch_threads
     from distill.cost import count_macs, count_params
     from distill.peers import create_peer
     from runtime.config import config_to_dict
+    from runtime.timing import time_interleaved
     started = time.perf_counter()
     if cfg.quick:
         cfg.apply_quick()

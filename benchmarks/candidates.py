@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from benchmarks.latency import ort_session
+from runtime.timing import ort_session
 
 
 class Candidate(ABC):

@@ -1,108 +1,26 @@
-"""Latency measurement shared by `fusion bench` and `benchmarks/student_speed.py` (params and GMACs: distill.cost).
+"""Latency tooling of `fusion bench` and `benchmarks/student_speed.py`: torch and ONNX runners, the plain ONNX export
+they time, ORT's per-op profile and the real input frame. The timing itself (warm-up, interleaved rounds, p50/p90/p99)
+is `runtime.timing`'s and the parameter/MAC counts are `distill.cost`'s, shared with `fusion distill profile` and the
+INT8 export.
 
-    from benchmarks.latency import time_interleaved
-    stats = time_interleaved({"student": run_student, "seafusion": run_peer}, runs={"student": 50, "seafusion": 5})
-    stats["student"].p50_ms, stats["student"].fps
-
-Rules every number here follows, because the machines it runs on are shared and noisy:
-- warm-up runs are discarded (first-call allocation, kernel selection, lazy initialisation);
-- models compared in one table are timed interleaved, round by round, so a burst of background load hits all of them
-  alike and the *ratios* stay meaningful even when the absolute milliseconds wander;
-- latency is reported as percentiles (p50/p90/p99) of single-frame (batch 1) calls, FPS as 1000 / p50.
+    from runtime.timing import ort_runner, ort_session, time_interleaved
+    from benchmarks.latency import export_onnx_for_bench, real_feeds
 """
 from __future__ import annotations
 
 import copy
 import math
 import os
-import time
 import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Sequence
+from typing import Callable, Dict, Mapping
 
 import numpy as np
 
-__all__ = ["LatencyStats", "summarize", "time_callable", "time_interleaved", "export_onnx_for_bench", "ort_session",
-           "ort_runner", "torch_runner", "set_torch_threads"]
+from runtime.timing import ort_runner, ort_session
 
-
-@dataclass
-class LatencyStats:
-    """Percentiles of per-call wall time, in milliseconds."""
-
-    runs: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    min_ms: float
-
-    @property
-    def fps(self) -> float:
-        return 1000.0 / self.p50_ms if self.p50_ms > 0 else float("inf")
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "fps": self.fps}
-
-
-def summarize(times_ms: Sequence[float]) -> LatencyStats:
-    """LatencyStats of a list of per-call times (ms). Percentiles interpolate linearly (numpy's default)."""
-    if not len(times_ms):
-        raise ValueError("no timed runs to summarise")
-    t = np.asarray(times_ms, dtype=np.float64)
-    p50, p90, p99 = np.percentile(t, [50, 90, 99])
-    return LatencyStats(runs=int(t.size), p50_ms=float(p50), p90_ms=float(p90), p99_ms=float(p99),
-                        mean_ms=float(t.mean()), min_ms=float(t.min()))
-
-
-def time_callable(fn: Callable[[], object], runs: int = 30, warmup: int = 3,
-                  max_seconds: float | None = None, min_runs: int = 3) -> LatencyStats:
-    """Call `fn` `warmup` times untimed, then up to `runs` times timed (stopping early once `max_seconds` of timed
-    calls have passed, but never before `min_runs`)."""
-    return time_interleaved({"fn": fn}, runs={"fn": runs}, warmup=warmup, max_seconds=max_seconds,
-                            min_runs=min_runs)["fn"]
-
-
-def _schedule(runs: Mapping[str, int]) -> list[list[str]]:
-    """Rounds of calls: a model with fewer runs is spread evenly over the rounds (not bunched at the start), so a
-    slow peer timed 5 times and a fast student timed 50 times still see the same stretch of machine load."""
-    rounds = max(runs.values()) if runs else 0
-    slots: list[list[str]] = [[] for _ in range(rounds)]
-    for name, count in runs.items():
-        if count <= 0:
-            continue
-        for index in np.linspace(0, rounds - 1, count).round().astype(int):
-            slots[int(index)].append(name)
-    return slots
-
-
-def time_interleaved(fns: Mapping[str, Callable[[], object]], runs: int | Mapping[str, int] = 30,
-                     warmup: int | Mapping[str, int] = 3, max_seconds: float | None = None,
-                     min_runs: int = 3) -> Dict[str, LatencyStats]:
-    """Time several callables round-robin (see module docstring). `runs` and `warmup`: one count for all, or one
-    per name.
-
-    max_seconds bounds the whole timed phase: once exceeded, each callable stops as soon as it has `min_runs`.
-    """
-    counts = {name: int(runs[name] if isinstance(runs, Mapping) else runs) for name in fns}
-    warmups = {name: int(warmup[name] if isinstance(warmup, Mapping) else warmup) for name in fns}
-    for name, fn in fns.items():
-        for _ in range(max(warmups[name], 0)):
-            fn()
-    times: Dict[str, list[float]] = {name: [] for name in fns}
-    started = time.perf_counter()
-    for names in _schedule(counts):
-        over = max_seconds is not None and time.perf_counter() - started > max_seconds
-        for name in names:
-            if over and len(times[name]) >= min_runs:
-                continue
-            t0 = time.perf_counter()
-            fns[name]()
-            times[name].append((time.perf_counter() - t0) * 1000.0)
-        if over and all(len(t) >= min(min_runs, counts[n]) for n, t in times.items()):
-            break
-    return {name: summarize(t) for name, t in times.items()}
+__all__ = ["export_onnx_for_bench", "torch_runner", "set_torch_threads", "ort_op_profile", "format_op_profile",
+           "fmt_ms", "default_data_dir", "real_feeds"]
 
 
 # ---------------------------------------------------------------------------------------------------- runners
@@ -154,42 +72,6 @@ def export_onnx_for_bench(model, path: str | os.PathLike, imgsz: tuple[int, int]
         torch.onnx.export(model, example, str(path), input_names=["ir", "vis"], output_names=["fused"],
                           opset_version=opset, do_constant_folding=True, **kwargs)
     return path
-
-
-def ort_session(path: str | os.PathLike, threads: int = 2, providers: Sequence | None = None,
-                profile_prefix: str | os.PathLike | None = None):
-    """An ONNX Runtime session with a fixed intra-op thread count (default: CPU provider). `profile_prefix`: record
-    ORT's per-node profile (read it with `ort_op_profile`)."""
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    if profile_prefix is not None:
-        options.enable_profiling = True
-        options.profile_file_prefix = str(profile_prefix)
-    options.intra_op_num_threads = int(threads)
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Interleaved timing: a session whose idle workers spin-wait would steal the cores of the next model timed
-    # (and of everyone else's jobs on a shared machine). Measured here: spinning made torch 30x slower in between.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options,
-                                providers=list(providers or ["CPUExecutionProvider"]))
-
-
-def ort_runner(session, feeds: Mapping[str, np.ndarray]) -> Callable[[], object]:
-    """A no-argument callable running the session once on fixed feeds (cast to the input types it declares)."""
-    declared = {i.name: i for i in session.get_inputs()}
-    fixed = {}
-    for name, value in feeds.items():
-        if name not in declared:
-            continue
-        dtype = np.float16 if "float16" in declared[name].type else np.float32
-        fixed[name] = np.ascontiguousarray(value, dtype=dtype)
-    output = session.get_outputs()[0].name
-
-    def run():
-        return session.run([output], fixed)
-    return run
 
 
 def ort_op_profile(path: str | os.PathLike, feeds: Mapping[str, np.ndarray], threads: int = 2, runs: int = 20,

@@ -60,9 +60,9 @@ def measure_student_speed(model=None, weights: str | None = None, variant: str |
     """Measure one student against a peer; see the module docstring. `model` (a torch module) wins over `weights`
     and `variant`. `onnx_path`: time this ONNX file for the student instead of exporting it (e.g. the shipped
     runtime/models/default/model.onnx; it must have static or dynamic inputs compatible with imgsz)."""
-    from benchmarks.latency import (export_onnx_for_bench, ort_op_profile, ort_runner, ort_session, real_feeds,
-                                    set_torch_threads, time_interleaved)
+    from benchmarks.latency import export_onnx_for_bench, ort_op_profile, real_feeds, set_torch_threads
     from distill.cost import count_macs, count_params
+    from runtime.timing import ort_runner, ort_session, time_interleaved
     from distill.peers import PEER_PAPERS, create_peer
     set_torch_threads(threads)
     load_start = load_average()

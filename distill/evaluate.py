@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -69,7 +68,7 @@ def wins_over(rows: Dict[str, dict], subject: str, baseline: str, metrics_: Sequ
 
 
 # --------------------------------------------------------------------------------------------------------- cost
-# params and GMACs: distill.cost
+# params and GMACs: distill.cost; timing: runtime.timing
 def export_for_timing(model, path: Path, height: int, width: int, channels: int = 1) -> Path:
     """A dynamic-size ONNX export (opset 17) for latency measurements."""
     import torch
@@ -83,23 +82,15 @@ def export_for_timing(model, path: Path, height: int, width: int, channels: int 
 
 def ort_latency_ms(onnx_path: Path, height: int, width: int, threads: int = 2, runs: int = 30, warmup: int = 5,
                    channels: int = 1) -> Dict[str, float]:
-    """Median / p90 wall time of one ONNX Runtime CPU inference at (height, width)."""
-    ort = require("onnxruntime", "timing with ONNX Runtime")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    """Median / p90 wall time of one ONNX Runtime CPU inference at (height, width) (runtime.timing)."""
+    require("onnxruntime", "timing with ONNX Runtime")
+    from runtime.timing import ort_runner, ort_session, time_callable
+    session = ort_session(onnx_path, threads, spinning=True)   # timed alone, one model at a time
     rng = np.random.default_rng(0)
     feed = {"ir": rng.random((1, 1, height, width), dtype=np.float32),
             "vis": rng.random((1, channels, height, width), dtype=np.float32)}
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - start) * 1000)
-    return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)), "runs": runs}
+    stats = time_callable(ort_runner(session, feed), runs=runs, warmup=warmup)
+    return {"median_ms": stats.p50_ms, "p90_ms": stats.p90_ms, "runs": runs}
 
 
 def profile_student(model, height: int = 480, width: int = 640, threads: int = 2, runs: int = 30,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -387,20 +386,11 @@ def _luma(chw: np.ndarray) -> np.ndarray:
 
 
 def cpu_latency(paths: dict, feeds: dict, runs: int = 30, threads: int = 2, warmup: int = 3) -> dict[str, float]:
-    """Median latency (ms) of each model in ONNX Runtime on the CPU, timed interleaved in one run so that the shared
-    machine's noise hits all of them alike. paths: {key: onnx path} -> {key: median ms}."""
-    from export.onnx_export import OUTPUT_NAME, ort_session
-    sessions = {key: ort_session(path, threads=threads) for key, path in paths.items()}
-    times: dict = {k: [] for k in sessions}
-    for _ in range(warmup):
-        for session in sessions.values():
-            session.run([OUTPUT_NAME], feeds)
-    for _ in range(runs):
-        for key, session in sessions.items():
-            start = time.perf_counter()
-            session.run([OUTPUT_NAME], feeds)
-            times[key].append((time.perf_counter() - start) * 1000.0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Median latency (ms) of each model in ONNX Runtime on the CPU, timed interleaved in one run (runtime.timing) so
+    that the shared machine's noise hits all of them alike. paths: {key: onnx path} -> {key: median ms}."""
+    from runtime.timing import ort_runner, ort_session, time_interleaved
+    runners = {key: ort_runner(ort_session(path, threads=threads), feeds) for key, path in paths.items()}
+    return {key: stats.p50_ms for key, stats in time_interleaved(runners, runs=runs, warmup=warmup).items()}
 
 
 def cpu_speed(reference_path, candidate_path, feeds: dict, runs: int = 30, threads: int = 2,

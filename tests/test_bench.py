@@ -1,5 +1,5 @@
-"""`fusion bench` and its parts: timing statistics, the report, and a small real run (params and GMACs:
-tests/test_cost.py)."""
+"""`fusion bench` and its parts: the report and a small real run (timing statistics: tests/test_timing.py; params and
+GMACs: tests/test_cost.py)."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.latency import summarize, time_callable, time_interleaved
 from distill.cost import count_macs, count_params
 from export.pairs import spread
 from runtime.errors import FusionError
@@ -17,47 +16,7 @@ from runtime.errors import FusionError
 torch.set_num_threads(1)
 
 
-# ---------------------------------------------------------------------------------------------------- statistics
-def test_summarize_percentiles_and_fps():
-    s = summarize([float(v) for v in range(1, 101)])  # 1..100 ms
-    assert s.runs == 100
-    assert s.p50_ms == pytest.approx(50.5)
-    assert s.p90_ms == pytest.approx(90.1)
-    assert s.p99_ms == pytest.approx(99.01)
-    assert s.min_ms == 1.0 and s.mean_ms == pytest.approx(50.5)
-    assert s.fps == pytest.approx(1000 / 50.5)
-    with pytest.raises(ValueError):
-        summarize([])
-
-
-def test_interleaving_spreads_the_rare_model_over_all_rounds():
-    calls = []
-    time_interleaved({"student": lambda: calls.append("student"), "peer": lambda: calls.append("peer")},
-                     runs={"student": 10, "peer": 3}, warmup=0)
-    assert calls.count("student") == 10 and calls.count("peer") == 3
-    rounds_with_peer = [calls[:i].count("student") - 1 for i, name in enumerate(calls) if name == "peer"]
-    assert rounds_with_peer == [0, 4, 9]  # one round each: first, middle, last (student 10 times, one a round)
-
-
-def test_interleaved_timing_counts_warmup_and_runs():
-    calls = {"a": 0, "b": 0}
-
-    def make(name):
-        def fn():
-            calls[name] += 1
-        return fn
-    stats = time_interleaved({"a": make("a"), "b": make("b")}, runs={"a": 7, "b": 2}, warmup={"a": 3, "b": 1})
-    assert calls == {"a": 10, "b": 3}
-    assert stats["a"].runs == 7 and stats["b"].runs == 2
-
-
-def test_time_budget_stops_early_but_keeps_min_runs():
-    import time
-    stats = time_callable(lambda: time.sleep(0.01), runs=1000, warmup=0, max_seconds=0.05, min_runs=3)
-    assert 3 <= stats.runs < 50
-    assert stats.p50_ms >= 9.0
-
-
+# ---------------------------------------------------------------------------------------------------- pairs
 def test_spread_is_deterministic_and_includes_the_ends():
     names = [f"n{i}" for i in range(50)]
     assert spread(names, 3) == ["n0", "n24", "n49"] or spread(names, 3) == ["n0", "n25", "n49"]

@@ -206,6 +206,8 @@ CORE = {
     "runtime.config": "typed configs from YAML with key=value overrides",
     "runtime.imageio": "reading and writing images, pairs, JSON and text (atomically)",
     "runtime.color": "BT.601 luminance/chroma split and merge",
+    "runtime.timing": "timing models (ONNX Runtime sessions, interleaved rounds, p50/p90): distill, export and "
+                      "benchmarks measure latency the same way",
     "runtime.backends.tensorrt_engine": "the TensorRT engine runner: export checks each engine it builds with the "
                                         "code the device runs",
 }
