@@ -25,6 +25,7 @@ import numpy as np
 
 from export.pairs import shown_path, stack_inputs
 from runtime.errors import FusionError, require
+from runtime.timing import ort_session
 
 INPUT_NAMES = ("ir", "vis")
 OUTPUT_NAME = "fused"
@@ -133,20 +134,6 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------------------------- parity
-def ort_session(path: str | os.PathLike, threads: int = 2, optimize: bool = True):
-    """A CPU ONNX Runtime session with a fixed thread count (the checks run beside other work)."""
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    # Idle workers must not spin: on a shared CPU a spinning 2-thread session ran 3-4x slower than with waiting workers.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
 def torch_outputs(model, inputs) -> list[np.ndarray]:
     import torch
     outputs = []

@@ -318,7 +318,8 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
 
 # -------------------------------------------------------------------------------------------------------- reporting
 def run_model(path: str | os.PathLike, inputs, threads: int = 2) -> list[np.ndarray]:
-    from export.onnx_export import OUTPUT_NAME, ort_session
+    from export.onnx_export import OUTPUT_NAME
+    from runtime.timing import ort_session
     session = ort_session(path, threads=threads)
     return [session.run([OUTPUT_NAME], item.feeds())[0] for item in inputs]
 

@@ -45,7 +45,7 @@ RECIPES = [
 
 def static_size(onnx_path) -> tuple[int, int] | None:
     """(H, W) of a static model's `ir` input; None when either is symbolic (a dynamic export)."""
-    from export.onnx_export import ort_session
+    from runtime.timing import ort_session
     shape = next(i.shape for i in ort_session(onnx_path, threads=1).get_inputs() if i.name == "ir")
     return (shape[2], shape[3]) if all(isinstance(d, int) for d in shape[2:]) else None
 
