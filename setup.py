@@ -59,7 +59,7 @@ setup(
     description="Real-time infrared + visible image fusion on the edge: teachers, distillation, export, runtime.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.8",
+    python_requires=">=3.9",
     packages=PACKAGES + CONFIGS,
     package_dir={"runtime.configs": "configs"},
     package_data={**DATA_FOLDERS, "": ["*.yaml"]},

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -151,7 +151,3 @@ def check_disjoint(calib_names: str | os.PathLike | Sequence[str], test_names: s
         raise FusionError(f"{len(overlap)} calibration pair(s) are in the test split ({', '.join(overlap[:3])}); "
                           f"calibrate on training pairs only (--calib-names) so the INT8 report stays honest")
 
-
-def iterate_inputs(inputs: Sequence[ModelInput]) -> Iterator[dict[str, np.ndarray]]:
-    for item in inputs:
-        yield item.feeds()

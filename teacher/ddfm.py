@@ -15,7 +15,6 @@ prior's channels and the sample is reduced to luminance (BT.601, runtime.color).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -246,9 +245,3 @@ class DDFMTeacher(FusionTeacher):
         return cls(args.prior, device=getattr(args, "device", "cpu"), steps=getattr(args, "steps", None) or 100,
                    seed=getattr(args, "seed", None) if getattr(args, "seed", None) is not None else 3407)
 
-
-def describe_prior(path: str | Path) -> str:
-    prior = DiffusionPrior.from_pretrained(path)
-    params = sum(p.numel() for p in prior.network.parameters())
-    return json.dumps({"kind": prior.kind, "channels": prior.channels, "multiple": prior.multiple,
-                       "parameters": params})

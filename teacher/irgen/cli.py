@@ -102,12 +102,6 @@ def configure_synth_ir(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run_synth_ir)
 
 
-def configure_eval_irgen(parser: argparse.ArgumentParser) -> None:
-    """`fusion teacher eval-irgen` (when the teacher CLI lists it; also `python -m teacher.irgen.evaluate`)."""
-    from teacher.irgen.evaluate import add_arguments
-    add_arguments(parser)
-
-
 # ----------------------------------------------------------------------------------------------------------- helpers
 def resolve_device(name: str | None) -> str:
     """'cpu' / 'cuda' / None (auto) -> a torch device string; FusionError when CUDA is asked for but absent."""
