@@ -15,7 +15,7 @@
     runtime.capture   capture threads, FrameBuffers, reconnection, looping
     runtime.pairing   timestamp matching and the sync window (folders: pairing by name)
     runtime.motion    IR motion compensation (--ir-motion): the VIS history and the optical-flow warp
-    runtime.stages    Packet, the per-frame work (FrameWork), the queues' handoff, the output stage
+    runtime.stages    Packet, the per-frame work (FrameProcessor), the queues' handoff, the output stage
 
 All queues are bounded. Live sources keep only their newest frames (latency stays bounded when the model is
 slower than the cameras); files and folders are read losslessly, so a video in gives every frame out. A camera that
@@ -43,8 +43,8 @@ from runtime.pairing import Pairer, pairs_to_fuse, read_pair
 from runtime.registration import Registration
 from runtime.sinks import Sink, ensure_writable_folder, open_sink, output_error
 from runtime.sources import Frame, Source
-from runtime.stages import (END, TRIM_EVERY_S, FrameWork, Handoff, OutputStage, Packet, release_free_memory,
-                            tune_allocator)
+from runtime.memory import TRIM_EVERY_S, release_free_memory, tune_allocator
+from runtime.stages import END, FrameProcessor, Handoff, OutputStage, Packet
 from runtime.stats import LIVE_WINDOW, StatsRecorder, format_report
 
 
@@ -146,7 +146,7 @@ class FusionPipeline:
         if config.names and not Path(config.names).is_file():
             raise FusionError(f"--names {config.names} is not a file; give a list of pair names, one per line "
                               f"(like a dataset's test.txt)")
-        self.work = FrameWork(backend, self.registration, clahe=config.clahe, output_size=config.output_size,
+        self.work = FrameProcessor(backend, self.registration, clahe=config.clahe, output_size=config.output_size,
                               source_uris=(config.ir, config.vis))
         self.work.stats = self.stats
         self.history = None                  # runtime.motion.VisHistory while IR motion compensation is on

@@ -15,7 +15,7 @@ ARENA_PROBE = r"""
 import ctypes, sys, threading
 import numpy as np
 if sys.argv[1] == "tuned":
-    from runtime.stages import tune_allocator
+    from runtime.memory import tune_allocator
     tune_allocator()
 ready = threading.Barrier(9)
 def work():
@@ -46,7 +46,7 @@ print(open(sys.argv[2]).read().count("<heap nr="))
 def test_tuned_allocator_caps_malloc_arenas(tmp_path):
     """Threads that allocate at once share ARENA_MAX arenas once the allocator is tuned (each arena keeps its own
     free memory: more arenas, more resident memory nobody uses); untuned, glibc gives each thread its own."""
-    from runtime.stages import ARENA_MAX
+    from runtime.memory import ARENA_MAX
     env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "FUSION_NO_MALLOPT")}
     env["PYTHONPATH"] = str(REPO)
     counts = {}
@@ -74,7 +74,7 @@ def test_pipeline_tunes_the_allocator_before_its_threads_start(monkeypatch):
 VIEWER_PROBE = r"""
 import http.client, sys
 import numpy as np
-from runtime.stages import tune_allocator, release_free_memory
+from runtime.memory import tune_allocator, release_free_memory
 tune_allocator()
 from benchmarks.soak import heap_status
 from runtime.mjpeg import MjpegServer
