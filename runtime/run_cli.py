@@ -48,7 +48,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--model", "--weights", dest="model",
                        help="a .onnx file, a TensorRT .engine, a model folder, or 'default' (the shipped student)")
-    model.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime", "torch", "torch-gpu"),
+    from runtime.backends import backend_names  # the registry: a backend registered there is a choice here
+    model.add_argument("--backend", choices=backend_names(),
                        help="auto: TensorRT engine with a GPU, else ONNX Runtime (best provider), else torch; "
                             "torch-gpu: fp16 + CUDA graphs, frames converted on the GPU")
     model.add_argument("--device", choices=("auto", "cpu"), help="cpu forces ONNX Runtime/torch onto the CPU")

@@ -70,3 +70,36 @@ def test_missing_default_model_names_make_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(backends, "DEFAULT_MODEL_DIR", tmp_path / "models" / "default")
     with pytest.raises(FusionError, match="make weights"):
         create_backend("default", "auto")
+
+
+# ------------------------------------------------------------------------------------------------------- registry
+def test_registry_names_every_backend_and_auto_first():
+    assert backends.backend_names() == ("auto", "tensorrt", "onnxruntime", "torch", "torch-gpu")
+    assert backends.backend_spec("onnxruntime").name == "onnxruntime"
+
+
+def test_an_unknown_backend_lists_the_registered_ones(tmp_path):
+    model = make_onnx_model(tmp_path / "m.onnx", "mean")
+    with pytest.raises(FusionError, match="unknown backend 'tflite'; choose one of: auto, tensorrt, onnxruntime, "
+                                          "torch, torch-gpu"):
+        create_backend(model, "tflite")
+
+
+@pytest.mark.parametrize("name", ["onnxruntime", "auto"])
+def test_registering_a_name_twice_fails_and_leaves_the_first(name):
+    before = backends.backend_names()
+    with pytest.raises(FusionError, match=f"backend '{name}' is already registered"):
+        backends.register_backend(name, requires=lambda f: True, needs="", usable=lambda f: False)(
+            lambda files, threads, device: None)
+    assert backends.backend_names() == before
+
+
+def test_fusion_run_offers_exactly_the_registered_backends():
+    import argparse
+    from runtime.run_cli import configure
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    for name in backends.backend_names():
+        assert parser.parse_args(["--backend", name]).backend == name
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--backend", "tflite"])

@@ -15,14 +15,13 @@ import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 from runtime.backends.base import Backend, TorchBackend
 from runtime.errors import FusionError, require
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch", "torch-gpu")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "default"
 
@@ -232,42 +231,112 @@ def locate_model(model: str | os.PathLike | None) -> ModelFiles:
     return files
 
 
+# ------------------------------------------------------------------------------------------------------- registry
+BackendFactory = Callable[[ModelFiles, int, str], Backend]
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """One runtime backend: how to build it from the model's files, and whether `auto` may pick it here.
+
+    `needs` is the sentence `--backend NAME` answers when the model offers nothing this backend loads (None: every
+    model offers what it needs); `usable(files)` says whether `auto` can run the model with it on this machine, and
+    `auto_rank` orders those checks (lower first; None: `auto` never picks it)."""
+
+    name: str
+    create: BackendFactory
+    requires: Callable[[ModelFiles], bool]
+    needs: str
+    usable: Callable[[ModelFiles], bool]
+    auto_rank: Optional[int] = None
+
+
+_BACKENDS: dict[str, BackendSpec] = {}
+AUTO = "auto"  # not a backend: the rule that picks one (_auto_backend)
+
+
+def register_backend(name: str, *, requires: Callable[[ModelFiles], bool], needs: str,
+                     usable: Callable[[ModelFiles], bool], auto_rank: Optional[int] = None):
+    """Decorator adding a backend factory `(files, threads, device) -> Backend` under `name`; a name registered twice
+    is a FusionError (two backends cannot answer to one `--backend`)."""
+    def add(create: BackendFactory) -> BackendFactory:
+        if name in _BACKENDS or name == AUTO:
+            raise FusionError(f"backend '{name}' is already registered")
+        _BACKENDS[name] = BackendSpec(name, create, requires, needs, usable, auto_rank)
+        return create
+    return add
+
+
+def backend_names() -> tuple[str, ...]:
+    """What `--backend` accepts: "auto", then every registered backend in registration order."""
+    return (AUTO,) + tuple(_BACKENDS)
+
+
+def backend_spec(name: str) -> BackendSpec:
+    """The registered backend `name`; a FusionError listing the registered ones otherwise."""
+    if name not in _BACKENDS:
+        raise FusionError(f"unknown backend '{name}'; choose one of: {', '.join(backend_names())}")
+    return _BACKENDS[name]
+
+
+@register_backend("tensorrt", requires=lambda f: f.engine is not None, auto_rank=0,
+                  needs="--backend tensorrt needs a TensorRT engine, and {given} offers {offered}; build one with "
+                        "`fusion export --format engine`",
+                  usable=lambda f: f.engine is not None and cuda_gpu_present() and _importable("tensorrt"))
+def _tensorrt(files: ModelFiles, threads: int, device: str) -> Backend:
+    return TensorRTBackend(files.engine)
+
+
+@register_backend("onnxruntime", requires=lambda f: f.onnx is not None, auto_rank=2,
+                  needs="--backend onnxruntime needs an .onnx model, and {given} offers {offered}; export one with "
+                        "`fusion export --format onnx`",
+                  usable=lambda f: f.onnx is not None and _importable("onnxruntime"))
+def _onnxruntime(files: ModelFiles, threads: int, device: str) -> Backend:
+    return OnnxRuntimeBackend(files.onnx, threads, device)
+
+
+_STUDENT_NEEDED = ("--backend {name} needs a student folder (config.json + model.safetensors), and {given} offers "
+                   "{offered}")
+
+
+@register_backend("torch", requires=lambda f: f.student is not None, needs=_STUDENT_NEEDED, auto_rank=3,
+                  usable=lambda f: f.student is not None and _importable("torch"))
+def _torch(files: ModelFiles, threads: int, device: str) -> Backend:
+    return TorchBackend(files.student, threads, device)
+
+
+@register_backend("torch-gpu", requires=lambda f: f.student is not None, needs=_STUDENT_NEEDED, auto_rank=1,
+                  usable=lambda f: (f.student is not None and cuda_gpu_present() and _torch_cuda()
+                                    and not _ort_gpu_provider()))
+def _torch_gpu(files: ModelFiles, threads: int, device: str) -> Backend:
+    return _torch_gpu_backend()(files.student, threads, device)
+
+
+BACKENDS = backend_names()  # the names at import time; backend_names() also sees backends registered later
+
+
 def create_backend(model: str | os.PathLike | None = "default", backend: str = "auto", threads: int = 0,
                    device: str = "auto") -> Backend:
-    """Load `model` with `backend` ("auto", "tensorrt", "onnxruntime" or "torch"); FusionError on a mismatch."""
-    if backend not in BACKENDS:
-        raise FusionError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
+    """Load `model` with `backend` ("auto" or a registered name: see backend_names()); FusionError on a mismatch."""
+    spec = None if backend == AUTO else backend_spec(backend)
     files = locate_model(model)
-    if backend == "auto":
-        if files.engine is not None and cuda_gpu_present() and _importable("tensorrt"):
-            return TensorRTBackend(files.engine)
-        if files.student is not None and cuda_gpu_present() and _torch_cuda() and not _ort_gpu_provider():
-            return _torch_gpu_backend()(files.student, threads, device)
-        if files.onnx is not None and _importable("onnxruntime"):
-            return OnnxRuntimeBackend(files.onnx, threads, device)
-        if files.student is not None and _importable("torch"):
-            return TorchBackend(files.student, threads, device)
-        if files.onnx is not None:
-            _import_onnxruntime()
-        raise FusionError(f"no backend can run {files.given}: it offers "
-                          f"{_offered(files)} and this machine lacks what those need (a GPU with TensorRT, "
-                          f"onnxruntime, or torch)")
-    if backend == "tensorrt":
-        if files.engine is None:
-            raise FusionError(f"--backend tensorrt needs a TensorRT engine, and {files.given} offers "
-                              f"{_offered(files)}; build one with `fusion export --format engine`")
-        return TensorRTBackend(files.engine)
-    if backend == "onnxruntime":
-        if files.onnx is None:
-            raise FusionError(f"--backend onnxruntime needs an .onnx model, and {files.given} offers "
-                              f"{_offered(files)}; export one with `fusion export --format onnx`")
-        return OnnxRuntimeBackend(files.onnx, threads, device)
-    if files.student is None:
-        raise FusionError(f"--backend {backend} needs a student folder (config.json + model.safetensors), and "
-                          f"{files.given} offers {_offered(files)}")
-    if backend == "torch-gpu":
-        return _torch_gpu_backend()(files.student, threads, device)
-    return TorchBackend(files.student, threads, device)
+    if spec is None:
+        return _auto_backend(files, threads, device)
+    if not spec.requires(files):
+        raise FusionError(spec.needs.format(name=spec.name, given=files.given, offered=_offered(files)))
+    return spec.create(files, threads, device)
+
+
+def _auto_backend(files: ModelFiles, threads: int, device: str) -> Backend:
+    """`--backend auto`: the first registered backend, by auto_rank, that can run `files` on this machine."""
+    for spec in sorted((s for s in _BACKENDS.values() if s.auto_rank is not None), key=lambda s: s.auto_rank):
+        if spec.usable(files):
+            return spec.create(files, threads, device)
+    if files.onnx is not None:
+        _import_onnxruntime()
+    raise FusionError(f"no backend can run {files.given}: it offers "
+                      f"{_offered(files)} and this machine lacks what those need (a GPU with TensorRT, "
+                      f"onnxruntime, or torch)")
 
 
 def _torch_gpu_backend():
@@ -304,5 +373,5 @@ def _importable(module: str) -> bool:
         return False
 
 
-__all__ = ["BACKENDS", "Backend", "OnnxRuntimeBackend", "TensorRTBackend", "TorchBackend", "create_backend",
-           "locate_model", "best_providers", "default_model_path", "ModelFiles"]
+__all__ = ["BACKENDS", "Backend", "BackendSpec", "backend_names", "backend_spec", "register_backend",
+           "OnnxRuntimeBackend", "TensorRTBackend", "TorchBackend", "create_backend", "locate_model", "best_providers", "default_model_path", "ModelFiles"]
