@@ -46,10 +46,16 @@ def jsonable(obj):
     return obj
 
 
-def write_report(out: Path, report: dict) -> Path:
-    """Write `report` atomically to `<out>.json`, readable by all like the output itself."""
+def write_report(out: Path, report: dict, config=None) -> Path:
+    """Write `report` atomically to `<out>.json`, readable by all like the output itself; with `config` (an
+    export.config.ExportConfig) write it first, resolved, to `<out>.config.yaml` and name that file in the report."""
     from export.onnx_export import make_readable
     from runtime.imageio import write_json
+    if config is not None:
+        from export.config import config_path
+        from runtime.config import save_config
+        make_readable(save_config(config.resolved(out), config_path(out)))
+        report = {**report, "config": config_path(out).name}
     path = write_json(settings_path(out), jsonable(report))
     make_readable(path)
     return path

@@ -430,126 +430,189 @@ def score_candidates(fp32_path, recipes, calib_inputs, select_inputs, work: Path
 
 
 # --------------------------------------------------------------------------------------------------------------- CLI
-def quantize_command(args) -> int:
-    """`fusion export --format onnx-int8`: fp32 export (parity-checked), calibration, every candidate recipe scored on
-    held-out training pairs, the best kept, the report on the test split."""
-    from export.common import default_out, echo, load_student_weights, set_threads, write_report
-    from export.onnx_export import export_onnx, make_readable, summarize_parity, weights_metadata
-    from export.pairs import check_disjoint, default_data_dir, load_inputs, shown_path, split_file
+@dataclass
+class Int8Pairs:
+    """The pairs one INT8 export reads: calibration and selection from the training split, the report's test pairs,
+    and one test pair (batched like the export) for the CPU timings."""
 
-    limits = parse_metric_limits(args.max_metric_drop)
-    if args.psnr_tie < 0:
-        raise FusionError(f"--psnr-tie must be 0 or more dB, got {args.psnr_tie:g}")
-    if not 0.0 < args.percentile <= 100.0:
-        raise FusionError(f"--percentile must be in (0, 100], got {args.percentile:g}")
-    set_threads()
-    model, folder = load_student_weights(args.weights)
-    channels = model.config.vis_channels
-    out = Path(args.out) if args.out else default_out(folder, "onnx-int8", "int8")
-    data = Path(args.data) if args.data else default_data_dir()
-    calib_data = Path(args.calib) if args.calib else data
-    calib_names = args.calib_names or split_file(calib_data, "train")
-    test_names = args.test_names or split_file(data, "test")
-    check_disjoint(calib_names, test_names)
-    imgsz = args.imgsz_hw
+    data: Path
+    calib_data: Path
+    calib_names: object                  # a split file or a list of stems, as given
+    test_names: object
+    held_out: list
+    calib: list
+    select: list
+    test: list
+    speed_feeds: dict
 
+
+def int8_limits(config) -> dict[str, float]:
+    """The metric limits of --max-metric-drop, after checking the INT8 settings (FusionError naming the option)."""
+    limits = parse_metric_limits(config.max_metric_drop)
+    if config.psnr_tie < 0:
+        raise FusionError(f"--psnr-tie must be 0 or more dB, got {config.psnr_tie:g}")
+    if not 0.0 < config.percentile <= 100.0:
+        raise FusionError(f"--percentile must be in (0, 100], got {config.percentile:g}")
+    return limits
+
+
+def int8_pairs(config, channels: int) -> Int8Pairs:
+    """Read the calibration, selection, test and timing pairs; calibration and test lists must not overlap."""
+    from export.common import echo
+    from export.pairs import check_disjoint, default_data_dir, load_inputs, spread, split_file
     from runtime.imageio import read_names
+    data = Path(config.data) if config.data else default_data_dir()
+    calib_data = Path(config.calib) if config.calib else data
+    calib_names = config.calib_names or split_file(calib_data, "train")
+    test_names = config.test_names or split_file(data, "test")
+    check_disjoint(calib_names, test_names)
+    imgsz = config.imgsz_hw
+    shape = None if config.dynamic else imgsz
     calib_list = read_names(calib_names) if isinstance(calib_names, (str, Path)) else list(calib_names)
     # Calibrate on `calib-count` training pairs; choose the recipe on up to 16 other training pairs.
-    from export.pairs import spread
-    calib_pick = spread(calib_list, args.calib_count)
+    calib_pick = spread(calib_list, config.calib_count)
     held_out = spread([n for n in calib_list if n not in set(calib_pick)], 16)
     if not held_out:  # every listed pair calibrates: choose on (some of) them, still never on the test split
         held_out = spread(calib_pick, 16)
     echo(f"reading {len(calib_pick)} calibration pairs from {calib_data} at {imgsz[0]}x{imgsz[1]}")
     calib_inputs = load_inputs(calib_data, calib_pick, None, imgsz, channels)
-    select_inputs = load_inputs(calib_data, held_out, None, None if args.dynamic else imgsz, channels)
-    test_inputs = load_inputs(data, test_names, args.test_count, None if args.dynamic else imgsz, channels)
+    select_inputs = load_inputs(calib_data, held_out, None, shape, channels)
+    test_inputs = load_inputs(data, test_names, config.test_count, shape, channels)
     speed_feeds = load_inputs(data, test_names, 1, imgsz, channels)[0].feeds()
-    if args.batch != 1 and not args.dynamic:
-        speed_feeds = {k: np.repeat(v, args.batch, axis=0) for k, v in speed_feeds.items()}
+    if config.batch != 1 and not config.dynamic:
+        speed_feeds = {k: np.repeat(v, config.batch, axis=0) for k, v in speed_feeds.items()}
+    return Int8Pairs(data, calib_data, calib_names, test_names, held_out, calib_inputs, select_inputs, test_inputs,
+                     speed_feeds)
 
-    with tempfile.TemporaryDirectory(prefix="fusion-int8-") as work:
-        work = Path(work)
-        fp32_path = work / "model.fp32.onnx"
-        parity_pairs = load_inputs(data, args.check_names, args.check_count, None if args.dynamic else imgsz,
-                                   channels)
-        echo(f"exporting the fp32 reference of {model.config.variant} from {folder}")
-        fp32_report = export_onnx(model, fp32_path, imgsz=imgsz, dynamic=args.dynamic, opset=args.opset,
-                                  metadata=weights_metadata(folder), check_pairs=parity_pairs,
-                                  simplify=args.simplify, tolerance=args.tolerance, batch=args.batch)
-        echo(f"fp32 parity: {summarize_parity(fp32_report['parity'])}")
 
-        recipes = recipes_to_try(args.calib_method, args.qdq_target, args.int8_ops, args.percentile)
-        candidates, select_fp32 = score_candidates(fp32_path, recipes, calib_inputs, select_inputs, work, log=echo)
-        allowed = [c for c in candidates if not limit_violations(c["metric_delta"], limits)]
-        latency: dict[int, float] = {}
-        ties = near_ties(allowed, args.psnr_tie) if allowed else []
-        if len(ties) > 1:
-            echo(f"{len(ties)} recipes within {args.psnr_tie:g} dB of the best: timing them on the CPU")
-            latency = cpu_latency({c["index"]: c["path"] for c in ties}, speed_feeds, runs=args.bench_runs)
-        echo(f"recipes on {len(select_inputs)} selection pairs (training pairs held out from calibration):")
-        for c in candidates:
-            over = limit_violations(c["metric_delta"], limits)
-            c["within_metric_limits"], c["over_limit"] = not over, over
-            c["cpu_median_ms"] = latency.get(c["index"])
-            timed = f", CPU {latency[c['index']]:.2f} ms" if c["index"] in latency else ""
-            echo(f"  {c['selection_psnr_db']:6.2f} dB  {c['label']}{timed}"
-                 + (f"  (over the limit: {', '.join(over)})" if over else ""))
-        chosen = choose_recipe(candidates, limits, args.psnr_tie, latency)  # FusionError: no recipe within limits
-        best = max(c["selection_psnr_db"] for c in allowed)
-        reason = ("the highest selection PSNR" if chosen["selection_psnr_db"] == best and len(ties) < 2 else
-                  f"the fastest of the {len(ties)} within {args.psnr_tie:g} dB of the best selection PSNR")
-        if any(c["selection_psnr_db"] > chosen["selection_psnr_db"] for c in candidates if c not in allowed):
-            reason += " among the recipes within --max-metric-drop"
-        select_report = {"pairs": len(select_inputs), "psnr_db": chosen["selection_psnr_db"],
-                         "min_psnr_db": chosen["selection_min_psnr_db"],
-                         "median_pair_psnr_db": chosen["selection_median_pair_psnr_db"],
-                         "metrics": {"fp32": select_fp32,
-                                     "int8": {m: select_fp32[m] + d for m, d in chosen["metric_delta"].items()},
-                                     "delta": chosen["metric_delta"]}}
+def export_fp32_reference(config, model, folder: Path, data: Path, path: Path) -> dict:
+    """The fp32 ONNX every candidate is quantised from and compared with, parity-checked against PyTorch."""
+    from export.common import echo
+    from export.onnx_export import export_onnx, summarize_parity, weights_metadata
+    from export.pairs import load_inputs
+    parity_pairs = load_inputs(data, config.check_names, config.check_count,
+                               None if config.dynamic else config.imgsz_hw, model.config.vis_channels)
+    echo(f"exporting the fp32 reference of {model.config.variant} from {folder}")
+    report = export_onnx(model, path, imgsz=config.imgsz_hw, dynamic=config.dynamic, opset=config.opset,
+                         metadata=weights_metadata(folder), check_pairs=parity_pairs, simplify=config.simplify,
+                         tolerance=config.tolerance, batch=config.batch)
+    echo(f"fp32 parity: {summarize_parity(report['parity'])}")
+    return report
 
-        echo(f"chosen: {chosen['label']} ({reason}); reporting on {len(test_inputs)} test pairs")
-        test_reference = run_model(fp32_path, test_inputs)
-        test = compare_models(fp32_path, chosen["path"], test_inputs, test_reference)
-        deltas = metric_deltas(test_inputs, test_reference, test.pop("outputs"))
-        speed = cpu_speed(fp32_path, chosen["path"], speed_feeds, runs=args.bench_runs)
-        from runtime.imageio import atomic_path
-        import shutil
-        with atomic_path(out) as tmp:
-            shutil.copyfile(chosen["path"], tmp)
-            make_readable(tmp)
-    goal_met = bool(test["median_pair_psnr_db"] >= args.psnr_goal)
-    report = {
+
+def pick_recipe(config, candidates: list[dict], limits: dict[str, float], select_fp32: dict,
+                pairs: Int8Pairs) -> tuple[dict, str, dict]:
+    """(the chosen candidate, why it was chosen, the selection report): the best selection PSNR within the metric
+    limits, near ties timed on the CPU. Marks every candidate with its limits and timing for the report."""
+    from export.common import echo
+    allowed = [c for c in candidates if not limit_violations(c["metric_delta"], limits)]
+    latency: dict[int, float] = {}
+    ties = near_ties(allowed, config.psnr_tie) if allowed else []
+    if len(ties) > 1:
+        echo(f"{len(ties)} recipes within {config.psnr_tie:g} dB of the best: timing them on the CPU")
+        latency = cpu_latency({c["index"]: c["path"] for c in ties}, pairs.speed_feeds, runs=config.bench_runs)
+    echo(f"recipes on {len(pairs.select)} selection pairs (training pairs held out from calibration):")
+    for c in candidates:
+        over = limit_violations(c["metric_delta"], limits)
+        c["within_metric_limits"], c["over_limit"] = not over, over
+        c["cpu_median_ms"] = latency.get(c["index"])
+        timed = f", CPU {latency[c['index']]:.2f} ms" if c["index"] in latency else ""
+        echo(f"  {c['selection_psnr_db']:6.2f} dB  {c['label']}{timed}"
+             + (f"  (over the limit: {', '.join(over)})" if over else ""))
+    chosen = choose_recipe(candidates, limits, config.psnr_tie, latency)  # FusionError: no recipe within limits
+    best = max(c["selection_psnr_db"] for c in allowed)
+    reason = ("the highest selection PSNR" if chosen["selection_psnr_db"] == best and len(ties) < 2 else
+              f"the fastest of the {len(ties)} within {config.psnr_tie:g} dB of the best selection PSNR")
+    if any(c["selection_psnr_db"] > chosen["selection_psnr_db"] for c in candidates if c not in allowed):
+        reason += " among the recipes within --max-metric-drop"
+    select_report = {"pairs": len(pairs.select), "psnr_db": chosen["selection_psnr_db"],
+                     "min_psnr_db": chosen["selection_min_psnr_db"],
+                     "median_pair_psnr_db": chosen["selection_median_pair_psnr_db"],
+                     "metrics": {"fp32": select_fp32,
+                                 "int8": {m: select_fp32[m] + d for m, d in chosen["metric_delta"].items()},
+                                 "delta": chosen["metric_delta"]}}
+    return chosen, reason, select_report
+
+
+def int8_report(config, out: Path, folder: Path, pairs: Int8Pairs, limits: dict, fp32_report: dict,
+                candidates: list[dict], chosen: dict, reason: str, select_report: dict, test: dict, deltas: dict,
+                speed: dict) -> dict:
+    """The `<output>.json` of an INT8 export: settings, every recipe tried, the choice, the test-split report."""
+    from export.pairs import shown_path
+    goal_met = bool(test["median_pair_psnr_db"] >= config.psnr_goal)
+    return {
         "path": shown_path(out), "format": "onnx-int8", "weights": shown_path(folder),
-        "settings": {**fp32_report["settings"], "calib": shown_path(calib_data), "calib_names": _shown(calib_names),
-                     "calib_count": len(calib_inputs), "calib_imgsz": list(imgsz), "calib_method": args.calib_method,
-                     "percentile": args.percentile, "qdq_target": args.qdq_target, "int8_ops": args.int8_ops,
-                     "psnr_tie_db": args.psnr_tie, "max_metric_drop": limits, "psnr_goal_db": args.psnr_goal,
-                     "test_names": _shown(test_names)},
+        "settings": {**fp32_report["settings"], "calib": shown_path(pairs.calib_data),
+                     "calib_names": _shown(pairs.calib_names), "calib_count": len(pairs.calib),
+                     "calib_imgsz": list(config.imgsz_hw), "calib_method": config.calib_method,
+                     "percentile": config.percentile, "qdq_target": config.qdq_target, "int8_ops": config.int8_ops,
+                     "psnr_tie_db": config.psnr_tie, "max_metric_drop": limits, "psnr_goal_db": config.psnr_goal,
+                     "test_names": _shown(pairs.test_names)},
         "metadata": fp32_report["metadata"],
         "fp32_parity": fp32_report["parity"],
         "recipes_tried": [{k: v for k, v in c.items() if k not in ("path", "calibration_pairs", "excluded_nodes")}
                           | {"excluded_nodes": len(c["excluded_nodes"])} for c in candidates],
         "chosen": chosen["label"], "chosen_because": reason, "excluded_nodes": chosen["excluded_nodes"],
-        "calibration_pairs": chosen["calibration_pairs"], "selection_pairs": held_out, "selection": select_report,
+        "calibration_pairs": chosen["calibration_pairs"], "selection_pairs": pairs.held_out,
+        "selection": select_report,
         "test": {"pairs": test["pairs"], "psnr_db": test["psnr_db"], "mean_pair_psnr_db": test["mean_pair_psnr_db"],
                  "median_pair_psnr_db": test["median_pair_psnr_db"], "min_psnr_db": test["min_psnr_db"],
                  "max_abs": test["max_abs"], "goal_met": goal_met, "per_pair": test["per_pair"]},
         "metrics": deltas, "cpu_speed": speed,
     }
-    write_report(out, report)
+
+
+def echo_int8_summary(config, report: dict, limits: dict, chosen: dict) -> None:
+    """The closing lines on stderr: the test-split result, the CPU speed ratio, the choice and its metric deltas."""
+    from export.common import echo
+    test, deltas, speed = report["test"], report["metrics"], report["cpu_speed"]
     echo(f"INT8 vs fp32 on {test['pairs']} test pairs: median PSNR {test['median_pair_psnr_db']:.2f} dB (all pixels "
-         f"{test['psnr_db']:.2f} dB, worst pair {test['min_psnr_db']:.2f} dB), goal {args.psnr_goal:g} dB "
-         f"{'met' if goal_met else 'NOT met'}")
+         f"{test['psnr_db']:.2f} dB, worst pair {test['min_psnr_db']:.2f} dB), goal {config.psnr_goal:g} dB "
+         f"{'met' if test['goal_met'] else 'NOT met'}")
     if "delta" in deltas:
         echo(f"test metric deltas (INT8 - fp32): {format_deltas(deltas['delta'])}")
     echo(f"CPU (ONNX Runtime, {speed['threads']} threads, {speed['input_shape']}): fp32 "
          f"{speed['fp32_median_ms']:.2f} ms, int8 {speed['int8_median_ms']:.2f} ms (median of {speed['runs']}), "
          f"fp32/int8 = {speed['speedup_fp32_over_int8']:.2f}x")
-    echo(f"chosen: {chosen['label']}, {chosen['selection_psnr_db']:.2f} dB on {len(select_inputs)} selection pairs")
+    echo(f"chosen: {chosen['label']}, {chosen['selection_psnr_db']:.2f} dB on {report['selection']['pairs']} "
+         f"selection pairs")
     echo(f"selection metric deltas (INT8 - fp32): {format_deltas(chosen['metric_delta'])}"
          + (f"; limits {', '.join(f'{m} -{v:g}' for m, v in limits.items())} met" if limits else ""))
+
+
+def quantize_command(config) -> int:
+    """`fusion export --format onnx-int8` (config: export.config.ExportConfig): fp32 export (parity-checked),
+    calibration, every candidate recipe scored on held-out training pairs, the best kept, the report on the test
+    split, the resolved config and the report written beside the output."""
+    import shutil
+    from export.common import default_out, echo, load_student_weights, set_threads, write_report
+    from export.onnx_export import make_readable
+    from runtime.imageio import atomic_path
+
+    limits = int8_limits(config)
+    set_threads()
+    model, folder = load_student_weights(config.weights)
+    out = Path(config.out) if config.out else default_out(folder, "onnx-int8", "int8")
+    pairs = int8_pairs(config, model.config.vis_channels)
+    with tempfile.TemporaryDirectory(prefix="fusion-int8-") as work:
+        work = Path(work)
+        fp32_path = work / "model.fp32.onnx"
+        fp32_report = export_fp32_reference(config, model, folder, pairs.data, fp32_path)
+        recipes = recipes_to_try(config.calib_method, config.qdq_target, config.int8_ops, config.percentile)
+        candidates, select_fp32 = score_candidates(fp32_path, recipes, pairs.calib, pairs.select, work, log=echo)
+        chosen, reason, select_report = pick_recipe(config, candidates, limits, select_fp32, pairs)
+        echo(f"chosen: {chosen['label']} ({reason}); reporting on {len(pairs.test)} test pairs")
+        test_reference = run_model(fp32_path, pairs.test)
+        test = compare_models(fp32_path, chosen["path"], pairs.test, test_reference)
+        deltas = metric_deltas(pairs.test, test_reference, test.pop("outputs"))
+        speed = cpu_speed(fp32_path, chosen["path"], pairs.speed_feeds, runs=config.bench_runs)
+        with atomic_path(out) as tmp:
+            shutil.copyfile(chosen["path"], tmp)
+            make_readable(tmp)
+    report = int8_report(config, out, folder, pairs, limits, fp32_report, candidates, chosen, reason, select_report,
+                         test, deltas, speed)
+    write_report(out, report, config)
+    echo_int8_summary(config, report, limits, chosen)
     print(out)
     return 0
 

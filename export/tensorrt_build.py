@@ -238,8 +238,9 @@ def check_engine(engine_path: Path, fp32_onnx: Path, inputs, precision: str, fp1
 
 
 # ------------------------------------------------------------------------------------------------------------- CLI
-def engine_command(args) -> int:
-    """`fusion export --format engine`."""
+def engine_command(config) -> int:
+    """`fusion export --format engine` (config: export.config.ExportConfig); the resolved config and the report are
+    written beside the engine."""
     from export.common import echo, load_student_weights, set_threads, write_report
     from export.onnx_export import export_onnx, summarize_parity, weights_metadata
     from export.pairs import default_data_dir, load_inputs, parse_imgsz, shown_path, split_file
@@ -247,58 +248,59 @@ def engine_command(args) -> int:
     from runtime.backends.tensorrt_engine import current_environment
     from runtime.imageio import write_text
 
-    precision = args.precision or "fp16"
-    if args.dla is not None and precision == "fp32":
+    precision = config.resolved_precision
+    if config.dla is not None and precision == "fp32":
         raise FusionError("DLA runs fp16 or int8 only; pass --precision fp16 or int8 with --dla")
     import_tensorrt()
     cuda = require_gpu()
     environment = current_environment(cuda=cuda)
     set_threads()
 
-    model, folder = load_student_weights(args.weights)
+    model, folder = load_student_weights(config.weights)
     channels = model.config.vis_channels
-    out = Path(args.out) if args.out else folder / "model.engine"
+    out = Path(config.out) if config.out else folder / "model.engine"
     files = engine_files(out)
-    imgsz = args.imgsz_hw
-    data = Path(args.data) if args.data else default_data_dir()
+    imgsz = config.imgsz_hw
+    data = Path(config.data) if config.data else default_data_dir()
     profile = None
-    if args.dynamic:
-        profile = dynamic_profile(parse_imgsz(args.min_imgsz), imgsz, parse_imgsz(args.max_imgsz),
-                                  max_batch=args.batch, vis_channels=channels)
-    check_inputs = load_inputs(data, args.check_names, args.check_count, None if args.dynamic else imgsz, channels)
-    if args.dynamic:  # native sizes outside the profile are resized into it
+    if config.dynamic:
+        profile = dynamic_profile(parse_imgsz(config.min_imgsz), imgsz, parse_imgsz(config.max_imgsz),
+                                  max_batch=config.batch, vis_channels=channels)
+    check_inputs = load_inputs(data, config.check_names, config.check_count, None if config.dynamic else imgsz,
+                               channels)
+    if config.dynamic:  # native sizes outside the profile are resized into it
         low, high = profile["ir"][0][2:], profile["ir"][2][2:]
         check_inputs = [i if all(lo <= s <= hi for s, lo, hi in zip(i.size, low, high))
                         else load_inputs(data, [i.name], None, imgsz, channels)[0] for i in check_inputs]
-    if not args.dynamic and args.batch != 1:
+    if not config.dynamic and config.batch != 1:
         from export.pairs import stack_inputs
-        check_inputs = [stack_inputs([i] * args.batch, args.batch) for i in check_inputs]
+        check_inputs = [stack_inputs([i] * config.batch, config.batch) for i in check_inputs]
 
     # The fp32 reference ONNX, parity-checked against PyTorch; it is the engine's source unless --int8-mode qdq.
     fp32_onnx = files[".onnx"]
-    if args.onnx:
-        fp32_onnx = Path(args.onnx)
+    if config.onnx:
+        fp32_onnx = Path(config.onnx)
         if not fp32_onnx.is_file():
             raise FusionError(f"--onnx {fp32_onnx} not found")
         fp32_report = None
     else:
         echo(f"exporting the fp32 ONNX of {model.config.variant} to {fp32_onnx}")
-        parity_pairs = load_inputs(data, args.check_names, args.check_count, None if args.dynamic else imgsz,
+        parity_pairs = load_inputs(data, config.check_names, config.check_count, None if config.dynamic else imgsz,
                                    channels)
-        fp32_report = export_onnx(model, fp32_onnx, imgsz=imgsz, dynamic=args.dynamic, opset=args.opset,
+        fp32_report = export_onnx(model, fp32_onnx, imgsz=imgsz, dynamic=config.dynamic, opset=config.opset,
                                   metadata=weights_metadata(folder), check_pairs=parity_pairs,
-                                  simplify=args.simplify, tolerance=args.tolerance, batch=args.batch)
+                                  simplify=config.simplify, tolerance=config.tolerance, batch=config.batch)
         echo(f"fp32 ONNX parity: {summarize_parity(fp32_report['parity'])}")
 
     source = fp32_onnx
     calib_inputs, calib_cache, qdq = None, None, False
     if precision == "int8":
-        calib_data = Path(args.calib) if args.calib else data
-        calib_names = args.calib_names or split_file(calib_data, "train")
+        calib_data = Path(config.calib) if config.calib else data
+        calib_names = config.calib_names or split_file(calib_data, "train")
         from export.pairs import check_disjoint
         check_disjoint(calib_names, split_file(data, "test") if (data / "test.txt").is_file() else [])
-        calib_inputs = load_inputs(calib_data, calib_names, args.calib_count, imgsz, channels)
-        if args.int8_mode == "qdq":
+        calib_inputs = load_inputs(calib_data, calib_names, config.calib_count, imgsz, channels)
+        if config.int8_mode == "qdq":
             from export.quantize import QuantRecipe, quantize_int8
             qdq = True
             source = out.with_name(out.name + ".qdq.onnx")
@@ -308,37 +310,37 @@ def engine_command(args) -> int:
         else:
             calib_cache = files[".calib"]
 
-    argv = trtexec_argv(str(source), str(out), precision, args.workspace, profile,
-                        str(calib_cache) if calib_cache else None, args.dla)
+    argv = trtexec_argv(str(source), str(out), precision, config.workspace, profile,
+                        str(calib_cache) if calib_cache else None, config.dla)
     portable = trtexec_argv(source.name if source.parent == out.parent else str(source), out.name, precision,
-                            args.workspace, profile, calib_cache.name if calib_cache else None, args.dla)
+                            config.workspace, profile, calib_cache.name if calib_cache else None, config.dla)
     echo(f"building a {precision} TensorRT {environment['tensorrt']} engine for {environment['gpu']} "
          f"(sm {environment['compute_capability']}); the trtexec equivalent:\n  {format_command(argv)}")
-    built = build_engine(source, out, precision, args.workspace, profile, args.dla, calib_inputs, calib_cache,
+    built = build_engine(source, out, precision, config.workspace, profile, config.dla, calib_inputs, calib_cache,
                          qdq, cuda=cuda)
     script = write_text(files[".trtexec.sh"], script_text(portable))
     os.chmod(script, 0o755)
 
-    check = check_engine(out, fp32_onnx, check_inputs, precision, args.fp16_psnr)
+    check = check_engine(out, fp32_onnx, check_inputs, precision, config.fp16_psnr)
     echo(f"{precision} engine vs fp32 ONNX Runtime on {check['pairs']} real pairs: PSNR {check['psnr_db']:.2f} dB, "
          f"max abs {check['max_abs']:.3g}")
     speed_feeds = load_inputs(data, split_file(data, "test"), 1, imgsz, channels)[0].feeds()
-    if args.batch != 1 and not args.dynamic:
-        speed_feeds = {k: np.repeat(v, args.batch, axis=0) for k, v in speed_feeds.items()}
+    if config.batch != 1 and not config.dynamic:
+        speed_feeds = {k: np.repeat(v, config.batch, axis=0) for k, v in speed_feeds.items()}
     latency = engine_latency(out, speed_feeds)
     echo(f"latency ({latency['input_shape']}, copies included): median {latency['median_ms']:.3f} ms, p90 "
          f"{latency['p90_ms']:.3f} ms over {latency['runs']} runs")
     report = {
         "path": shown_path(out), "format": "engine", "weights": shown_path(folder),
-        "settings": {"precision": precision, "imgsz": list(imgsz), "dynamic": args.dynamic, "batch": args.batch,
-                     "workspace_mib": args.workspace, "dla_core": args.dla, "profile": profile,
-                     "int8_mode": args.int8_mode if precision == "int8" else None, "source_onnx": str(source),
+        "settings": {"precision": precision, "imgsz": list(imgsz), "dynamic": config.dynamic, "batch": config.batch,
+                     "workspace_mib": config.workspace, "dla_core": config.dla, "profile": profile,
+                     "int8_mode": config.int8_mode if precision == "int8" else None, "source_onnx": str(source),
                      "calibration_pairs": [i.name for i in calib_inputs] if calib_inputs else None},
         "built_with": {k: environment[k] for k in ("tensorrt", "gpu", "compute_capability")},
         "build": built, "fp32_onnx_parity": fp32_report["parity"] if fp32_report else None,
         "check_vs_fp32": check, "latency": latency,
         "trtexec": format_command(argv), "trtexec_portable": f"sh {files['.trtexec.sh'].name}",
     }
-    write_report(out, report)
+    write_report(out, report, config)
     print(out)
     return 0

@@ -12,9 +12,11 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from distill.models import save_student  # noqa: E402
+from export.config import ExportConfig, config_path  # noqa: E402
 from export.onnx_export import ParityError, check_parity, export_onnx, read_onnx_metadata, weights_metadata  # noqa: E402
 from export.pairs import load_inputs, parse_imgsz, resize_cover_crop, spread  # noqa: E402
 from runtime.cli import main as fusion_main  # noqa: E402
+from runtime.config import load_config  # noqa: E402
 
 from helpers import random_student  # noqa: E402
 
@@ -127,6 +129,11 @@ def test_cli_exports_with_settings_json_and_fails_cleanly(tmp_path, roadscene, c
     assert settings["settings"]["dynamic"] is True and settings["parity"]["max_abs"] <= 1e-4
     assert settings["metadata"]["training_config_hash"] == "0123abcd"
     assert read_onnx_metadata(out)["weights_sha256"] == settings["metadata"]["weights_sha256"]
+    # the resolved config beside the output, named in the report, reads back as the command that made it
+    assert settings["config"] == "model.onnx.config.yaml"
+    assert load_config(ExportConfig, config_path(out)) == ExportConfig(
+        weights=str(folder), format="onnx", precision="fp32", dynamic=True, data=str(roadscene), check_count=2,
+        out=str(out))
     capsys.readouterr()
     assert fusion_main(["export", "--weights", str(tmp_path / "missing"), "--format", "onnx"]) == 2
     assert "student weights not found" in capsys.readouterr().err
