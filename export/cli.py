@@ -13,6 +13,7 @@ Heavy imports (torch, onnx, tensorrt) happen inside the handlers so `fusion --he
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -20,93 +21,99 @@ from export.common import default_out, echo, load_student_weights, set_threads, 
 from export.config import CALIB_METHODS, FORMATS, INT8_MODES, INT8_OPS, PRECISIONS, QDQ_TARGETS, ExportConfig
 
 DEFAULTS = ExportConfig()
+CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(ExportConfig))
+
+
+class ConfigDefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows each option's default as ExportConfig has it: the parser's own defaults are None, so an option
+    left out of the command line leaves a --config file's value alone."""
+
+    def _get_help_string(self, action):
+        if action.dest in CONFIG_FIELDS and action.help:
+            return f"{action.help} (default: {str(getattr(DEFAULTS, action.dest)).replace('%', '%%')})"
+        return super()._get_help_string(action)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.formatter_class = ConfigDefaultsHelpFormatter
     parser.description = ("Export a student to ONNX (fp32, checked against PyTorch in ONNX Runtime), ONNX INT8 (static "
                           "QDQ, calibrated on the training split, reported on the test split) or a TensorRT engine "
                           "(fp16/int8, checked against fp32). Every output gets its resolved config "
                           "(<output>.config.yaml) and a report (<output>.json) beside it.")
-    parser.add_argument("--weights", default=DEFAULTS.weights,
+    parser.add_argument("--weights",
                         help="student folder (config.json + model.safetensors) or 'default' (runtime/models/default)")
-    parser.add_argument("--format", choices=FORMATS, default=DEFAULTS.format, help="what to build")
-    parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULTS.precision,
+    parser.add_argument("--format", choices=FORMATS, help="what to build")
+    parser.add_argument("--precision", choices=PRECISIONS,
                         help="engine precision (default fp16); onnx is fp32 and onnx-int8 is int8")
-    parser.add_argument("--imgsz", default=DEFAULTS.imgsz, help="input size HxW (static shape, and the optimisation "
-                        "profile's opt shape with --dynamic)")
-    parser.add_argument("--dynamic", action="store_true", help="free batch, height and width (ONNX), an "
-                        "optimisation profile from --min-imgsz to --max-imgsz (TensorRT)")
-    parser.add_argument("--batch", type=int, default=DEFAULTS.batch,
-                        help="batch size of a static export (and the profile's max "
-                             "batch with --dynamic)")
-    parser.add_argument("--opset", type=int, default=DEFAULTS.opset, help="ONNX opset (17 or newer)")
-    parser.add_argument("--out", default=DEFAULTS.out, help="output file (default: beside the weights: model.onnx, "
-                        "model.int8.onnx, model.<precision>.engine)")
+    parser.add_argument("--imgsz",
+                        help="input size HxW (static shape, and the optimisation profile's opt shape with --dynamic)")
+    parser.add_argument("--dynamic", action="store_true",
+                        help="free batch, height and width (ONNX), an optimisation profile from --min-imgsz to "
+                             "--max-imgsz (TensorRT)")
+    parser.add_argument("--batch", type=int,
+                        help="batch size of a static export (and the profile's max batch with --dynamic)")
+    parser.add_argument("--opset", type=int, help="ONNX opset (17 or newer)")
+    parser.add_argument("--out",
+                        help="output file (default: beside the weights: model.onnx, model.int8.onnx, "
+                             "model.<precision>.engine)")
     parser.add_argument("--no-simplify", dest="simplify", action="store_false", help="skip onnxslim")
+    parser.add_argument("--config", default=None,
+                        help="YAML file of export settings (the keys are the options' names with underscores, as in "
+                             "the <output>.config.yaml an export writes); options given on the command line "
+                             "override it")
 
     checks = parser.add_argument_group("checks on real pairs")
-    checks.add_argument("--data", default=DEFAULTS.data, help="dataset folder with ir/ and vi/ used by every check "
-                        "(default: $FUSION_DATA or ../shared/data/roadscene)")
-    checks.add_argument("--check-names", default=DEFAULTS.check_names,
-                        help="pairs for the parity checks (default: DATA/train.txt)")
-    checks.add_argument("--check-count", type=int, default=DEFAULTS.check_count,
-                        help="how many of them (spread over the list)")
-    checks.add_argument("--tolerance", type=float, default=DEFAULTS.tolerance,
-                        help="max |ONNX - PyTorch| allowed in fp32")
+    checks.add_argument("--data",
+                        help="dataset folder with ir/ and vi/ used by every check (default: $FUSION_DATA or "
+                             "../shared/data/roadscene)")
+    checks.add_argument("--check-names", help="pairs for the parity checks (default: DATA/train.txt)")
+    checks.add_argument("--check-count", type=int, help="how many of them (spread over the list)")
+    checks.add_argument("--tolerance", type=float, help="max |ONNX - PyTorch| allowed in fp32")
 
     int8 = parser.add_argument_group("INT8 (onnx-int8, and engine --precision int8)")
-    int8.add_argument("--calib", default=DEFAULTS.calib, help="calibration dataset folder (default: --data)")
-    int8.add_argument("--calib-names", default=DEFAULTS.calib_names,
-                      help="calibration pairs (default: CALIB/train.txt; never "
-                           "calibrate on the test split)")
-    int8.add_argument("--calib-count", type=int, default=DEFAULTS.calib_count,
-                      help="how many calibration pairs (spread over the list)")
-    int8.add_argument("--calib-method", choices=CALIB_METHODS, default=DEFAULTS.calib_method,
-                      help="activation range estimation; every candidate (the method, plain and with the first and "
-                           "last layers in float; auto: minmax, percentile and entropy, each both ways) is built and "
-                           "scored on up to 16 training pairs held out from calibration, and the one with the highest "
-                           "PSNR against fp32 there is kept")
-    int8.add_argument("--psnr-tie", type=float, default=DEFAULTS.psnr_tie,
-                      help="candidates within this many dB of the best "
-                           "selection PSNR are told apart by CPU latency (the fastest is kept)")
-    int8.add_argument("--max-metric-drop", default=DEFAULTS.max_metric_drop,
+    int8.add_argument("--calib", help="calibration dataset folder (default: --data)")
+    int8.add_argument("--calib-names",
+                      help="calibration pairs (default: CALIB/train.txt; never calibrate on the test split)")
+    int8.add_argument("--calib-count", type=int, help="how many calibration pairs (spread over the list)")
+    int8.add_argument("--calib-method", choices=CALIB_METHODS,
+                      help="activation range estimation; every candidate (the method, plain and with the first and last"
+                           " layers in float; auto: minmax, percentile and entropy, each both ways) is built and scored"
+                           " on up to 16 training pairs held out from calibration, and the one with the highest PSNR "
+                           "against fp32 there is kept")
+    int8.add_argument("--psnr-tie", type=float,
+                      help="candidates within this many dB of the best selection PSNR are told apart by CPU latency "
+                           "(the fastest is kept)")
+    int8.add_argument("--max-metric-drop",
                       help="METRIC=AMOUNT,...: how far below fp32 each fusion metric (distill/metrics.py) may fall on "
-                           "the selection pairs; recipes beyond it are not kept, and the export fails naming the "
-                           "metric when none is within it ('none': no limit)")
-    int8.add_argument("--percentile", type=float, default=DEFAULTS.percentile,
-                      help="the percentile method's range percentile")
-    int8.add_argument("--test-names", default=DEFAULTS.test_names,
-                      help="pairs the INT8 report uses (default: DATA/test.txt)")
-    int8.add_argument("--test-count", type=int, default=DEFAULTS.test_count, help="how many test pairs (default: all)")
-    int8.add_argument("--psnr-goal", type=float, default=DEFAULTS.psnr_goal,
-                      help="INT8 vs fp32 median per-pair PSNR on the test "
-                           "pairs that the report calls met, dB (reported, not enforced)")
-    int8.add_argument("--qdq-target", choices=QDQ_TARGETS, default=DEFAULTS.qdq_target,
+                           "the selection pairs; recipes beyond it are not kept, and the export fails naming the metric"
+                           " when none is within it ('none': no limit)")
+    int8.add_argument("--percentile", type=float, help="the percentile method's range percentile")
+    int8.add_argument("--test-names", help="pairs the INT8 report uses (default: DATA/test.txt)")
+    int8.add_argument("--test-count", type=int, help="how many test pairs (default: all)")
+    int8.add_argument("--psnr-goal", type=float,
+                      help="INT8 vs fp32 median per-pair PSNR on the test pairs that the report calls met, dB "
+                           "(reported, not enforced)")
+    int8.add_argument("--qdq-target", choices=QDQ_TARGETS,
                       help="cpu: uint8 asymmetric activations (fast in ONNX Runtime); tensorrt: int8 symmetric "
                            "activations, what TensorRT's explicit quantisation expects")
-    int8.add_argument("--int8-ops", choices=INT8_OPS, default=DEFAULTS.int8_ops,
-                      help="conv: quantise Conv and MatMul only (TensorRT's recommended Q/DQ placement; faster and more "
-                           "accurate here); all: every op type ONNX Runtime can quantise")
-    int8.add_argument("--bench-runs", type=int, default=DEFAULTS.bench_runs,
-                      help="timed runs per model for the CPU speed ratio")
+    int8.add_argument("--int8-ops", choices=INT8_OPS,
+                      help="conv: quantise Conv and MatMul only (TensorRT's recommended Q/DQ placement; faster and more"
+                           " accurate here); all: every op type ONNX Runtime can quantise")
+    int8.add_argument("--bench-runs", type=int, help="timed runs per model for the CPU speed ratio")
 
     trt = parser.add_argument_group("TensorRT (engine)")
-    trt.add_argument("--workspace", type=int, default=DEFAULTS.workspace, help="builder workspace, MiB")
-    trt.add_argument("--dla", type=int, default=DEFAULTS.dla, metavar="CORE",
-                     help="build for this DLA core (Xavier/Orin), "
-                          "with GPU fallback for unsupported layers")
-    trt.add_argument("--min-imgsz", default=DEFAULTS.min_imgsz,
-                     help="smallest HxW of the dynamic optimisation profile")
-    trt.add_argument("--max-imgsz", default=DEFAULTS.max_imgsz, help="largest HxW of the dynamic optimisation profile")
-    trt.add_argument("--int8-mode", choices=INT8_MODES, default=DEFAULTS.int8_mode,
-                     help="calibrate: implicit INT8 with an entropy calibrator over real pairs (writes a "
-                          "calibration cache); qdq: build from a QDQ ONNX quantised for TensorRT")
-    trt.add_argument("--onnx", default=DEFAULTS.onnx, help="build the engine from this ONNX instead of exporting one")
-    trt.add_argument("--fp16-psnr", type=float, default=DEFAULTS.fp16_psnr,
-                     help="fp16 engine vs fp32 ONNX PSNR below which the "
-                          "build fails, dB")
-    parser.set_defaults(func=run_export)
+    trt.add_argument("--workspace", type=int, help="builder workspace, MiB")
+    trt.add_argument("--dla", type=int, metavar="CORE",
+                     help="build for this DLA core (Xavier/Orin), with GPU fallback for unsupported layers")
+    trt.add_argument("--min-imgsz", help="smallest HxW of the dynamic optimisation profile")
+    trt.add_argument("--max-imgsz", help="largest HxW of the dynamic optimisation profile")
+    trt.add_argument("--int8-mode", choices=INT8_MODES,
+                     help="calibrate: implicit INT8 with an entropy calibrator over real pairs (writes a calibration "
+                          "cache); qdq: build from a QDQ ONNX quantised for TensorRT")
+    trt.add_argument("--onnx", help="build the engine from this ONNX instead of exporting one")
+    trt.add_argument("--fp16-psnr", type=float, help="fp16 engine vs fp32 ONNX PSNR below which the build fails, dB")
+    # None marks "not given": ExportConfig.from_args fills it from --config, else from ExportConfig's defaults.
+    parser.set_defaults(func=run_export, **{name: None for name in CONFIG_FIELDS})
 
 
 # --------------------------------------------------------------------------------------------------------- handlers

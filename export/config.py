@@ -1,8 +1,10 @@
 """`ExportConfig`: every setting of `fusion export`, typed, built once from the command line and written beside the
 output it made.
 
-    cfg = ExportConfig.from_args(parser.parse_args(...))     # the verb: flags -> config, checked
+    cfg = ExportConfig.from_args(parser.parse_args(...))     # the verb: defaults <- --config YAML <- flags, checked
     cfg = load_config(ExportConfig, "m.onnx.config.yaml")     # the same config read back (runtime.config)
+
+    fusion export --config m.onnx.config.yaml --check-count 2  # an export again, as written, one option changed
 
 The field names are the command's option names (`--calib-count` is `calib_count`), and the command's defaults are
 this class's defaults, so `fusion export --help` and a YAML config say the same thing. Each handler writes the
@@ -71,10 +73,12 @@ class ExportConfig:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ExportConfig":
-        """The config of a parsed `fusion export` command line (options outside the config, such as the handler, are
-        ignored), checked."""
-        from runtime.config import config_from_dict
-        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+        """The config of a parsed `fusion export` command line, checked: the defaults, updated from `--config` (a
+        YAML file) when given, then from every option given (an option left out is None in `args`)."""
+        from runtime.config import config_from_dict, config_to_dict, load_config
+        config_file = getattr(args, "config", None)
+        values = config_to_dict(load_config(cls, config_file, sections=("export",)) if config_file else cls())
+        values.update({name: getattr(args, name) for name in values if getattr(args, name, None) is not None})
         return config_from_dict(cls, values).check()
 
     def check(self) -> "ExportConfig":

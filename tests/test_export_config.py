@@ -68,3 +68,24 @@ def test_an_output_inside_the_repository_is_recorded_relative_to_it():
     from export.pairs import REPO_ROOT
     resolved = ExportConfig().resolved(REPO_ROOT / "runtime" / "models" / "default" / "model.onnx")
     assert resolved.out == "runtime/models/default/model.onnx"
+
+
+def test_a_config_file_sets_what_the_command_line_leaves_out(tmp_path):
+    path = tmp_path / "export.yaml"
+    path.write_text("format: onnx-int8\ncalib_count: 16\ncheck_count: 4\ndynamic: true\n")
+    config = ExportConfig.from_args(parse("--config", str(path), "--check-count", "2"))
+    assert (config.format, config.calib_count, config.check_count, config.dynamic) == ("onnx-int8", 16, 2, True)
+    assert config.tolerance == ExportConfig().tolerance
+
+
+def test_the_config_written_beside_an_output_replays_the_export(tmp_path):
+    out = tmp_path / "model.int8.onnx"
+    written = ExportConfig.from_args(parse("--format", "onnx-int8", "--imgsz", "64x96", "--calib-count", "8",
+                                           "--no-simplify")).resolved(out)
+    save_config(written, config_path(out))
+    assert ExportConfig.from_args(parse("--config", str(config_path(out)))) == written
+
+
+def test_a_missing_config_file_is_one_sentence(tmp_path):
+    with pytest.raises(FusionError, match="config file not found"):
+        ExportConfig.from_args(parse("--config", str(tmp_path / "nope.yaml")))
