@@ -242,10 +242,12 @@ def test_looped_file_continues_its_timeline():
     wait_until(lambda: len(buffer.frames) >= 225, 30, "2.5 passes of the looped clip were not read")
     stop.set()
     worker.join(5)
-    times = np.array([f.t_media for f in list(buffer.frames)[:225]])
-    assert len(times) == 225
-    assert np.allclose(times, np.arange(225) / 9.0, atol=1e-6)
-    assert worker.passes == 3
+    # the worker may read on past 225 frames before it sees the stop (a busy machine): check every frame it read
+    times = np.array([f.t_media for f in list(buffer.frames)])
+    assert len(times) >= 225
+    assert np.allclose(times, np.arange(len(times)) / 9.0, atol=1e-6)
+    started = -(-len(times) // 90)                     # passes that delivered a frame
+    assert worker.passes in (started, started + 1)     # + one begun just before the stop
 
 
 class SimulatedClock:
