@@ -49,6 +49,28 @@ def wait_until(condition: Callable[[], object], timeout_s: float, failure: str, 
         time.sleep(poll_s)
 
 
+def run_until_pairs_then_signal(args: list, pairs: Path, sig: int, count: int = 5) -> tuple[int, str]:
+    """Start `python -m runtime.cli run ARGS --record-pairs PAIRS` in the repository, wait until it has recorded
+    `count` pairs (a media-driven point in the run, not a duration), send it `sig`, and return (exit code, output).
+    It must still be running when the pairs are there: a run that ended by itself fails the test."""
+    import os
+    import subprocess
+    import sys
+    process = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", *map(str, args), "--record-pairs",
+                                str(pairs)], cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: process.poll() is not None or len(list((pairs / "vi").glob("[0-9]*.png"))) >= count, 60,
+                   f"the run recorded fewer than {count} pairs")
+        assert process.poll() is None, process.communicate()[0]          # still running: stopped by the signal
+        process.send_signal(sig)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.returncode, output
+
+
 # ---------------------------------------------------------------------------------------------------- ONNX models
 def make_onnx_model(path: Path, op: str = "vis", size: Optional[tuple[int, int]] = None, channels: int = 1) -> Path:
     """A fusion model in the project's ONNX contract (inputs ir (N,1,H,W), vis (N,C,H,W); output fused (N,C,H,W)),

@@ -19,7 +19,7 @@ from runtime.cli import main as fusion
 from runtime.color import split_luminance
 from runtime.imageio import discover_pairs, read_raw, read_vis
 from runtime.pipeline import FusionPipeline
-from helpers import count_frames, make_onnx_model, wait_until, write_clip
+from helpers import count_frames, make_onnx_model, run_until_pairs_then_signal, wait_until, write_clip
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "runtime" / "assets" / "samples"
@@ -182,22 +182,10 @@ def test_sigint_finalises_the_video(tmp_path, models):
     out = tmp_path / "fused.mp4"
     stats = tmp_path / "stats.json"
     pairs = tmp_path / "pairs"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "runtime.cli", "run", "--ir", str(SAMPLES / "ir.mp4"), "--vis",
-         str(SAMPLES / "vis.mp4"), "--model", str(models["mean"]), "--imgsz", "120x160", "--realtime", "--headless",
-         "--output", str(out), "--stats", str(stats), "--record-pairs", str(pairs)], cwd=REPO, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_until(lambda: process.poll() is not None or len(list((pairs / "vi").glob("[0-9]*.png"))) >= 5, 60,
-                   "the run recorded fewer than 5 pairs")
-        assert process.poll() is None, process.communicate()[0]          # still running: stopped by the signal
-        process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 0, output
+    code, output = run_until_pairs_then_signal(
+        ["--ir", SAMPLES / "ir.mp4", "--vis", SAMPLES / "vis.mp4", "--model", models["mean"], "--imgsz", "120x160",
+         "--realtime", "--headless", "--output", out, "--stats", stats], pairs, signal.SIGINT)
+    assert code == 0, output
     assert "stopping (SIGINT)" in output
     report = json.loads(stats.read_text())
     assert 5 <= report["frames"] < 300                              # stopped early, after real work

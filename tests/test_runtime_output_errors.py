@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -18,7 +17,7 @@ from runtime.capture import CaptureWorker
 from runtime.cli import main as fusion
 from runtime.pipeline import FusionPipeline
 from runtime.sources import Frame, Source
-from helpers import NumpyBackend, SyntheticSource, count_frames, make_onnx_model, wait_until
+from helpers import NumpyBackend, SyntheticSource, count_frames, make_onnx_model, run_until_pairs_then_signal
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "runtime" / "assets" / "samples"
@@ -160,21 +159,10 @@ def test_sigterm_finalises_the_video(tmp_path, model):
     out = tmp_path / "fused.mp4"
     stats = tmp_path / "stats.json"
     pairs = tmp_path / "pairs"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "runtime.cli", "run", "--ir", str(SAMPLES / "ir.mp4"), "--vis",
-         str(SAMPLES / "vis.mp4"), "--model", str(model), "--imgsz", "120x160", "--realtime", "--loop",
-         "--headless", "--output", str(out), "--stats", str(stats), "--record-pairs", str(pairs)], cwd=REPO,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_until(lambda: process.poll() is not None or len(list((pairs / "vi").glob("[0-9]*.png"))) >= 5, 60,
-                   "the run recorded fewer than 5 pairs")
-        assert process.poll() is None, process.communicate()[0]          # still running: stopped by the signal
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 0, output
+    code, output = run_until_pairs_then_signal(
+        ["--ir", SAMPLES / "ir.mp4", "--vis", SAMPLES / "vis.mp4", "--model", model, "--imgsz", "120x160",
+         "--realtime", "--loop", "--headless", "--output", out, "--stats", stats], pairs, signal.SIGTERM)
+    assert code == 0, output
     assert "stopping (SIGTERM)" in output
     report = json.loads(stats.read_text())
     frames, shape = count_frames(out)
