@@ -24,13 +24,6 @@ from runtime.errors import FusionError
 MIN_MEDIAN_PSNR_DB = 45.0
 
 
-def input_size(onnx_path) -> tuple[int, int] | None:
-    """(H, W) of a static model's `ir` input; None when symbolic (a dynamic export)."""
-    from runtime.timing import ort_session
-    shape = next(i.shape for i in ort_session(onnx_path, threads=1).get_inputs() if i.name == "ir")
-    return (shape[2], shape[3]) if all(isinstance(d, int) for d in shape[2:]) else None
-
-
 def check_int8(int8_path, weights: str = "default", data=None, names=None, count: int | None = None,
                min_median_psnr: float = MIN_MEDIAN_PSNR_DB, limits: dict[str, float] | None = None,
                threads: int = 2) -> dict:
@@ -38,7 +31,8 @@ def check_int8(int8_path, weights: str = "default", data=None, names=None, count
     `passed`/`failures`. FusionError when the INT8 model was not made from these weights."""
     from distill.models import load_student, resolve_weights
     from export.common import set_threads
-    from export.onnx_export import compare_outputs, read_onnx_metadata, torch_outputs, weights_metadata
+    from export.onnx_export import (compare_outputs, read_onnx_metadata, static_input_size, torch_outputs,
+                                    weights_metadata)
     from export.pairs import default_data_dir, load_inputs, shown_path, split_file
     from export.quantize import limit_violations, mean_fusion_metrics, metric_drop, run_model
 
@@ -56,7 +50,7 @@ def check_int8(int8_path, weights: str = "default", data=None, names=None, count
     model = load_student(folder)
     data = Path(data) if data else default_data_dir()
     names = names or split_file(data, "test")
-    size = input_size(int8_path)
+    size = static_input_size(int8_path)
     inputs = load_inputs(data, names, count, size, model.config.vis_channels)
     reference = torch_outputs(model, inputs)
     candidate = run_model(int8_path, inputs, threads=threads)

@@ -134,6 +134,12 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------------------------- parity
+def static_input_size(onnx_path: str | os.PathLike) -> tuple[int, int] | None:
+    """(H, W) of a static model's `ir` input; None when either is symbolic (a dynamic export)."""
+    shape = next(i.shape for i in ort_session(onnx_path, threads=1).get_inputs() if i.name == "ir")
+    return (shape[2], shape[3]) if all(isinstance(d, int) for d in shape[2:]) else None
+
+
 def torch_outputs(model, inputs) -> list[np.ndarray]:
     import torch
     outputs = []

@@ -43,17 +43,11 @@ RECIPES = [
 ]
 
 
-def static_size(onnx_path) -> tuple[int, int] | None:
-    """(H, W) of a static model's `ir` input; None when either is symbolic (a dynamic export)."""
-    from runtime.timing import ort_session
-    shape = next(i.shape for i in ort_session(onnx_path, threads=1).get_inputs() if i.name == "ir")
-    return (shape[2], shape[3]) if all(isinstance(d, int) for d in shape[2:]) else None
-
-
 def study(fp32_path, data, imgsz=(480, 640), calib_count=64, only=None, timing_runs=0,
           log=print) -> tuple[list[dict], dict]:
     """Quantise `fp32_path` with every recipe (or the indices in `only`) and score each; returns one row per recipe
     and what was measured for fp32 (latency when timed)."""
+    from export.onnx_export import static_input_size
     from export.pairs import load_inputs, spread
     from runtime.imageio import read_names
 
@@ -67,7 +61,7 @@ def study(fp32_path, data, imgsz=(480, 640), calib_count=64, only=None, timing_r
         "all": lambda: load_inputs(data, [n for n in train if n not in set(held)], None, imgsz),
     }
     loaded: dict[str, list] = {}
-    score_size = static_size(fp32_path)
+    score_size = static_input_size(fp32_path)
     select = load_inputs(data, held, None, score_size)
     test = load_inputs(data, data / "test.txt", None, score_size)
     select_ref, test_ref = run_model(fp32_path, select), run_model(fp32_path, test)
