@@ -17,7 +17,6 @@ reported. Without tensorrt or without a GPU the command says, in one sentence, w
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -200,18 +199,13 @@ def engine_outputs(engine_path: Path, inputs) -> list[np.ndarray]:
 
 
 def engine_latency(engine_path: Path, feeds: dict, runs: int = 100, warmup: int = 10) -> dict:
-    """Median and p90 wall time of `infer` (copies in and out included), in ms."""
+    """Median and p90 wall time of `infer` (copies in and out included), in ms, timed and summarised by
+    runtime.timing like every other latency the project reports."""
     from runtime.backends.tensorrt_engine import TensorRTEngine
+    from runtime.timing import time_callable
     with TensorRTEngine(engine_path, check_metadata=False) as engine:
-        for _ in range(warmup):
-            engine.infer(feeds["ir"], feeds["vis"])
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            engine.infer(feeds["ir"], feeds["vis"])
-            times.append((time.perf_counter() - start) * 1000.0)
-    times.sort()
-    return {"runs": runs, "median_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))],
+        stats = time_callable(lambda: engine.infer(feeds["ir"], feeds["vis"]), runs=runs, warmup=warmup)
+    return {"runs": stats.runs, "median_ms": stats.p50_ms, "p90_ms": stats.p90_ms,
             "input_shape": list(feeds["ir"].shape)}
 
 
