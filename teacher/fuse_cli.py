@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 from runtime.errors import FusionError
 
@@ -118,10 +119,7 @@ def _model_hash(teacher) -> str | None:
 
 
 def run_fuse(args) -> int:
-    from tqdm import tqdm
-
-    from runtime.color import luminance, merge_luminance, split_luminance
-    from runtime.imageio import discover_pairs, read_pair, write_image
+    from runtime.imageio import discover_pairs
     from runtime.errors import require
     from teacher.batch import pending, resolve_shard, take_shard, write_manifest
     from teacher.registry import load_teacher_class
@@ -175,51 +173,18 @@ def run_fuse(args) -> int:
           file=sys.stderr)
 
     skipped: list[str] = []
-    written: list[str] = []
-    seconds: list[float] = []
-    bar = tqdm(total=len(todo), desc=f"fuse {args.teacher}", unit="pair", disable=None)
-    batch: list = []  # (pair, ir, vis) of one size
 
-    def flush():
-        if not batch:
-            return
-        ir = torch.stack([torch.from_numpy(item[1]) for item in batch])[:, None].to(device)
-        vis_y = torch.stack([torch.from_numpy(luminance(item[2])) for item in batch])[:, None].to(device)
-        if args.seed is not None:
-            torch.manual_seed(args.seed)
-        start = time.perf_counter()
-        with torch.no_grad():
-            fused = teacher.fuse_batch(ir, vis_y).clamp(0, 1).float().cpu().numpy()[:, 0]
-        elapsed = time.perf_counter() - start
-        for (pair, _, vis), image in zip(batch, fused):
-            if args.color:
-                _, cbcr = split_luminance(vis)
-                write_image(out_dir / "color" / f"{pair.name}.png", merge_luminance(image, cbcr))
-            write_image(output_of(pair), image)  # last, so its presence means the pair is complete
-            written.append(pair.name)
-            seconds.append(elapsed / len(batch))
-        bar.update(len(batch))
-        batch.clear()
+    def unreadable(pair, exc: FusionError) -> None:
+        if not args.skip_bad:
+            raise FusionError(f"{exc} (nothing else was changed; fix or remove this pair, or pass --skip-bad)"
+                              ) from None
+        print(f"warning: skipping {pair.name}: {exc}", file=sys.stderr)
+        skipped.append(pair.name)
 
-    for pair in todo:
-        try:
-            ir, vis = read_pair(pair)
-        except FusionError as exc:
-            if not args.skip_bad:
-                raise FusionError(f"{exc} (nothing else was changed; fix or remove this pair, or pass --skip-bad)"
-                                  ) from None
-            print(f"warning: skipping {pair.name}: {exc}", file=sys.stderr)
-            skipped.append(pair.name)
-            bar.update(1)
-            continue
-        if batch and batch[0][1].shape != ir.shape:
-            flush()
-        batch.append((pair, ir, vis))
-        if len(batch) >= args.batch_size:
-            flush()
-    flush()
-    bar.close()
-
+    done = fuse_into(teacher, todo, output_of, device, batch_size=args.batch_size, seed=args.seed,
+                     colour_dir=out_dir / "color" if args.color else None, on_unreadable=unreadable,
+                     desc=f"fuse {args.teacher}")
+    written, seconds = list(done), list(done.values())
     median = sorted(seconds)[len(seconds) // 2] if seconds else None
     write_manifest(out_dir, shard, **record, status="complete", fused=len(written), skipped=skipped,
                    seconds_per_pair_median=median, written=written)
@@ -228,3 +193,61 @@ def run_fuse(args) -> int:
           + (f" ({median:.2f} s/pair median)" if median is not None else "")
           + (f"; skipped {len(skipped)}" if skipped else ""), file=sys.stderr)
     return 0
+
+
+def fuse_into(teacher, pairs, output_of: Callable[[Any], Path], device: str, batch_size: int = 1,
+              seed: int | None = None, colour_dir: Path | None = None,
+              on_unreadable: Callable[[Any, FusionError], None] | None = None, desc: str = "fuse") -> dict[str, float]:
+    """Fuse each pair with `teacher` into output_of(pair) (an 8-bit PNG of the fused luminance, and the colour one
+    under colour_dir), pairs of one size `batch_size` at a time; returns {pair name: seconds} of those written.
+
+    The luminance PNG is written last, atomically, so its presence means the pair is complete: a caller resumes by
+    passing only the pairs whose output is missing (teacher.batch.pending). `seed`: torch's seed before each batch
+    (sampling teachers). An unreadable pair goes to `on_unreadable(pair, error)` (which may raise), or raises."""
+    import torch
+    from tqdm import tqdm
+
+    from runtime.color import luminance, merge_luminance, split_luminance
+    from runtime.imageio import read_pair, write_image
+
+    written: dict[str, float] = {}
+    bar = tqdm(total=len(pairs), desc=desc, unit="pair", disable=None)
+    batch: list = []  # (pair, ir, vis) of one size
+
+    def flush():
+        if not batch:
+            return
+        ir = torch.stack([torch.from_numpy(item[1]) for item in batch])[:, None].to(device)
+        vis_y = torch.stack([torch.from_numpy(luminance(item[2])) for item in batch])[:, None].to(device)
+        if seed is not None:
+            torch.manual_seed(seed)
+        start = time.perf_counter()
+        with torch.no_grad():
+            fused = teacher.fuse_batch(ir, vis_y).clamp(0, 1).float().cpu().numpy()[:, 0]
+        elapsed = time.perf_counter() - start
+        for (pair, _, vis), image in zip(batch, fused):
+            if colour_dir is not None:
+                _, cbcr = split_luminance(vis)
+                write_image(colour_dir / f"{pair.name}.png", merge_luminance(image, cbcr))
+            write_image(output_of(pair), image)  # last, so its presence means the pair is complete
+            written[pair.name] = elapsed / len(batch)
+        bar.update(len(batch))
+        batch.clear()
+
+    for pair in pairs:
+        try:
+            ir, vis = read_pair(pair)
+        except FusionError as exc:
+            if on_unreadable is None:
+                raise
+            on_unreadable(pair, exc)
+            bar.update(1)
+            continue
+        if batch and batch[0][1].shape != ir.shape:
+            flush()
+        batch.append((pair, ir, vis))
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    bar.close()
+    return written
