@@ -18,7 +18,8 @@ from runtime.errors import FusionError
 
 def compare(sets, teachers, out: Path) -> str:
     from distill import metrics
-    from distill.evaluate import fuse_with_teacher, parse_set, set_label, set_pairs
+    from distill.eval_images import fuse_with_teacher
+    from distill.eval_sets import parse_set, set_label, set_pairs
     from runtime.imageio import dataset_folders, write_json, write_text
     lines, report = [], {}
     for spec in sets:
@@ -49,7 +50,7 @@ def compare(sets, teachers, out: Path) -> str:
 
 
 def main(argv=None) -> int:
-    from distill.evaluate import SUITES
+    from distill.eval_sets import SUITES
     parser = argparse.ArgumentParser(prog="python -m benchmarks.teacher_compare", description=__doc__.split("\n")[0])
     parser.add_argument("--data", action="append", default=[], help="PATH[:NAMES[:SUFFIX]], repeatable")
     parser.add_argument("--suite", choices=sorted(SUITES))

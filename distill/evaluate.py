@@ -13,48 +13,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
-
+from distill.eval_images import colourise, fuse_pairs, fuse_with_teacher, picture_grid
+from distill.eval_profile import format_profile, profile_student
+from distill.eval_sets import SUITES, parse_set, set_label, set_pairs
 from runtime.errors import FusionError, require
 
 DEFAULT_BASELINES = ("mean", "max", "laplacian")
 # metrics on which a fusion must not fall below the plain average of the sources (the "below mean" line)
 MEAN_FLOOR_METRICS = ("EN", "SD", "SF", "AG", "VIF", "Qabf")
 TABLE_METRICS = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
-# `--suite validation`: every validation set of ../shared/data (msrs_mini split into day D and night N); never trained
-# or tuned on. PATH:NAMES[:SUFFIX], PATH relative to --shared.
-SUITES = {"validation": ("roadscene:test.txt", "msrs_mini:val.txt:D", "msrs_mini:val.txt:N", "llvip_mini:val.txt")}
-
-
-def parse_set(spec: str) -> tuple[str, Optional[str], str]:
-    """'PATH[:NAMES[:SUFFIX]]' -> (path, names or None, suffix): SUFFIX keeps only names ending with it (msrs D/N)."""
-    parts = spec.split(":")
-    if len(parts) > 3 or not parts[0]:
-        raise FusionError(f"a set is PATH[:NAMES[:SUFFIX]] (e.g. ../shared/data/msrs_mini:val.txt:N), got '{spec}'")
-    return parts[0], (parts[1] or None) if len(parts) > 1 else None, parts[2] if len(parts) > 2 else ""
-
-
-def set_pairs(data: str, names: Optional[str], suffix: str = "") -> tuple[Optional[str], list]:
-    """(the split file, looked up in `data` too; its pairs, kept only when their name ends with `suffix`)."""
-    from runtime.imageio import discover_pairs
-    if names is not None and not Path(names).is_file() and (Path(data) / names).is_file():
-        names = str(Path(data) / names)
-    pairs = [p for p in discover_pairs(data, names=names) if p.name.endswith(suffix)]
-    if not pairs:
-        raise FusionError(f"no pair of {data} ({names or 'all'}) has a name ending in '{suffix}'" if suffix else
-                          f"no pair found in {data} ({names or 'all'})")
-    return names, pairs
-
-
-def set_label(path: str, names: Optional[str], suffix: str) -> str:
-    label = Path(path).name
-    if names:
-        label += "-" + Path(names).stem
-    return label + (f"-{suffix}" if suffix else "")
 
 
 def below_baseline(rows: Dict[str, dict], subject: str, baseline: str = "mean",
@@ -65,173 +35,6 @@ def below_baseline(rows: Dict[str, dict], subject: str, baseline: str = "mean",
 
 def wins_over(rows: Dict[str, dict], subject: str, baseline: str, metrics_: Sequence[str] = TABLE_METRICS) -> List[str]:
     return [m for m in metrics_ if rows[subject][m] >= rows[baseline][m]]
-
-
-# --------------------------------------------------------------------------------------------------------- cost
-# params and GMACs: distill.cost; timing: runtime.timing
-def export_for_timing(model, path: Path, height: int, width: int, channels: int = 1) -> Path:
-    """A dynamic-size ONNX export (opset 17) for latency measurements."""
-    import torch
-    dynamic = {"ir": {0: "n", 2: "h", 3: "w"}, "vis": {0: "n", 2: "h", 3: "w"}, "fused": {0: "n", 2: "h", 3: "w"}}
-    with torch.no_grad():
-        torch.onnx.export(model.cpu().eval(), (torch.rand(1, 1, height, width), torch.rand(1, channels, height, width)),
-                          str(path), input_names=["ir", "vis"], output_names=["fused"], opset_version=17,
-                          dynamic_axes=dynamic, dynamo=False)
-    return path
-
-
-def ort_latency_ms(onnx_path: Path, height: int, width: int, threads: int = 2, runs: int = 30, warmup: int = 5,
-                   channels: int = 1) -> Dict[str, float]:
-    """Median / p90 wall time of one ONNX Runtime CPU inference at (height, width) (runtime.timing)."""
-    require("onnxruntime", "timing with ONNX Runtime")
-    from runtime.timing import ort_runner, ort_session, time_callable
-    session = ort_session(onnx_path, threads, spinning=True)   # timed alone, one model at a time
-    rng = np.random.default_rng(0)
-    feed = {"ir": rng.random((1, 1, height, width), dtype=np.float32),
-            "vis": rng.random((1, channels, height, width), dtype=np.float32)}
-    stats = time_callable(ort_runner(session, feed), runs=runs, warmup=warmup)
-    return {"median_ms": stats.p50_ms, "p90_ms": stats.p90_ms, "runs": runs}
-
-
-def profile_student(model, height: int = 480, width: int = 640, threads: int = 2, runs: int = 30,
-                    peer: Optional[str] = "seafusion", peer_runs: int = 5) -> Dict[str, float]:
-    """Params, GMACs and ONNX Runtime CPU latency of `model`; with `peer`, the peer's latency measured in the same
-    run (interleaved, so both see the same machine load) and the speed ratio."""
-    import torch
-
-    from distill.cost import count_macs, count_params
-    torch.set_num_threads(max(1, threads))
-    result: Dict[str, float] = {"params": count_params(model), **count_macs(model, height, width),
-                                "height": height, "width": width, "threads": threads}
-    channels = model.config.vis_channels
-    with tempfile.TemporaryDirectory() as tmp:
-        student_onnx = export_for_timing(model, Path(tmp) / "student.onnx", height, width, channels)
-        if peer:
-            try:
-                from distill.peers import create_peer
-                peer_model = create_peer(peer)
-            except (ImportError, KeyError) as exc:
-                print(f"peer '{peer}' unavailable ({exc}); no speed ratio", file=sys.stderr)
-                peer = None
-        if not peer:
-            result.update({f"ort_{k}": v for k, v in ort_latency_ms(student_onnx, height, width, threads, runs,
-                                                                      channels=channels).items()})
-            return result
-        peer_onnx = export_for_timing(peer_model, Path(tmp) / "peer.onnx", height, width)
-        # interleave rounds so a load spike from other processes hits both models alike
-        student_times, peer_times = [], []
-        for _ in range(3):
-            student_times.append(ort_latency_ms(student_onnx, height, width, threads, runs, channels=channels)
-                                 ["median_ms"])
-            peer_times.append(ort_latency_ms(peer_onnx, height, width, threads, peer_runs, warmup=1)["median_ms"])
-        result["ort_median_ms"] = float(np.median(student_times))
-        result["peer"] = peer
-        result["peer_ort_median_ms"] = float(np.median(peer_times))
-        result["speedup_vs_peer"] = result["peer_ort_median_ms"] / result["ort_median_ms"]
-        result["peer_params"] = count_params(peer_model)
-    return result
-
-
-def format_profile(p: Dict[str, float]) -> str:
-    lines = [f"params {p['params'] / 1e6:.3f} M, {p['gmacs']:.3f} GMACs at {p['width']}x{p['height']} "
-             f"(thop convs/linear {p['thop_gmacs']:.3f} + attention matmuls)",
-             f"ONNX Runtime CPU, {p['threads']} threads: median {p['ort_median_ms']:.2f} ms"]
-    if "peer" in p:
-        lines.append(f"{p['peer']} peer (random weights, same run): median {p['peer_ort_median_ms']:.1f} ms -> "
-                     f"student is {p['speedup_vs_peer']:.1f}x faster")
-    return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------------------- fusing
-def fuse_pairs(model, pairs, out_dir: Path, device: str = "cpu", colour_dir: Optional[Path] = None) -> List[str]:
-    """Run the student on each pair at full size; write fused luminance PNGs (and colour ones with VIS chroma)."""
-    import torch
-    from tqdm import tqdm
-
-    from runtime.color import merge_luminance, split_luminance
-    from runtime.imageio import read_pair, write_image
-    names = []
-    channels = model.config.vis_channels
-    with torch.no_grad():
-        for pair in tqdm(pairs, desc="student", unit="pair", file=sys.stderr):
-            ir, vis = read_pair(pair)
-            vis_y, cbcr = split_luminance(vis)
-            vis_in = vis_y[None] if channels == 1 else (vis.transpose(2, 0, 1) if vis.ndim == 3 else
-                                                         np.repeat(vis[None], 3, axis=0))
-            fused = model(torch.from_numpy(ir)[None, None].to(device),
-                          torch.from_numpy(np.ascontiguousarray(vis_in))[None].to(device))[0].cpu().numpy()
-            if channels == 1:
-                fused_y = fused[0]
-                colour = merge_luminance(fused_y, cbcr)
-            else:
-                colour = fused.transpose(1, 2, 0)
-                fused_y, _ = split_luminance(colour)
-            write_image(out_dir / f"{pair.name}.png", fused_y)
-            if colour_dir is not None:
-                write_image(colour_dir / f"{pair.name}.png", colour)
-            names.append(pair.name)
-    return names
-
-
-def fuse_with_teacher(name: str, kind, pairs, out_dir: Path) -> None:
-    """Write `name`'s fusion of each pair not already present in out_dir (resumable)."""
-    from tqdm import tqdm
-
-    from runtime.color import split_luminance
-    from runtime.imageio import read_pair, write_image
-    from teacher.registry import load_teacher_class
-    teacher = load_teacher_class(name, kind)()
-    for pair in tqdm(pairs, desc=name, unit="pair", file=sys.stderr):
-        target = out_dir / f"{pair.name}.png"
-        if target.is_file():
-            continue
-        ir, vis = read_pair(pair)
-        write_image(target, teacher.fuse(ir, split_luminance(vis)[0]))
-
-
-def picture_grid(pairs, columns: Dict[str, Path], out_path: Path, rows: int = 4, height: int = 200) -> Path:
-    """Rows of pairs, columns IR | VIS | each fused folder, every tile resized to `height`, labelled."""
-    import cv2
-
-    from runtime.imageio import read_raw, write_image
-    tiles_rows = []
-    for pair in pairs[:rows]:
-        tiles = []
-        sources = [("IR", pair.ir), ("VIS", pair.vis)] + [(label, folder / f"{pair.name}.png")
-                                                         for label, folder in columns.items()]
-        for label, path in sources:
-            img = read_raw(path)
-            if img.dtype != np.uint8:
-                img = (img / 257).astype(np.uint8)
-            if img.ndim == 2:
-                img = np.repeat(img[..., None], 3, axis=2)
-            width = int(round(img.shape[1] * height / img.shape[0]))
-            img = np.ascontiguousarray(cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA))
-            cv2.putText(img, label, (6, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3, cv2.LINE_AA)
-            cv2.putText(img, label, (6, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 0), 1, cv2.LINE_AA)
-            tiles.append(img)
-            tiles.append(np.full((height, 4, 3), 255, np.uint8))
-        tiles_rows.append(np.concatenate(tiles[:-1], axis=1))
-    width = max(r.shape[1] for r in tiles_rows)
-    padded = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in tiles_rows]
-    return write_image(out_path, np.concatenate(padded, axis=0))
-
-
-def colourise(pairs, fused_dir: Path, out_dir: Path) -> None:
-    """Colour versions of gray fusions (the visible chroma on the fused luminance, as the runtime shows them)."""
-    from runtime.color import merge_luminance, split_luminance
-    from runtime.imageio import read_pair, read_raw, write_image
-    for pair in pairs:
-        target = out_dir / f"{pair.name}.png"
-        if target.is_file():
-            continue
-        fused = read_raw(next(iter(sorted(fused_dir.glob(f"{pair.name}.*")))))
-        fused = fused.astype(np.float32) / (65535.0 if fused.dtype == np.uint16 else 255.0)
-        if fused.ndim == 3:
-            fused = split_luminance(fused)[0]
-        _, vis = read_pair(pair)
-        _, cbcr = split_luminance(vis if vis.ndim == 3 else np.repeat(vis[..., None], 3, axis=2))
-        write_image(target, merge_luminance(fused, cbcr))
 
 
 def evaluate_sets(weights: str, sets: Sequence[str], out: Path, **kwargs) -> dict:

@@ -10,7 +10,8 @@ pytest.importorskip("torch")
 
 from helpers import SHARED_DATA  # noqa: E402
 
-from distill.evaluate import below_baseline, evaluate_sets, parse_set, set_label, wins_over  # noqa: E402
+from distill.eval_sets import parse_set, set_label  # noqa: E402
+from distill.evaluate import below_baseline, evaluate_sets, wins_over  # noqa: E402
 from runtime.errors import FusionError  # noqa: E402
 
 

@@ -1,0 +1,90 @@
+"""A student's cost: params, GMACs and ONNX Runtime CPU latency, beside a peer's latency measured in the same run
+(`fusion distill profile`, and the profile of `fusion distill eval`). Params and GMACs are distill.cost's, timing is
+runtime.timing's.
+
+    from distill.eval_profile import format_profile, profile_student
+    print(format_profile(profile_student(model, 480, 640, threads=2)))
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+
+from runtime.errors import require
+
+
+def export_for_timing(model, path: Path, height: int, width: int, channels: int = 1) -> Path:
+    """A dynamic-size ONNX export (opset 17) for latency measurements."""
+    import torch
+    dynamic = {"ir": {0: "n", 2: "h", 3: "w"}, "vis": {0: "n", 2: "h", 3: "w"}, "fused": {0: "n", 2: "h", 3: "w"}}
+    with torch.no_grad():
+        torch.onnx.export(model.cpu().eval(), (torch.rand(1, 1, height, width), torch.rand(1, channels, height, width)),
+                          str(path), input_names=["ir", "vis"], output_names=["fused"], opset_version=17,
+                          dynamic_axes=dynamic, dynamo=False)
+    return path
+
+
+def ort_latency_ms(onnx_path: Path, height: int, width: int, threads: int = 2, runs: int = 30, warmup: int = 5,
+                   channels: int = 1) -> Dict[str, float]:
+    """Median / p90 wall time of one ONNX Runtime CPU inference at (height, width) (runtime.timing)."""
+    require("onnxruntime", "timing with ONNX Runtime")
+    from runtime.timing import ort_runner, ort_session, time_callable
+    session = ort_session(onnx_path, threads, spinning=True)   # timed alone, one model at a time
+    rng = np.random.default_rng(0)
+    feed = {"ir": rng.random((1, 1, height, width), dtype=np.float32),
+            "vis": rng.random((1, channels, height, width), dtype=np.float32)}
+    stats = time_callable(ort_runner(session, feed), runs=runs, warmup=warmup)
+    return {"median_ms": stats.p50_ms, "p90_ms": stats.p90_ms, "runs": runs}
+
+
+def profile_student(model, height: int = 480, width: int = 640, threads: int = 2, runs: int = 30,
+                    peer: Optional[str] = "seafusion", peer_runs: int = 5) -> Dict[str, float]:
+    """Params, GMACs and ONNX Runtime CPU latency of `model`; with `peer`, the peer's latency measured in the same
+    run (interleaved, so both see the same machine load) and the speed ratio."""
+    import torch
+
+    from distill.cost import count_macs, count_params
+    torch.set_num_threads(max(1, threads))
+    result: Dict[str, float] = {"params": count_params(model), **count_macs(model, height, width),
+                                "height": height, "width": width, "threads": threads}
+    channels = model.config.vis_channels
+    with tempfile.TemporaryDirectory() as tmp:
+        student_onnx = export_for_timing(model, Path(tmp) / "student.onnx", height, width, channels)
+        if peer:
+            try:
+                from distill.peers import create_peer
+                peer_model = create_peer(peer)
+            except (ImportError, KeyError) as exc:
+                print(f"peer '{peer}' unavailable ({exc}); no speed ratio", file=sys.stderr)
+                peer = None
+        if not peer:
+            result.update({f"ort_{k}": v for k, v in ort_latency_ms(student_onnx, height, width, threads, runs,
+                                                                      channels=channels).items()})
+            return result
+        peer_onnx = export_for_timing(peer_model, Path(tmp) / "peer.onnx", height, width)
+        # interleave rounds so a load spike from other processes hits both models alike
+        student_times, peer_times = [], []
+        for _ in range(3):
+            student_times.append(ort_latency_ms(student_onnx, height, width, threads, runs, channels=channels)
+                                 ["median_ms"])
+            peer_times.append(ort_latency_ms(peer_onnx, height, width, threads, peer_runs, warmup=1)["median_ms"])
+        result["ort_median_ms"] = float(np.median(student_times))
+        result["peer"] = peer
+        result["peer_ort_median_ms"] = float(np.median(peer_times))
+        result["speedup_vs_peer"] = result["peer_ort_median_ms"] / result["ort_median_ms"]
+        result["peer_params"] = count_params(peer_model)
+    return result
+
+
+def format_profile(p: Dict[str, float]) -> str:
+    lines = [f"params {p['params'] / 1e6:.3f} M, {p['gmacs']:.3f} GMACs at {p['width']}x{p['height']} "
+             f"(thop convs/linear {p['thop_gmacs']:.3f} + attention matmuls)",
+             f"ONNX Runtime CPU, {p['threads']} threads: median {p['ort_median_ms']:.2f} ms"]
+    if "peer" in p:
+        lines.append(f"{p['peer']} peer (random weights, same run): median {p['peer_ort_median_ms']:.1f} ms -> "
+                     f"student is {p['speedup_vs_peer']:.1f}x faster")
+    return "\n".join(lines)
