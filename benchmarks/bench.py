@@ -168,7 +168,7 @@ def resolve_student(cfg: BenchConfig):
 def student_onnx(cfg: BenchConfig, model, folder: Optional[Path], work: Path, vis_channels: int) -> tuple:
     """(path of an fp32 ONNX for the student, note). Prefer --onnx, then the shipped model.onnx when it takes any
     size, else a fresh dynamic export of the torch model."""
-    from benchmarks.latency import export_onnx_for_bench
+    from distill.eval_profile import export_for_timing
     if cfg.onnx:
         path = Path(cfg.onnx)
         if not path.is_file():
@@ -181,7 +181,7 @@ def student_onnx(cfg: BenchConfig, model, folder: Optional[Path], work: Path, vi
         note = f"{shipped} has a fixed input size, so a dynamic ONNX was exported from the same weights for the bench"
     else:
         note = ""
-    path = export_onnx_for_bench(model, work / "student.onnx", (480, 640), vis_channels, dynamic=True)
+    path = export_for_timing(model, work / "student.onnx", (480, 640), vis_channels, dynamic=True)
     return path, note
 
 
@@ -426,12 +426,12 @@ def torch_gpu_candidates(cfg: BenchConfig, name: str, model, notes: list, role: 
 def peer_candidates(cfg: BenchConfig, work: Path, notes: list) -> list:
     """Peers on the CPU (ONNX Runtime fp32, like the student's main row) and on the first GPU runtime present."""
     from benchmarks.candidates import OrtCandidate, TorchCandidate
-    from benchmarks.latency import export_onnx_for_bench
+    from distill.eval_profile import export_for_timing
     from distill.peers import create_peer
     out = []
     for name in cfg.peers:
         peer = create_peer(name)
-        path = export_onnx_for_bench(peer, work / f"{name}.onnx", (480, 640), 1, dynamic=True)
+        path = export_for_timing(peer, work / f"{name}.onnx", (480, 640), 1, dynamic=True)
         out.append(OrtCandidate(name, path, "fp32", cfg.threads, role="peer"))
         if "CUDAExecutionProvider" in _ort_providers():
             try:

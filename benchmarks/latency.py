@@ -1,17 +1,16 @@
-"""Latency tooling of `fusion bench` and `benchmarks/student_speed.py`: torch and ONNX runners, the plain ONNX export
-they time, ORT's per-op profile and the real input frame. The timing itself (warm-up, interleaved rounds, p50/p90/p99)
-is `runtime.timing`'s and the parameter/MAC counts are `distill.cost`'s, shared with `fusion distill profile` and the
-INT8 export.
+"""Latency tooling of `fusion bench` and `benchmarks/student_speed.py`: a torch runner, ORT's per-op profile and the
+real input frame. The timing itself (warm-up, interleaved rounds, p50/p90/p99) is `runtime.timing`'s and the
+parameter/MAC counts are `distill.cost`'s, shared with `fusion distill profile` and the INT8 export; the plain ONNX
+export they time is `distill.eval_profile.export_for_timing`, the one `fusion distill profile` times.
 
     from runtime.timing import ort_runner, ort_session, time_interleaved
-    from benchmarks.latency import export_onnx_for_bench, real_feeds
+    from benchmarks.latency import real_feeds
+    from distill.eval_profile import export_for_timing
 """
 from __future__ import annotations
 
-import copy
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import Callable, Dict, Mapping
 
@@ -19,7 +18,7 @@ import numpy as np
 
 from runtime.timing import ort_runner, ort_session
 
-__all__ = ["export_onnx_for_bench", "torch_runner", "set_torch_threads", "ort_op_profile", "format_op_profile",
+__all__ = ["torch_runner", "set_torch_threads", "ort_op_profile", "format_op_profile",
            "fmt_ms", "default_data_dir", "real_feeds"]
 
 
@@ -48,30 +47,6 @@ def torch_runner(model, feeds: Mapping[str, np.ndarray], device: str = "cpu", ha
             torch.cuda.synchronize()
         return out
     return run
-
-
-def export_onnx_for_bench(model, path: str | os.PathLike, imgsz: tuple[int, int], vis_channels: int = 1,
-                          opset: int = 17, dynamic: bool = False) -> Path:
-    """An ONNX (inputs `ir`, `vis`, output `fused`; static at imgsz, or free N/H/W with `dynamic`) of any model with
-    forward(ir, vis), for timing.
-
-    Students go through export/ (`fusion export`) when they ship; this plain export exists so peers and candidate
-    students are timed in the very same runtime as the shipped model.
-    """
-    import torch
-    path = Path(path)
-    h, w = imgsz
-    example = (torch.rand(1, 1, h, w), torch.rand(1, vis_channels, h, w))
-    model = copy.deepcopy(model).cpu().eval()
-    kwargs = {"dynamo": False} if "dynamo" in torch.onnx.export.__code__.co_varnames else {}
-    if dynamic:
-        axes = {0: "N", 2: "H", 3: "W"}
-        kwargs["dynamic_axes"] = {name: axes for name in ("ir", "vis", "fused")}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, example, str(path), input_names=["ir", "vis"], output_names=["fused"],
-                          opset_version=opset, do_constant_folding=True, **kwargs)
-    return path
 
 
 def ort_op_profile(path: str | os.PathLike, feeds: Mapping[str, np.ndarray], threads: int = 2, runs: int = 20,

@@ -60,8 +60,9 @@ def measure_student_speed(model=None, weights: str | None = None, variant: str |
     """Measure one student against a peer; see the module docstring. `model` (a torch module) wins over `weights`
     and `variant`. `onnx_path`: time this ONNX file for the student instead of exporting it (e.g. the shipped
     runtime/models/default/model.onnx; it must have static or dynamic inputs compatible with imgsz)."""
-    from benchmarks.latency import export_onnx_for_bench, ort_op_profile, real_feeds, set_torch_threads
+    from benchmarks.latency import ort_op_profile, real_feeds, set_torch_threads
     from distill.cost import count_macs, count_params
+    from distill.eval_profile import export_for_timing
     from runtime.timing import ort_runner, ort_session, time_interleaved
     from distill.peers import PEER_PAPERS, create_peer
     set_torch_threads(threads)
@@ -79,9 +80,9 @@ def measure_student_speed(model=None, weights: str | None = None, variant: str |
     feeds, source = real_feeds(imgsz, data=data, vis_channels=vis_channels)
     peer_feeds = {"ir": feeds["ir"], "vis": feeds["vis"][:, :1]}
     with tempfile.TemporaryDirectory(prefix="fusion-speed-") as work:
-        student_onnx = Path(onnx_path) if onnx_path else export_onnx_for_bench(model, Path(work) / "student.onnx",
-                                                                               imgsz, vis_channels)
-        peer_onnx = export_onnx_for_bench(peer_model, Path(work) / f"{peer}.onnx", imgsz, 1)
+        student_onnx = Path(onnx_path) if onnx_path else export_for_timing(model, Path(work) / "student.onnx",
+                                                                           imgsz, vis_channels)
+        peer_onnx = export_for_timing(peer_model, Path(work) / f"{peer}.onnx", imgsz, 1)
         sessions = {"student": ort_session(student_onnx, threads), peer: ort_session(peer_onnx, threads)}
         runners = {"student": ort_runner(sessions["student"], feeds), peer: ort_runner(sessions[peer], peer_feeds)}
         stats = time_interleaved(runners, runs={"student": runs, peer: peer_runs}, warmup=warmup)

@@ -1,14 +1,18 @@
 """A student's cost: params, GMACs and ONNX Runtime CPU latency, beside a peer's latency measured in the same run
 (`fusion distill profile`, and the profile of `fusion distill eval`). Params and GMACs are distill.cost's, timing is
-runtime.timing's.
+runtime.timing's; export_for_timing is the plain ONNX export every latency of a model is measured on (fusion bench and
+benchmarks/student_speed time through it too).
 
     from distill.eval_profile import format_profile, profile_student
     print(format_profile(profile_student(model, 480, 640, threads=2)))
 """
 from __future__ import annotations
 
+import copy
+import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -17,14 +21,27 @@ import numpy as np
 from runtime.errors import require
 
 
-def export_for_timing(model, path: Path, height: int, width: int, channels: int = 1) -> Path:
-    """A dynamic-size ONNX export (opset 17) for latency measurements."""
+def export_for_timing(model, path: str | os.PathLike, imgsz: tuple[int, int], vis_channels: int = 1,
+                      opset: int = 17, dynamic: bool = False) -> Path:
+    """An ONNX (inputs `ir`, `vis`, output `fused`; static at imgsz, or free N/H/W with `dynamic`) of any model with
+    forward(ir, vis), for timing; the model itself is left as it was (a copy is exported, on the CPU).
+
+    Students go through export/ (`fusion export`) when they ship; this plain export exists so peers and candidate
+    students are timed in the very same runtime as the shipped model.
+    """
     import torch
-    dynamic = {"ir": {0: "n", 2: "h", 3: "w"}, "vis": {0: "n", 2: "h", 3: "w"}, "fused": {0: "n", 2: "h", 3: "w"}}
-    with torch.no_grad():
-        torch.onnx.export(model.cpu().eval(), (torch.rand(1, 1, height, width), torch.rand(1, channels, height, width)),
-                          str(path), input_names=["ir", "vis"], output_names=["fused"], opset_version=17,
-                          dynamic_axes=dynamic, dynamo=False)
+    path = Path(path)
+    h, w = imgsz
+    example = (torch.rand(1, 1, h, w), torch.rand(1, vis_channels, h, w))
+    model = copy.deepcopy(model).cpu().eval()
+    kwargs = {"dynamo": False} if "dynamo" in torch.onnx.export.__code__.co_varnames else {}
+    if dynamic:
+        axes = {0: "N", 2: "H", 3: "W"}
+        kwargs["dynamic_axes"] = {name: axes for name in ("ir", "vis", "fused")}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, example, str(path), input_names=["ir", "vis"], output_names=["fused"],
+                          opset_version=opset, do_constant_folding=True, **kwargs)
     return path
 
 
@@ -53,7 +70,8 @@ def profile_student(model, height: int = 480, width: int = 640, threads: int = 2
                                 "height": height, "width": width, "threads": threads}
     channels = model.config.vis_channels
     with tempfile.TemporaryDirectory() as tmp:
-        student_onnx = export_for_timing(model, Path(tmp) / "student.onnx", height, width, channels)
+        student_onnx = export_for_timing(model, Path(tmp) / "student.onnx", (height, width), channels,
+                                         dynamic=True)
         if peer:
             try:
                 from distill.peers import create_peer
@@ -65,7 +83,7 @@ def profile_student(model, height: int = 480, width: int = 640, threads: int = 2
             result.update({f"ort_{k}": v for k, v in ort_latency_ms(student_onnx, height, width, threads, runs,
                                                                       channels=channels).items()})
             return result
-        peer_onnx = export_for_timing(peer_model, Path(tmp) / "peer.onnx", height, width)
+        peer_onnx = export_for_timing(peer_model, Path(tmp) / "peer.onnx", (height, width), dynamic=True)
         # interleave rounds so a load spike from other processes hits both models alike
         student_times, peer_times = [], []
         for _ in range(3):

@@ -10,10 +10,11 @@ torch = pytest.importorskip("torch")
 
 
 def test_op_profile_accounts_for_every_kernel(tmp_path):
-    from benchmarks.latency import export_onnx_for_bench, format_op_profile, ort_op_profile
+    from benchmarks.latency import format_op_profile, ort_op_profile
+    from distill.eval_profile import export_for_timing
     from distill.models import create_student
     model = create_student("tiny-test", input_scale=2, pyramid_levels=1).eval()
-    path = export_onnx_for_bench(model, tmp_path / "tiny.onnx", (64, 96), 1)
+    path = export_for_timing(model, tmp_path / "tiny.onnx", (64, 96), 1)
     rng = np.random.default_rng(0)
     feeds = {"ir": rng.random((1, 1, 64, 96), dtype=np.float32), "vis": rng.random((1, 1, 64, 96), dtype=np.float32)}
     profile = ort_op_profile(path, feeds, threads=1, runs=3, warmup=1)
