@@ -446,13 +446,67 @@ def peer_candidates(cfg: BenchConfig, work: Path, notes: list) -> list:
     return out
 
 
+def bench_row(model: str, role: str, backend: str, precision: str, resolution: str, height, width, p50_ms: float,
+              p90_ms, p99_ms, fps, runs: int, params, gmacs, vs_seafusion, target_ms: float, **extra) -> dict:
+    """One row of the table (every row has these columns, in this order; `extra`: quality means, a teacher's unit)."""
+    return {"model": model, "role": role, "backend": backend, "precision": precision, "resolution": resolution,
+            "height": height, "width": width, "p50_ms": p50_ms, "p90_ms": p90_ms, "p99_ms": p99_ms, "fps": fps,
+            "runs": runs, "params": params, "gmacs": gmacs, "vs_seafusion": vs_seafusion,
+            "meets_target": bool(p50_ms <= target_ms), "measured": True, **extra}
+
+
+def latency_rows(cfg: BenchConfig, hw: tuple, stats: dict, these: list, peers: list, model, vis_channels: int,
+                 quality: Dict[str, dict]) -> List[dict]:
+    """The rows of one resolution from its interleaved timings, with each model's cost and the ratio to SeAFusion."""
+    from distill.cost import count_macs, count_params
+    from distill.peers import create_peer
+    # Registered students: thop's convs + linears plus the cross-attention matrix products thop cannot
+    # see (the count `fusion distill eval` and benchmarks.student_speed report); peers: thop alone.
+    params, gmacs = count_params(model), count_macs(model, *hw, vis_channels)["gmacs"]
+    peer_cost = {name: (count_params(create_peer(name)), count_macs(create_peer(name), *hw, 1)["gmacs"])
+                 for name in cfg.peers}
+    reference = {p.device: stats[p.key].p50_ms for p in peers if p.model == "seafusion"}
+    # a GPU row is compared with SeAFusion under the same treatment (fp16, CUDA graph) when it has one
+    same = {(p.backend, p.precision): stats[p.key].p50_ms for p in peers if p.model == "seafusion"}
+    rows = []
+    for cand in [*these, *peers]:
+        s = stats[cand.key]
+        is_peer = cand.role == "peer"
+        vs_seafusion = (same.get((cand.backend, cand.precision), reference.get(cand.device)) / s.p50_ms
+                        if cand.device in reference else None)
+        rows.append(bench_row(cand.model, cand.role, cand.backend, cand.precision, resolution_label(hw), hw[0], hw[1],
+                              s.p50_ms, s.p90_ms, s.p99_ms, s.fps, s.runs,
+                              peer_cost[cand.model][0] if is_peer else params,
+                              peer_cost[cand.model][1] if is_peer else gmacs, vs_seafusion, cfg.target_ms,
+                              **quality.get(cand.key, {})))
+    return rows
+
+
+def teacher_rows(cfg: BenchConfig, qpairs: list, candidates: list, notes: List[str]) -> tuple[List[dict], dict]:
+    """(the teachers' rows, {teacher: its cost record}): seconds per pair on the first quality pairs, against the
+    student on the same pairs, on the same kind of device as the teacher: fp32 on the GPU when there is one, else
+    ORT CPU."""
+    on_gpu = [c for c in candidates if c.device == "gpu" and c.precision == "fp32"]
+    reference = (on_gpu[0] if on_gpu and _teacher_device() == "cuda" else
+                 next((c for c in candidates if c.backend == "onnxruntime-cpu" and c.precision == "fp32"),
+                      candidates[0] if candidates else None))
+    rows, teacher = [], {}
+    resolution = "native" if cfg.teacher_scale == 1.0 else f"native x{cfg.teacher_scale:g}"
+    for t in teacher_costs(cfg, qpairs, notes, reference):
+        per_unit_ms = t["per_unit_s"] * 1000.0
+        rows.append(bench_row(t["model"], "teacher", t["backend"], t["precision"], resolution, None, None,
+                              per_unit_ms, None, None, 1.0 / t["per_unit_s"] if t["unit"] == "pair" else None,
+                              len(t["seconds"]), t.get("params"), None, None, cfg.target_ms, unit=t["unit"],
+                              **t.get("metrics", {})))
+        teacher[t["model"]] = {k: v for k, v in t.items() if k != "metrics"}
+    return rows, teacher
+
+
 def run_benchmark(cfg: BenchConfig) -> BenchResult:
     from runtime.errors import require
     for module in ("torch", "thop", "onnx", "onnxruntime", "matplotlib"):  # one clear message, not a traceback
         require(module, "fusion bench")
     from benchmarks.latency import real_feeds, set_torch_threads
-    from distill.cost import count_macs, count_params
-    from distill.peers import create_peer
     from runtime.config import config_to_dict
     from runtime.timing import time_interleaved
     started = time.perf_counter()
@@ -529,30 +583,7 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
             warm = {c.key: cfg.warmup for c in these} | {p.key: 1 for p in peers}
             _log(f"timing {len(runners)} rows at {label} ({source})")
             stats = time_interleaved(runners, runs=runs, warmup=warm)
-            # Registered students: thop's convs + linears plus the cross-attention matrix products thop cannot
-            # see (the count `fusion distill eval` and benchmarks.student_speed report); peers: thop alone.
-            params, gmacs = count_params(model), count_macs(model, *hw, vis_channels)["gmacs"]
-            peer_cost = {name: (count_params(create_peer(name)), count_macs(create_peer(name), *hw, 1)["gmacs"])
-                         for name in cfg.peers}
-            reference = {p.device: stats[p.key].p50_ms for p in peers if p.model == "seafusion"}
-            # a GPU row is compared with SeAFusion under the same treatment (fp16, CUDA graph) when it has one
-            same = {(p.backend, p.precision): stats[p.key].p50_ms for p in peers if p.model == "seafusion"}
-            for cand in [*these, *peers]:
-                s = stats[cand.key]
-                is_peer = cand.role == "peer"
-                row = {
-                    "model": cand.model, "role": cand.role, "backend": cand.backend, "precision": cand.precision,
-                    "resolution": label, "height": hw[0], "width": hw[1],
-                    "p50_ms": s.p50_ms, "p90_ms": s.p90_ms, "p99_ms": s.p99_ms, "fps": s.fps, "runs": s.runs,
-                    "params": peer_cost[cand.model][0] if is_peer else params,
-                    "gmacs": peer_cost[cand.model][1] if is_peer else gmacs,
-                    "vs_seafusion": (same.get((cand.backend, cand.precision), reference.get(cand.device)) / s.p50_ms)
-                    if cand.device in reference else None,
-                    "meets_target": bool(s.p50_ms <= cfg.target_ms),
-                    "measured": True,
-                }
-                row.update(quality.get(cand.key, {}))
-                rows.append(row)
+            rows += latency_rows(cfg, hw, stats, these, peers, model, vis_channels, quality)
 
         # ---- end to end, with the same fp32 ONNX the ONNX Runtime rows use
         e2e: List[dict] = []
@@ -563,21 +594,8 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
             notes.extend(e2e_notes)
 
     # ---- teachers, on the first quality pairs, against the student on the same pairs
-    teacher = {}
-    # The student on the same kind of device as the teacher: fp32 on the GPU when there is one, else ORT CPU.
-    on_gpu = [c for c in candidates if c.device == "gpu" and c.precision == "fp32"]
-    reference = (on_gpu[0] if on_gpu and _teacher_device() == "cuda" else
-                 next((c for c in candidates if c.backend == "onnxruntime-cpu" and c.precision == "fp32"),
-                      candidates[0] if candidates else None))
-    for t in teacher_costs(cfg, qpairs, notes, reference):
-        resolution = "native" if cfg.teacher_scale == 1.0 else f"native x{cfg.teacher_scale:g}"
-        rows.append({"model": t["model"], "role": "teacher", "backend": t["backend"], "precision": t["precision"],
-                     "resolution": resolution, "height": None, "width": None,
-                     "p50_ms": t["per_unit_s"] * 1000.0, "p90_ms": None, "p99_ms": None,
-                     "fps": 1.0 / t["per_unit_s"] if t["unit"] == "pair" else None, "runs": len(t["seconds"]), "params": t.get("params"),
-                     "gmacs": None, "vs_seafusion": None, "meets_target": bool(t["per_unit_s"] * 1000 <= cfg.target_ms),
-                     "measured": True, "unit": t["unit"], **t.get("metrics", {})})
-        teacher[t["model"]] = {k: v for k, v in t.items() if k != "metrics"}
+    rows_of_teachers, teacher = teacher_rows(cfg, qpairs, candidates, notes)
+    rows += rows_of_teachers
 
     notes.append("no Jetson numbers are printed: this table holds only what was measured on this machine; run "
                  "`fusion bench` on the Jetson itself (docs/jetson.md)")
