@@ -215,6 +215,19 @@ def build_adapter(transformer, cfg: AdapterConfig, tqd):
     return adapter
 
 
+def trainable_adapter(transformer, cfg: AdapterConfig):
+    """The thermal-token adapter attached to `transformer` for training (its decoder in fp32, trained along when
+    cfg.train_tqd), or None when the config leaves it off."""
+    if not cfg.enabled:
+        return None
+    if not cfg.tqd_weights:
+        raise FusionError("adapter.enabled needs adapter.tqd_weights: the folder `fusion teacher train-irgen "
+                          "--generator tqd` wrote (pass --set adapter.tqd_weights=DIR)")
+    tqd = load_tqd(cfg.tqd_weights, device="cpu").float()
+    tqd.requires_grad_(cfg.train_tqd)
+    return build_adapter(transformer, cfg, tqd)
+
+
 # --------------------------------------------------------------------------------------------------- generator
 def load_flux_fill_pipeline(base: Path, dtype):
     return load_local_pipeline("FluxFillPipeline", base, "flux-fill", dtype=dtype)
@@ -254,6 +267,21 @@ class FluxFillGenerator(IRGenerator):
                                                             max_sequence_length=self.sample.max_sequence_length)
             self._prompt_cache[key] = (embeds, pooled)
         return self._prompt_cache[key]
+
+    def cache_prompt(self, prompt: str, device):
+        """prompt_embeddings(prompt), on `device`. The prompt is encoded once, on `device` (the GPU when there is one),
+        then the text encoders (T5-XXL: ~9 GB) go back to the CPU for the rest of a training run: training and the
+        sample grids use the cached embeddings."""
+        import torch
+        self.pipe.text_encoder.to(device)
+        self.pipe.text_encoder_2.to(device)
+        embeds, pooled = self.prompt_embeddings(prompt)
+        self.pipe.text_encoder.to("cpu")
+        self.pipe.text_encoder_2.to("cpu")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self._prompt_cache = {k: (e.to(device), p.to(device)) for k, (e, p) in self._prompt_cache.items()}
+        return embeds, pooled
 
     # --------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -362,14 +390,7 @@ class FluxFillGenerator(IRGenerator):
         for module in (transformer, vae, pipe.text_encoder, pipe.text_encoder_2):
             module.requires_grad_(False)
         add_lora(transformer, cfg.lora)  # before the adapter exists, so the LoRA never targets the adapter's to_q/k/v
-        adapter = None
-        if cfg.adapter.enabled:
-            if not cfg.adapter.tqd_weights:
-                raise FusionError("adapter.enabled needs adapter.tqd_weights: the folder `fusion teacher train-irgen "
-                                  "--generator tqd` wrote (pass --set adapter.tqd_weights=DIR)")
-            tqd = load_tqd(cfg.adapter.tqd_weights, device="cpu").float()
-            tqd.requires_grad_(cfg.adapter.train_tqd)
-            adapter = build_adapter(transformer, cfg.adapter, tqd)
+        adapter = trainable_adapter(transformer, cfg.adapter)
         cast_training_params(transformer, dtype=torch.float32)  # LoRA + adapter in fp32 over a bf16 base
         if cfg.train.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
@@ -377,17 +398,7 @@ class FluxFillGenerator(IRGenerator):
         vae.to(device)
 
         generator_obj = cls(pipe, cfg.sample, {}, str(device), adapter)
-        # Encode the fixed prompt once (on the GPU when there is one), then keep the text encoders (T5-XXL: ~9 GB)
-        # on the CPU for the rest of the run: training and sample grids use the cached embeddings.
-        pipe.text_encoder.to(device)
-        pipe.text_encoder_2.to(device)
-        embeds, pooled = generator_obj.prompt_embeddings(cfg.sample.prompt)
-        pipe.text_encoder.to("cpu")
-        pipe.text_encoder_2.to("cpu")
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        generator_obj._prompt_cache = {k: (e.to(device), p.to(device))
-                                       for k, (e, p) in generator_obj._prompt_cache.items()}
+        embeds, pooled = generator_obj.cache_prompt(cfg.sample.prompt, device)
         embeds, pooled = embeds.to(device, dtype), pooled.to(device, dtype)
         text_ids = torch.zeros(embeds.shape[1], 3, device=device, dtype=dtype)
         latent_channels = vae.config.latent_channels
