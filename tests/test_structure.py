@@ -1,5 +1,5 @@
 """Module boundaries a newcomer can trust: one direction between packages, no import circle inside a package, no
-private name borrowed across modules.
+private name borrowed across modules, no function too long to read at once (MAX_FUNCTION_LINES).
 
 The direction, in one line: imports point back along the data flow teacher -> distill -> export (a package imports
 only those before it), `runtime` ships alone and imports none of them, every package may import the runtime's shared
@@ -387,3 +387,53 @@ def test_tests_use_public_names_and_shared_helpers():
     problems = borrowed_names_in_tests()
     assert not problems, "tests borrowing names (make the name public in its owner module or test through the " \
                          "public function; move shared helpers to tests/helpers.py): " + "; ".join(problems)
+
+
+# ------------------------------------------------------------------------------------------------- function length
+MAX_FUNCTION_LINES = 120
+# "path:qualified.name" -> why it may be longer. Empty on purpose: a long function is cut by naming its steps.
+LONG_FUNCTIONS: dict[str, str] = {}
+
+
+def long_functions(root: Path = REPO, limit: int = MAX_FUNCTION_LINES) -> dict[str, int]:
+    """{"path:qualified.name": lines} for each function or method of the packages longer than `limit` lines, counted
+    from its `def` to its last line (docstring and comments included; a nested function counts inside its parent and
+    on its own)."""
+    found = {}
+    for path in module_files(root).values():
+        rel = path.relative_to(root).as_posix()
+        stack = [(node, "") for node in _parse(path).body]
+        while stack:
+            node, prefix = stack.pop()
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = f"{prefix}{node.name}"
+                lines = node.end_lineno - node.lineno + 1
+                if not isinstance(node, ast.ClassDef) and lines > limit:
+                    found[f"{rel}:{name}"] = lines
+                stack.extend((child, f"{name}.") for child in ast.iter_child_nodes(node))
+            else:
+                stack.extend((child, prefix) for child in ast.iter_child_nodes(node))
+    return dict(sorted(found.items()))
+
+
+def test_the_walker_measures_functions_and_methods(tmp_path):
+    def lines(indent: int, count: int) -> str:
+        return "".join(f"{' ' * indent}x{i} = {i}\n" for i in range(count))
+
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "__init__.py").write_text("")
+    (tmp_path / "export" / "a.py").write_text(
+        "def short():\n" + lines(4, 119) +                                       # 120 lines: allowed
+        "class Job:\n    def run(self):\n" + lines(8, 120) +
+        "if True:\n    def outer():\n        def inner():\n" + lines(12, 120) + "        return inner\n")
+    assert long_functions(tmp_path) == {"export/a.py:Job.run": 121, "export/a.py:outer": 123,
+                                        "export/a.py:outer.inner": 121}
+
+
+def test_no_function_is_longer_than_the_limit():
+    found = long_functions()
+    long = [f"{name} ({lines} lines)" for name, lines in found.items() if name not in LONG_FUNCTIONS]
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines (cut them by naming their steps, or name the " \
+                     f"exception and why in LONG_FUNCTIONS): " + "; ".join(long)
+    stale = [name for name in LONG_FUNCTIONS if name not in found]
+    assert not stale, "LONG_FUNCTIONS entries that are no longer long (remove them): " + "; ".join(stale)
