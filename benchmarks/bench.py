@@ -30,7 +30,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from benchmarks.common import load_average, onnx_input_size, onnx_is_dynamic
+from benchmarks.common import load_average
+from export.onnx_export import static_input_size
 from runtime.errors import FusionError
 
 ALL_BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "onnxruntime-cuda", "torch-cuda", "torch-cuda-fp16",
@@ -176,7 +177,7 @@ def student_onnx(cfg: BenchConfig, model, folder: Optional[Path], work: Path, vi
         return path, f"ONNX Runtime rows run {path}"
     if folder is not None and (folder / "model.onnx").is_file():
         shipped = folder / "model.onnx"
-        if onnx_is_dynamic(shipped):
+        if static_input_size(shipped) is None:
             return shipped, f"ONNX Runtime rows run the shipped {shipped}"
         note = f"{shipped} has a fixed input size, so a dynamic ONNX was exported from the same weights for the bench"
     else:
@@ -540,7 +541,7 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
                 notes.append(int8_note)
         candidates = build_candidates(cfg, model, student_name, fp32_onnx, int8_onnx, notes)
         peers = peer_candidates(cfg, work, notes)
-        fixed_size = onnx_input_size(fp32_onnx)
+        fixed_size = static_input_size(fp32_onnx)
 
         # ---- quality on native-size test pairs (per backend: INT8/fp16 change pixels)
         qpairs = []

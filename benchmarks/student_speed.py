@@ -22,7 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import load_average, onnx_input_size
+from benchmarks.common import load_average
+from export.onnx_export import static_input_size
 
 GOALS = {"speedup_min": 20.0, "latency_ms_max": 30.0, "gmacs_max": 1.5, "params_max": 1_000_000}
 
@@ -49,7 +50,7 @@ def _shipped_onnx(imgsz) -> Path | None:
     path = default_model_dir() / "model.onnx"
     if not path.is_file():
         return None
-    size = onnx_input_size(path)
+    size = static_input_size(path)
     return path if size is None or tuple(size) == tuple(imgsz) else None
 
 

@@ -135,9 +135,22 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 # --------------------------------------------------------------------------------------------------------- parity
 def static_input_size(onnx_path: str | os.PathLike) -> tuple[int, int] | None:
-    """(H, W) of a static model's `ir` input; None when either is symbolic (a dynamic export)."""
-    shape = next(i.shape for i in ort_session(onnx_path, threads=1).get_inputs() if i.name == "ir")
-    return (shape[2], shape[3]) if all(isinstance(d, int) for d in shape[2:]) else None
+    """(H, W) of a static model's `ir` input (N, 1, H, W); None when either is symbolic (a dynamic export). Read from
+    the graph, without loading the weights or building a session: export, `fusion bench` and
+    benchmarks/student_speed all ask this one function."""
+    onnx = require("onnx", "reading an ONNX model's input size")
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    ir = next((i for i in graph.input if i.name == INPUT_NAMES[0]), None)
+    if ir is None:
+        raise FusionError(f"{onnx_path} has inputs {[i.name for i in graph.input]}, but a fusion model takes "
+                          f"'{INPUT_NAMES[0]}' and '{INPUT_NAMES[1]}'; export it with `fusion export`")
+    dims = ir.type.tensor_type.shape.dim
+    if len(dims) != 4:
+        raise FusionError(f"{onnx_path} takes an '{INPUT_NAMES[0]}' input of rank {len(dims)}, expected (N, 1, H, W)")
+    height, width = dims[2], dims[3]
+    if height.HasField("dim_value") and width.HasField("dim_value"):
+        return int(height.dim_value), int(width.dim_value)
+    return None
 
 
 def torch_outputs(model, inputs) -> list[np.ndarray]:

@@ -13,7 +13,8 @@ ort = pytest.importorskip("onnxruntime")
 
 from distill.models import save_student  # noqa: E402
 from export.config import ExportConfig, config_path  # noqa: E402
-from export.onnx_export import ParityError, check_parity, export_onnx, read_onnx_metadata, weights_metadata  # noqa: E402
+from export.onnx_export import (ParityError, check_parity, export_onnx, read_onnx_metadata,  # noqa: E402
+                                static_input_size, weights_metadata)
 from export.pairs import load_inputs, parse_imgsz, resize_cover_crop, spread  # noqa: E402
 from runtime.cli import main as fusion_main  # noqa: E402
 from runtime.config import load_config  # noqa: E402
@@ -69,6 +70,7 @@ def test_static_export_names_shapes_metadata_and_parity(tmp_path, student, train
     assert [i.name for i in session.get_inputs()] == ["ir", "vis"]
     assert [o.name for o in session.get_outputs()] == ["fused"]
     assert session.get_inputs()[0].shape == [1, 1, *SIZE]
+    assert static_input_size(out) == SIZE
     meta = read_onnx_metadata(out)
     assert meta["colour_convention"] == "luminance BT.601 full range"
     assert meta["input_range"] == "[0, 1]" and meta["variant"] == "tiny-test"
@@ -88,9 +90,31 @@ def test_dynamic_export_runs_native_sizes_and_batches(tmp_path, student, roadsce
     assert report["parity"]["pairs"] == 3  # two native sizes and one batch of two
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape[0] == "N" and session.get_inputs()[0].shape[2:] == ["H", "W"]
+    assert static_input_size(out) is None
     ir = np.random.default_rng(0).random((3, 1, 37, 71), dtype=np.float32)
     fused = session.run(None, {"ir": ir, "vis": ir[::-1].copy()})[0]
     assert fused.shape == (3, 1, 37, 71)
+
+
+def test_input_size_is_read_from_the_ir_input(tmp_path):
+    """The size is the `ir` input's wherever it stands in the graph (here after a `vis` of another size), and a model
+    without an `ir` input is named as not a fusion model."""
+    from onnx import TensorProto, helper
+    from runtime.errors import FusionError
+
+    def graph_with(inputs, path):
+        values = [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in inputs]
+        node = helper.make_node("Add", [inputs[0][0], inputs[1][0]], ["fused"])
+        output = helper.make_tensor_value_info("fused", TensorProto.FLOAT, None)
+        onnx.save(helper.make_model(helper.make_graph([node], "g", values, [output])), str(path))
+        return path
+
+    assert static_input_size(graph_with([("vis", [1, 1, 32, 48]), ("ir", [1, 1, 64, 96])], tmp_path / "a.onnx")) \
+        == (64, 96)
+    assert static_input_size(graph_with([("vis", [1, 1, 32, 48]), ("ir", [1, 1, "H", 96])], tmp_path / "b.onnx")) \
+        is None
+    with pytest.raises(FusionError, match="takes 'ir' and 'vis'"):
+        static_input_size(graph_with([("a", [1, 1, 8, 8]), ("b", [1, 1, 8, 8])], tmp_path / "c.onnx"))
 
 
 class ShapeDependent(torch.nn.Module):
