@@ -51,20 +51,27 @@ def ort_latency_ms(onnx_path: Path, height: int, width: int, threads: int = 2, r
     require("onnxruntime", "timing with ONNX Runtime")
     from runtime.timing import ort_runner, ort_session, time_callable
     session = ort_session(onnx_path, threads, spinning=True)   # timed alone, one model at a time
-    rng = np.random.default_rng(0)
-    feed = {"ir": rng.random((1, 1, height, width), dtype=np.float32),
-            "vis": rng.random((1, channels, height, width), dtype=np.float32)}
-    stats = time_callable(ort_runner(session, feed), runs=runs, warmup=warmup)
+    stats = time_callable(ort_runner(session, _random_feeds(height, width, channels)), runs=runs, warmup=warmup)
     return {"median_ms": stats.p50_ms, "p90_ms": stats.p90_ms, "runs": runs}
+
+
+def _random_feeds(height: int, width: int, channels: int = 1) -> Dict[str, np.ndarray]:
+    """Fixed (seeded) `ir` (1, 1, H, W) and `vis` (1, channels, H, W) inputs in [0, 1)."""
+    rng = np.random.default_rng(0)
+    return {"ir": rng.random((1, 1, height, width), dtype=np.float32),
+            "vis": rng.random((1, channels, height, width), dtype=np.float32)}
 
 
 def profile_student(model, height: int = 480, width: int = 640, threads: int = 2, runs: int = 30,
                     peer: Optional[str] = "seafusion", peer_runs: int = 5) -> Dict[str, float]:
     """Params, GMACs and ONNX Runtime CPU latency of `model`; with `peer`, the peer's latency measured in the same
-    run (interleaved, so both see the same machine load) and the speed ratio."""
+    run and the speed ratio: `runs` student and `peer_runs` peer calls interleaved by runtime.timing.time_interleaved
+    (the peer's calls spread over the student's), so a burst of load hits both alike."""
     import torch
 
     from distill.cost import count_macs, count_params
+    from runtime.timing import ort_runner, ort_session, time_interleaved
+    require("onnxruntime", "timing with ONNX Runtime")
     torch.set_num_threads(max(1, threads))
     result: Dict[str, float] = {"params": count_params(model), **count_macs(model, height, width),
                                 "height": height, "width": width, "threads": threads}
@@ -84,15 +91,13 @@ def profile_student(model, height: int = 480, width: int = 640, threads: int = 2
                                                                       channels=channels).items()})
             return result
         peer_onnx = export_for_timing(peer_model, Path(tmp) / "peer.onnx", (height, width), dynamic=True)
-        # interleave rounds so a load spike from other processes hits both models alike
-        student_times, peer_times = [], []
-        for _ in range(3):
-            student_times.append(ort_latency_ms(student_onnx, height, width, threads, runs, channels=channels)
-                                 ["median_ms"])
-            peer_times.append(ort_latency_ms(peer_onnx, height, width, threads, peer_runs, warmup=1)["median_ms"])
-        result["ort_median_ms"] = float(np.median(student_times))
+        runners = {"student": ort_runner(ort_session(student_onnx, threads), _random_feeds(height, width, channels)),
+                   "peer": ort_runner(ort_session(peer_onnx, threads), _random_feeds(height, width))}
+        stats = time_interleaved(runners, runs={"student": runs, "peer": peer_runs},
+                                 warmup={"student": 5, "peer": 1})
+        result["ort_median_ms"] = stats["student"].p50_ms
         result["peer"] = peer
-        result["peer_ort_median_ms"] = float(np.median(peer_times))
+        result["peer_ort_median_ms"] = stats["peer"].p50_ms
         result["speedup_vs_peer"] = result["peer_ort_median_ms"] / result["ort_median_ms"]
         result["peer_params"] = count_params(peer_model)
     return result
