@@ -45,6 +45,19 @@ def two_names(tmp_path_factory, train_names) -> Path:
     return path
 
 
+def test_tiny_base_command_writes_a_loadable_folder_and_answers_help(tmp_path, capsys):
+    """`python -m teacher.irgen.diffusion_tiny sd FOLDER`, as docs/irgen_diffusion.md shows it; --help exits 0 and an
+    unknown kind is a usage error (2)."""
+    from teacher.irgen.diffusion_tiny import main
+    assert main(["sd", str(tmp_path / "base")]) == 0
+    check_base_folder(tmp_path / "base", "sd")
+    for argv, code in ((["--help"], 0), (["sdxl", str(tmp_path / "other")], 2)):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == code
+    assert "sd,flux-fill" in capsys.readouterr().out and not (tmp_path / "other").exists()
+
+
 def test_wrong_base_folder_says_what_it_must_contain(tmp_path, roadscene, two_names, capsys):
     for folder in (tmp_path / "missing", tmp_path):
         with pytest.raises(FusionError) as info:

@@ -10,6 +10,7 @@ The tokenizers are character-level (a CLIP BPE with no merges, a T5 unigram over
 """
 from __future__ import annotations
 
+import argparse
 import json
 import string
 import sys
@@ -94,8 +95,16 @@ def build_tiny_flux_fill(folder: str | Path, seed: int = 0) -> Path:
     return Path(folder)
 
 
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m teacher.irgen.diffusion_tiny",
+                                     description="write a tiny, randomly initialised base folder (no download)")
+    parser.add_argument("kind", choices=("sd", "flux-fill"), help="Stable Diffusion or FLUX.1-Fill layout")
+    parser.add_argument("folder", help="where to write it (diffusers save_pretrained layout)")
+    args = parser.parse_args(argv)
+    built = (build_tiny_sd if args.kind == "sd" else build_tiny_flux_fill)(args.folder)
+    print(f"tiny {args.kind} base folder in {built}")
+    return 0
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("sd", "flux-fill"):
-        sys.exit("usage: python -m teacher.irgen.diffusion_tiny sd|flux-fill FOLDER")
-    built = (build_tiny_sd if sys.argv[1] == "sd" else build_tiny_flux_fill)(sys.argv[2])
-    print(f"tiny {sys.argv[1]} base folder in {built}")
+    sys.exit(main())
