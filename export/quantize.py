@@ -240,15 +240,29 @@ def _name_nodes(model) -> None:
             used.add(name)
 
 
+@contextlib.contextmanager
+def working_directory(path: str | os.PathLike):
+    """chdir to `path` for the block (contextlib.chdir from Python 3.11 on)."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield Path(path)
+    finally:
+        os.chdir(previous)
+
+
 def preprocess(fp32_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     """ONNX Runtime's quantisation pre-processing (shape inference, graph optimisation), with named nodes."""
     onnx = require("onnx", "INT8 quantisation")
     from onnxruntime.quantization.shape_inference import quant_pre_process
-    out_path = Path(out_path)
-    try:
-        quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=False)
-    except Exception:  # symbolic shape inference gives up on some dynamic graphs; ONNX shape inference suffices
-        quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
+    out_path, fp32_path = Path(out_path).resolve(), Path(fp32_path).resolve()
+    # Where symbolic shape inference gives up (it does on dynamic-size students) ONNX Runtime saves its partial model
+    # as sym_shape_infer_temp.onnx plus a <uuid>.data file into the working directory: run it in a scratch one.
+    with tempfile.TemporaryDirectory(prefix="fusion-quant-") as scratch, working_directory(scratch):
+        try:
+            quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=False)
+        except Exception:  # symbolic shape inference gives up on some dynamic graphs; ONNX shape inference suffices
+            quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
     model = onnx.load(str(out_path))
     _name_nodes(model)
     onnx.save(model, str(out_path))

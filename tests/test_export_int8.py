@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -286,3 +287,16 @@ def test_int8_check_scores_against_the_weights_it_came_from(tmp_path, roadscene,
     assert result["median_pair_psnr_db"] == pytest.approx(float(np.median(list(result["per_pair_psnr_db"].values()))))
     other = save_student(random_student(), tmp_path / "other")
     assert main([str(int8), "--weights", str(other), "--data", str(roadscene), "--count", "1"]) == 2
+
+
+def test_preprocess_leaves_nothing_in_the_working_directory(tmp_path, shipped_onnx, monkeypatch):
+    # ONNX Runtime's symbolic shape inference gives up on the dynamic-size student and saves its partial model as
+    # sym_shape_infer_temp.onnx + <uuid>.data into the working directory; preprocess runs it in a scratch folder.
+    from export.quantize import preprocess
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    out = preprocess(shipped_onnx, "pre.onnx")  # a relative path means the caller's working directory
+    assert out == cwd / "pre.onnx" and out.is_file()
+    assert sorted(p.name for p in cwd.iterdir()) == ["pre.onnx"]
+    assert Path.cwd() == cwd
