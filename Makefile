@@ -184,13 +184,14 @@ irgen-diffusion-smoke: setup
 	OMP_NUM_THREADS=1 $(BIN)/fusion teacher synth-ir --generator sd-text --weights $(SMOKE_OUT)/sd-text --count 4 \
 	  --prompt "an infrared thermal frame of a street at night" --out $(SMOKE_OUT)/synth-text --device cpu --steps 2
 
-# Distillation (docs/distill.md): the shipped default student. The nano student trained on RoadScene train.txt (day)
-# + LLVIP-mini train.txt (night) with capture-condition augmentation, its targets made online from each augmented
-# batch by the zero-weights `pyramid` teacher (no target files to build); 3000 steps, rerun to resume (a finished run
-# is not retrained). Its best EMA weights are copied into runtime/models/default/, exported there to a dynamic-size
-# ONNX model (opset 17, checked in ONNX Runtime), and the INT8 models are re-made from it (export-int8). Then
-# `make eval-default` scores it on every validation set. LLVIP's licence is non-commercial research only: so is
-# the model trained on it (README).
+# Distillation (docs/distill.md): the shipped default student. The `nano2` graph without pyramid levels (nano's body on
+# the sources pooled 2x; configs/distill/default.yaml) trained on RoadScene train.txt (day) + LLVIP-mini train.txt
+# (night) with capture-condition augmentation, its targets made online from each augmented batch by the zero-weights
+# `pyramid-sharp` teacher (no target files to build); 3000 steps (15 min alone on one CPU thread here, 40 beside
+# another run), rerun to resume (a finished run is not retrained). Its best EMA weights are copied into
+# runtime/models/default/, exported there to a dynamic-size ONNX model (opset 17, checked in ONNX Runtime), and the
+# INT8 models are re-made from it (export-int8). Then `make eval-default` scores it on every validation set. LLVIP's
+# licence is non-commercial research only: so is the model trained on it (README).
 DISTILL_CONFIG ?= configs/distill/default.yaml
 DISTILL_RUN    ?= runs/distill/default
 DEFAULT_MODEL  ?= runtime/models/default
@@ -201,7 +202,18 @@ weights: setup
 	$(BIN)/fusion export --weights $(DEFAULT_MODEL) --format onnx --dynamic --out $(DEFAULT_MODEL)/model.onnx
 	$(MAKE) export-int8
 
-# The v2 student beside the default (docs/distill.md "Student v2"): nano2 on pyramid-sharp targets, 3000 steps (50 min
+# The previous default (until 7 Dec 2026), kept for comparison: `nano` (v1 body at full resolution) on `pyramid`
+# targets, 128 px crops (configs/distill/nano.yaml), in runtime/models/nano (`--model nano`, `--weights nano`).
+NANO_RUN ?= runs/distill/nano
+NANO_MODEL ?= runtime/models/nano
+.PHONY: weights-nano
+weights-nano: setup
+	$(BIN)/fusion distill train --config configs/distill/nano.yaml run_dir=$(NANO_RUN)
+	mkdir -p $(NANO_MODEL)
+	cp $(NANO_RUN)/best/config.json $(NANO_RUN)/best/model.safetensors $(NANO_MODEL)/
+	$(BIN)/fusion export --weights $(NANO_MODEL) --format onnx --dynamic --out $(NANO_MODEL)/model.onnx
+
+# The v2 student with gains per pyramid level beside the default (docs/distill.md "Student v2"): nano2 on pyramid-sharp targets, 3000 steps (50 min
 # on one CPU thread here), copied to runtime/models/nano2 (`--model nano2`, `--weights nano2`) and exported to ONNX.
 NANO2_RUN ?= runs/distill/nano2
 NANO2_MODEL ?= runtime/models/nano2

@@ -1,4 +1,4 @@
-"""Every model shipped in runtime/models/ (the default and the v2 student `nano2`):
+"""Every model shipped in runtime/models/ (the default, the previous default `nano` and the v2 student `nano2`):
 loadable by name everywhere (`load_student`, `--model`), its ONNX the export of its safetensors, dynamic in H and W."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from distill.models import default_model_dir, load_student, resolve_weights  # n
 from runtime.backends import locate_model  # noqa: E402
 from runtime.errors import FusionError  # noqa: E402
 
-SHIPPED = ("default", "nano2")
+SHIPPED = ("default", "nano", "nano2")
 
 
 @pytest.mark.parametrize("name", SHIPPED)
