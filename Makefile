@@ -202,27 +202,19 @@ weights: setup
 	$(BIN)/fusion export --weights $(DEFAULT_MODEL) --format onnx --dynamic --out $(DEFAULT_MODEL)/model.onnx
 	$(MAKE) export-int8
 
-# The previous default (until 7 Dec 2026), kept for comparison: `nano` (v1 body at full resolution) on `pyramid`
-# targets, 128 px crops (configs/distill/nano.yaml), in runtime/models/nano (`--model nano`, `--weights nano`).
-NANO_RUN ?= runs/distill/nano
-NANO_MODEL ?= runtime/models/nano
-.PHONY: weights-nano
-weights-nano: setup
-	$(BIN)/fusion distill train --config configs/distill/nano.yaml run_dir=$(NANO_RUN)
-	mkdir -p $(NANO_MODEL)
-	cp $(NANO_RUN)/best/config.json $(NANO_RUN)/best/model.safetensors $(NANO_MODEL)/
-	$(BIN)/fusion export --weights $(NANO_MODEL) --format onnx --dynamic --out $(NANO_MODEL)/model.onnx
-
-# The v2 student with gains per pyramid level beside the default (docs/distill.md "Student v2"): nano2 on pyramid-sharp targets, 3000 steps (50 min
-# on one CPU thread here), copied to runtime/models/nano2 (`--model nano2`, `--weights nano2`) and exported to ONNX.
-NANO2_RUN ?= runs/distill/nano2
-NANO2_MODEL ?= runtime/models/nano2
-.PHONY: weights-nano2
-weights-nano2: setup
-	$(BIN)/fusion distill train --config configs/distill/nano2.yaml run_dir=$(NANO2_RUN)
-	mkdir -p $(NANO2_MODEL)
-	cp $(NANO2_RUN)/best/config.json $(NANO2_RUN)/best/model.safetensors $(NANO2_MODEL)/
-	$(BIN)/fusion export --weights $(NANO2_MODEL) --format onnx --dynamic --out $(NANO2_MODEL)/model.onnx
+# The students shipped beside the default, each trained by configs/distill/NAME.yaml into runs/distill/NAME, copied to
+# runtime/models/NAME (`--model NAME`, `--weights NAME`) and exported to ONNX there (docs/distill.md):
+# - weights-nano: the previous default (until 7 Dec 2026), kept for comparison: `nano` (v1 body at full resolution)
+#   on `pyramid` targets, 128 px crops;
+# - weights-nano2: the v2 student with gains per pyramid level, on `pyramid-sharp` targets, 256 px crops ("Student
+#   v2"; 50 min on one CPU thread here).
+SHIPPED_STUDENTS = weights-nano weights-nano2
+.PHONY: $(SHIPPED_STUDENTS)
+$(SHIPPED_STUDENTS): weights-%: setup
+	$(BIN)/fusion distill train --config configs/distill/$*.yaml run_dir=runs/distill/$*
+	mkdir -p runtime/models/$*
+	cp runs/distill/$*/best/config.json runs/distill/$*/best/model.safetensors runtime/models/$*/
+	$(BIN)/fusion export --weights runtime/models/$* --format onnx --dynamic --out runtime/models/$*/model.onnx
 
 # Quality of the default model on every validation set (RoadScene test.txt, msrs_mini day and night, llvip_mini
 # val.txt; never trained or tuned on): one table per set beside the pyramid teacher and the mean/max/laplacian
