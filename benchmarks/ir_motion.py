@@ -110,9 +110,7 @@ def applied_backward(comp: IrMotionCompensator, vis_now: np.ndarray, vis_ref: np
                      size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(the displacement `compensate` applies to a frame of `size`, the small flow), reproduced from its pieces."""
     flow, _ = comp.flow(comp.small_gray(vis_now), comp.small_gray(vis_ref))
-    small_h, small_w = flow.shape[:2]
-    factors = np.array([scale * size[0] / small_w, scale * size[1] / small_h], dtype=np.float32)
-    return cv2.resize(flow * factors, size, interpolation=cv2.INTER_LINEAR), flow
+    return np.dstack(comp.displacement(flow, scale, size)), flow
 
 
 def geometry(rig: Rig) -> dict:

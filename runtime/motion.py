@@ -6,7 +6,7 @@ times, so the motion between them is measured on the VIS frames and applied to t
 
     VIS(t_ref)  ~ the VIS frame captured nearest the IR frame's time t_ir (kept in a short history)
     VIS(t_now)  the frame being fused
-    B = DIS optical flow VIS(t_now) -> VIS(t_ref), at a reduced resolution (FLOW_WIDTH px wide; ~0.5 ms a pair)
+    B = DIS optical flow VIS(t_now) -> VIS(t_ref), at a reduced resolution (FLOW_WIDTH px wide; ~1.8 ms a frame)
     IR_now(x) = IR(x + s * B(x)),  s = (t_now - t_ir) / (t_now - t_ref)   (backward warp with cv2.remap)
 
 Where the motion cannot be trusted it falls back to the held frame: per pixel where the forward-backward check fails
@@ -32,11 +32,14 @@ MODES = ("auto", "flow", "off")
 FLOW_WIDTH = 160            # flow is estimated on VIS frames resized to this width (aspect kept)
 # DIS's ultrafast preset stops at 1/4 of FLOW_WIDTH (a 40x30 flow field). One level finer, with half its gradient
 # descent iterations, leaves 0.30 px of residual on the bundled clips instead of 0.48 and brings the fused video's
-# judder within 1.3x of a true 30 fps IR camera (1.27x, was 1.39x), for 1 ms more a frame (2.8 ms against 1.8 on
-# this machine, over the issue's 2 ms): the study in docs/runtime.md "IR motion compensation".
+# judder within 1.3x of a true 30 fps IR camera (was 1.39x). The forward flow only checks the backward one: the
+# preset's own depth does that at a quarter of the cost, with the tolerance widened from 1.0 to 1.5 flow px for its
+# coarser field. With the small frames made by Gaussian halvings (pyrDown) and the warp done per channel: 0.28 px,
+# judder 1.24x, 1.84 ms a frame against 2.49 ms before (one thread, 480p): docs/runtime.md "IR motion compensation".
 FLOW_FINEST_SCALE = 1
 FLOW_DESCENT_ITERATIONS = 6
-FB_TOLERANCE_PX = 1.0       # forward-backward disagreement (in flow pixels) beyond which a pixel keeps the held IR
+CHECK_FINEST_SCALE = 2
+FB_TOLERANCE_PX = 1.5       # forward-backward disagreement (in flow pixels) beyond which a pixel keeps the held IR
 MIN_RELIABLE = 0.5          # below this share of reliable pixels the whole frame keeps the held IR (a scene cut)
 HISTORY_S = 0.5             # VIS frames kept to find the one taken nearest each IR frame
 PEAK_RESPONSE = 0.05        # phase-correlation peak below which no dominant translation is assumed
@@ -99,6 +102,8 @@ class IrMotionCompensator:
         self.dis = cv2.DISOpticalFlow_create(preset)
         self.dis.setFinestScale(FLOW_FINEST_SCALE)
         self.dis.setGradientDescentIterations(FLOW_DESCENT_ITERATIONS)
+        self.check_dis = cv2.DISOpticalFlow_create(preset)
+        self.check_dis.setFinestScale(CHECK_FINEST_SCALE)
         self._grids: dict = {}
         self._windows: dict = {}
 
@@ -111,6 +116,9 @@ class IrMotionCompensator:
             image = cv2.convertScaleAbs(image, alpha=255.0 / max(float(image.max()), 1.0))
         height, width = image.shape[:2]
         size = (self.flow_width, max(8, int(round(height * self.flow_width / width))))
+        while width % (2 * size[0]) == 0 and height % (2 * size[1]) == 0:
+            image = cv2.pyrDown(image)           # exact Gaussian halvings: at 4x, half of INTER_AREA's cost
+            height, width = image.shape[:2]
         return cv2.resize(image, size, interpolation=cv2.INTER_AREA) if (width, height) != size else image
 
     def flow(self, now_small: np.ndarray, ref_small: np.ndarray) -> tuple[np.ndarray, float]:
@@ -120,8 +128,8 @@ class IrMotionCompensator:
         speed, a quick turn): its pyramid is only a few levels deep. The dominant translation is found first by phase
         correlation and DIS measures what is left around it (measured: 75 px of pan at 320 wide to 0.5 px)."""
         shift = self._global_shift(now_small, ref_small)
-        backward = self._dis_around(now_small, ref_small, shift)
-        forward = self._dis_around(ref_small, now_small, (-shift[0], -shift[1]))
+        backward = self._dis_around(self.dis, now_small, ref_small, shift)
+        forward = self._dis_around(self.check_dis, ref_small, now_small, (-shift[0], -shift[1]))
         # The forward flow, sampled where each pixel lands in the reference, must bring the pixel back.
         landed = cv2.add(self._grid(now_small.shape[:2]), backward)
         round_trip = cv2.add(backward, cv2.remap(forward, landed, None, cv2.INTER_LINEAR,
@@ -133,30 +141,40 @@ class IrMotionCompensator:
 
     def _global_shift(self, now_small: np.ndarray, ref_small: np.ndarray) -> tuple[float, float]:
         """The dominant translation now -> ref (phase correlation), or (0, 0) when it is not clear-cut."""
+        # (At half this size it costs half as much, and leaves 0.49 -> 0.66 px at 720p: DIS starts further off.)
         window = self._windows.get(now_small.shape)
         if window is None:
             window = self._windows[now_small.shape] = cv2.createHanningWindow(now_small.shape[::-1], cv2.CV_32F)
         (sx, sy), response = cv2.phaseCorrelate(np.float32(now_small), np.float32(ref_small), window)
         return (sx, sy) if response >= PEAK_RESPONSE else (0.0, 0.0)
 
-    def _dis_around(self, a: np.ndarray, b: np.ndarray, shift: tuple[float, float]) -> np.ndarray:
+    @staticmethod
+    def _dis_around(dis, a: np.ndarray, b: np.ndarray, shift: tuple[float, float]) -> np.ndarray:
         """DIS flow a -> b, with b first moved by `shift` (so DIS measures only the rest), the shift added back."""
         if shift == (0.0, 0.0):
-            return self.dis.calc(a, b, None)
+            return dis.calc(a, b, None)
         matrix = np.array([[1.0, 0.0, shift[0]], [0.0, 1.0, shift[1]]], dtype=np.float32)
         moved = cv2.warpAffine(b, matrix, (b.shape[1], b.shape[0]), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                borderMode=cv2.BORDER_REPLICATE)
-        flow = self.dis.calc(a, moved, None)
+        flow = dis.calc(a, moved, None)
         return cv2.add(flow, np.array([shift[0], shift[1], 0.0, 0.0]))
+
+    @staticmethod
+    def displacement(flow_small: np.ndarray, scale: float, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """(dx, dy), each (H, W): the backward displacement in pixels of a frame of `size` (W, H), `scale` x the
+        flow, resized. Per channel: OpenCV resizes two single-channel floats faster than one two-channel one."""
+        small_h, small_w = flow_small.shape[:2]
+        dx, dy = cv2.split(flow_small)
+        return (cv2.resize(dx, size, interpolation=cv2.INTER_LINEAR) * np.float32(scale * size[0] / small_w),
+                cv2.resize(dy, size, interpolation=cv2.INTER_LINEAR) * np.float32(scale * size[1] / small_h))
 
     def warp(self, image: np.ndarray, flow_small: np.ndarray, scale: float) -> np.ndarray:
         """`image` (any size, uint8/uint16/float) backward-warped by `scale` x the flow, resized to its size."""
         height, width = image.shape[:2]
-        small_h, small_w = flow_small.shape[:2]
-        factors = np.array([scale * width / small_w, scale * height / small_h], dtype=np.float32)
-        up = cv2.resize(flow_small * factors, (width, height), interpolation=cv2.INTER_LINEAR)
-        maps = cv2.add(self._grid((height, width)), up)
-        return cv2.remap(image, maps, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        grid_x, grid_y = self._grid_xy((height, width))
+        dx, dy = self.displacement(flow_small, scale, (width, height))
+        return cv2.remap(image, cv2.add(grid_x, dx), cv2.add(grid_y, dy), cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REPLICATE)
 
     def _grid(self, shape: tuple) -> np.ndarray:
         grid = self._grids.get(shape)
@@ -164,6 +182,14 @@ class IrMotionCompensator:
             ys, xs = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
             grid = self._grids[shape] = np.dstack([xs, ys])
         return grid
+
+    def _grid_xy(self, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+        key = ("xy",) + tuple(shape)
+        grids = self._grids.get(key)
+        if grids is None:
+            ys, xs = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
+            grids = self._grids[key] = (xs, ys)
+        return grids
 
     # ----------------------------------------------------------------------------------------------------- a frame
     def compensate(self, ir: np.ndarray, vis_now: np.ndarray, vis_ref: Optional[np.ndarray], t_now: float,
