@@ -4,7 +4,9 @@
     python -m benchmarks.soak --minutes 2 --imgsz 240x320    # quicker, lighter
 
 What runs: the bundled sample clips, looped and played at camera rate (`--realtime --loop`), through the default
-model into an mp4 and a token-protected MJPEG output on 127.0.0.1, watched by viewers that read, stall and
+model into an mp4 recording (in segments of --segment-minutes, default 10, as a recording left running should be: one
+mp4 file keeps its index in memory until it is closed, 113 KB per minute of video; --segment-minutes 0 writes one
+file) and a token-protected MJPEG output on 127.0.0.1, watched by viewers that read, stall and
 disconnect, while faults are injected once a minute from the second minute on (the first minute is the clean
 reference), in turn:
   vis-outage   the VIS source stops delivering for 3 s (reads and reopens fail), then comes back
@@ -303,6 +305,51 @@ def heap_status() -> dict:
             "heap_mmap": round(info.hblkhd * mb, 2)}
 
 
+class AllocationTracer:
+    """`--trace-allocations M`: where the Python heap grows (numpy's buffers included: numpy reports them to
+    tracemalloc). Tracing starts with the soak, a snapshot is taken at the end of minute M (after warm-up) and at the
+    end; the allocation sites that grew most between the two, with their tracebacks, go to tracemalloc.txt. Tracing
+    slows every Python allocation, so a traced soak's fps and latency say nothing about the pipeline's own."""
+
+    def __init__(self, from_minute: int, out: Path, frames: int = 12, top: int = 25):
+        import tracemalloc
+        self.tracemalloc, self.from_minute, self.out, self.top = tracemalloc, from_minute, out, top
+        self.first = None
+        tracemalloc.start(frames)
+
+    def _snapshot(self):
+        return self.tracemalloc.take_snapshot().filter_traces(
+            (self.tracemalloc.Filter(False, self.tracemalloc.__file__),))
+
+    def minute(self, m: int) -> None:
+        if m == self.from_minute:
+            self.first = self._snapshot()
+
+    def finish(self) -> None:
+        if self.first is None:
+            print(f"soak: --trace-allocations {self.from_minute}: the soak ended before that minute", file=sys.stderr)
+            self.tracemalloc.stop()
+            return
+        last = self._snapshot()
+        self.tracemalloc.stop()
+        stats = last.compare_to(self.first, "traceback")
+        traced = sum(s.size for s in last.statistics("filename")) / 2 ** 20
+        grown = sum(s.size_diff for s in stats) / 2 ** 20
+        lines = [f"traced Python heap at the end: {traced:.1f} MB; change since minute {self.from_minute}: "
+                 f"{grown:+.2f} MB", ""]
+        for stat in stats[:self.top]:
+            lines.append(f"{stat.size_diff / 1024:+.1f} KiB in {stat.count_diff:+d} blocks (now {stat.size / 1024:.1f} "
+                         f"KiB in {stat.count} blocks)")
+            lines.extend("    " + line for line in stat.traceback.format(most_recent_first=True))
+            lines.append("")
+        path = self.out / "tracemalloc.txt"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, path)
+        print(f"soak: allocation growth since minute {self.from_minute}: {grown:+.2f} MB traced; top sites in {path}",
+              flush=True)
+
+
 # ------------------------------------------------------------------------------------------------------------ soak
 def run(args) -> int:
     import secrets
@@ -326,6 +373,7 @@ def run(args) -> int:
                               outputs=[str(out / "soak.mp4"), "mjpeg://127.0.0.1:0"], headless=True, realtime=True,
                               loop=True, auth_token=token, max_clients=8, reconnect_max_s=args.reconnect_max,
                               threads=args.threads, stats=str(out / "stats.json"), ir_motion=args.ir_motion,
+                              segment_minutes=args.segment_minutes,
                               verbose=False)
     result: dict = {}
 
@@ -346,6 +394,7 @@ def run(args) -> int:
     clients = Clients(server.port, token, 8)
     clients.start()
 
+    tracer = AllocationTracer(args.trace_allocations, out) if args.trace_allocations else None
     start = time.monotonic()
     counters = pipeline.stats.counters
     minute_frames = [counters.get("frames_out", 0)]
@@ -358,6 +407,7 @@ def run(args) -> int:
         schedule = [(start + 15.0 + 10.0 * i, kind) for i, kind in enumerate(FAULTS)]
     next_rss = start + 10.0
     print(f"soak: {args.minutes:g} min, model {pipeline.backend.label()}, MJPEG on 127.0.0.1:{server.port} (token), "
+          f"mp4 {'in segments of ' + format(args.segment_minutes, 'g') + ' min' if args.segment_minutes else 'one file'}, "
           f"faults from minute 2 every minute: {', '.join(FAULTS)}", flush=True)
     print(f"{'minute':>6} {'fps':>6} {'rss MB':>7} {'frames':>7} {'dropped':>8} {'unpaired':>8} {'passthru':>8} {'heap use/free':>13}  fault",
           flush=True)
@@ -387,7 +437,11 @@ def run(args) -> int:
                   f"{counters.get('stale_dropped_pairs', 0):>8} {counters.get('unpaired', 0):>8} "
                   f"{counters.get('passthrough', 0):>8} {heap_text:>13}  {pending_fault}", flush=True)
             pending_fault = ""
+            if tracer is not None:
+                tracer.minute(m)
         time.sleep(0.05)
+    if tracer is not None:
+        tracer.finish()
     for fault in faults:
         fault.pop("source", None)
     clients.close()
@@ -533,8 +587,13 @@ def main(argv=None) -> int:
                         help="longest reconnection wait, and the most a fault may take to recover (default 5 s)")
     parser.add_argument("--ir-motion", choices=("auto", "flow", "off"), default="auto",
                         help="IR motion compensation (default auto: on, the IR clip is 9 fps)")
+    parser.add_argument("--segment-minutes", type=float, default=10.0,
+                        help="record the mp4 in segments of this many minutes of video (default 10; 0: one file)")
     parser.add_argument("--require-camera-rate", action="store_true",
                         help="also fail when a camera-rate target is missed (fps, stale pairs, latency, memory)")
+    parser.add_argument("--trace-allocations", type=int, default=0, metavar="M",
+                        help="trace Python allocations (tracemalloc) and write where the heap grew after minute M to "
+                             "OUT/tracemalloc.txt (slows the pipeline: fps and latency of such a run do not count)")
     parser.add_argument("--out", default="build/soak", help="folder for the mp4, stats.json and soak.json")
     args = parser.parse_args(argv)
     if args.minutes < 1:

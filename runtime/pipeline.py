@@ -75,6 +75,7 @@ class RunConfig:
     ir_fps: float = 0.0                 # override the IR source's nominal rate (0: as reported)
     vis_fps: float = 0.0
     output_fps: float = 0.0             # frame rate written into video files (0: the driving camera's)
+    segment_minutes: float = 0.0        # video files: a new file (NAME_0000.mp4, ...) every N minutes of video (0: one)
     max_frames: int = 0                 # stop after this many fused frames (0: no limit)
     duration_s: float = 0.0             # stop after this many seconds (0: no limit)
     record_pairs: Optional[str] = None  # save the synchronised raw pairs here (ir/ and vi/, same stems)
@@ -130,6 +131,8 @@ class FusionPipeline:
             raise FusionError(f"--inference-workers must be 0 (auto) or more, got {config.inference_workers}")
         if config.sync_ms <= 0:
             raise FusionError(f"--sync-ms must be positive, got {config.sync_ms}")
+        if config.segment_minutes < 0:
+            raise FusionError(f"--segment-minutes must be positive (0: one file), got {config.segment_minutes:g}")
         self.stats = StatsRecorder()
         self._stop = threading.Event()       # finish: stop capturing, drain what is in flight
         self._abort = threading.Event()      # fail: leave at once
@@ -314,7 +317,8 @@ class FusionPipeline:
                     continue
                 sink = open_sink(uri, fps=fps, bind=self.config.bind, image_ext=self.config.image_ext,
                                  stats=self._live_stats, auth_token=self.config.auth_token,
-                                 max_clients=self.config.max_clients)
+                                 max_clients=self.config.max_clients,
+                                 segment_s=60.0 * float(self.config.segment_minutes or 0.0))
                 opened.append(sink)
                 if sink.kind == "mjpeg":
                     if sink.token_generated:

@@ -23,7 +23,7 @@ FIELDS = ("ir", "vis", "model", "backend", "device", "threads", "imgsz", "output
           "homography", "clahe", "realtime", "loop", "fps", "ir_fps", "vis_fps", "output_fps", "max_frames",
           "duration_s", "record_pairs", "stats", "headless", "bind", "auth_token", "max_clients", "overlay",
           "image_ext", "queue_size", "reconnect_max_s", "on_loss", "resume", "names", "ir_motion",
-          "inference_workers")
+          "inference_workers", "segment_minutes")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +79,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sync.add_argument("--ir-fps", type=float, help="override the IR source's frame rate")
     sync.add_argument("--vis-fps", type=float, help="override the VIS source's frame rate")
     sync.add_argument("--output-fps", type=float, help="frame rate written into video outputs")
+    io.add_argument("--segment-minutes", type=float, metavar="M",
+                    help="write video files in segments of M minutes of video (NAME_0000.mp4, NAME_0001.mp4, ...), "
+                         "each finalised when full: for long recordings (bounded memory, a power cut loses one "
+                         "segment at most); default: one file")
     run = parser.add_argument_group("run")
     run.add_argument("--max-frames", type=int, help="stop after N fused frames")
     run.add_argument("--duration", dest="duration_s", type=float, help="stop after S seconds")

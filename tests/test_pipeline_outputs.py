@@ -19,6 +19,8 @@ from runtime.cli import main as fusion
 from runtime.color import split_luminance
 from runtime.imageio import discover_pairs, read_raw, read_vis
 from runtime.pipeline import FusionPipeline
+from runtime.sink_base import OutputInfo
+from runtime.sinks import VideoFileSink
 from helpers import count_frames, make_onnx_model, run_until_pairs_then_signal, wait_until, write_clip
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,6 +80,50 @@ def test_video_files_in_video_out_playable_with_expected_frames(tmp_path, clips,
     assert report["pair_error_ms"]["max"] <= (60.0 if ir_motion == "off" else 60.0 + 1000.0 / 9)
     assert (tmp_path / "fused.run_config.yaml").is_file()
     assert not list(tmp_path.glob(".*partial*"))                    # nothing half-written left behind
+
+
+def test_segmented_recording_splits_the_video_into_playable_files(tmp_path, clips, models):
+    """--segment-minutes: NAME_0000.mp4, NAME_0001.mp4, ... of that much video each (counted in frames at the output
+    rate, not in wall-clock time), the last one holding the rest; together every fused frame, in order."""
+    out = tmp_path / "fused.mp4"
+    minutes = 25 / 30 / 60                         # 25 frames at 30 fps
+    code = fusion(["run", "--ir", str(clips["ir"]), "--vis", str(clips["vis"]), "--model", str(models["vis"]),
+                   "--imgsz", "96x128", "--output", str(out), "--headless", "-q", "--segment-minutes", str(minutes)])
+    assert code == 0
+    segments = sorted(tmp_path.glob("fused_*.mp4"))
+    assert [p.name for p in segments] == ["fused_0000.mp4", "fused_0001.mp4", "fused_0002.mp4"]
+    assert [count_frames(p)[0] for p in segments] == [25, 25, 10]
+    assert not out.exists() and not list(tmp_path.glob(".*partial*"))
+    # In order: the VIS luminance model gives back the VIS clip, so each segment starts where the last one ended.
+    source = cv2.VideoCapture(str(clips["vis"]))
+    expected = [source.read()[1] for _ in range(60)]
+    for index, path in enumerate(segments):
+        capture = cv2.VideoCapture(str(path))
+        ok, first = capture.read()
+        assert ok
+        errors = [np.abs(first.astype(int) - expected[k].astype(int)).mean() for k in range(60)]
+        assert int(np.argmin(errors)) == 25 * index, (path.name, errors)
+
+
+def test_a_full_segment_is_finalised_while_recording_goes_on(tmp_path):
+    """A segment is playable as soon as it is full (a power cut then loses the open segment only)."""
+    sink = VideoFileSink(tmp_path / "rec.mp4", fps=30.0, segment_s=10 / 30)
+    frame = np.zeros((64, 96, 3), np.uint8)
+
+    def write(first: int, count: int) -> None:
+        for k in range(first, first + count):
+            frame[:] = 8 * k
+            sink.write(frame.copy(), OutputInfo(index=k, name=str(k)))
+    first, second, third = (tmp_path / f"rec_{k:04d}.mp4" for k in range(3))
+    write(0, 10)            # exactly one segment: finalised without waiting for another frame
+    wait_until(first.exists, 20.0, "the full first segment was not finalised while the sink was still open")
+    assert count_frames(first)[0] == 10 and not second.exists()
+    write(10, 13)
+    wait_until(second.exists, 20.0, "the second segment was not finalised")
+    sink.close()
+    assert [count_frames(p)[0] for p in (first, second, third)] == [10, 10, 3]
+    assert sink.segments == [first, second, third]
+    assert not list(tmp_path.glob(".*partial*"))
 
 
 def test_folder_mode_writes_fused_colour_per_pair(tmp_path, real_pairs, models):
@@ -202,6 +248,7 @@ def test_sigint_finalises_the_video(tmp_path, models):
     (["--ir", "{garbage}", "--vis", "{clip}"], "cannot open video file"),
     (["--ir", "{clip}", "--vis", "{clip}", "--model", "{garbage_onnx}"], "ONNX Runtime cannot load"),
     (["--ir", "{clip}", "--vis", "{clip}", "--output", "out.xyz"], "unknown extension"),
+    (["--ir", "{clip}", "--vis", "{clip}", "--segment-minutes", "-1"], "--segment-minutes must be positive"),
     (["--ir", "{clip}", "--vis", "{clip}", "--output", "display://0"], "window" if not os.environ.get("DISPLAY")
      else "--headless"),
 ])
