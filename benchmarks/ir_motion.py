@@ -2,6 +2,7 @@
 
     python -m benchmarks.ir_motion                      # the 480p rig (RoadScene), ~1-2 min on 2 cores
     python -m benchmarks.ir_motion --preset 720p        # the 720p rig (LLVIP night streets, 640x512 IR core)
+    python -m benchmarks.ir_motion --time-against HEAD~1  # only (c), this checkout against an earlier motion.py
 
 The sample rig (runtime.assets.make_samples) pans a virtual camera over training pairs; its `--truth` clip is the IR
 camera rendered at the VIS frame times, what each held 9 fps IR frame should become once carried to the VIS time.
@@ -32,9 +33,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
+import types
 from collections import Counter
 from itertools import islice
 from pathlib import Path
@@ -355,6 +358,52 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
+def motion_at(rev: str):
+    """runtime/motion.py as it was at git revision `rev`, loaded as a module of its own."""
+    shown = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:runtime/motion.py"], capture_output=True,
+                           text=True)
+    if shown.returncode:
+        raise SystemExit(f"benchmarks.ir_motion: cannot read runtime/motion.py at '{rev}': "
+                         f"{(shown.stderr.strip().splitlines() or ['git failed'])[-1]}")
+    name = f"motion_at_{rev}".replace("~", "_").replace("^", "_").replace("-", "_")
+    module = types.ModuleType(name)
+    sys.modules[name] = module              # dataclasses look their module up
+    exec(compile(shown.stdout, f"{rev}:runtime/motion.py", "exec"), module.__dict__)
+    return module
+
+
+def time_against(rig: Rig, rev: str, frames: int = 40, rounds: int = 15) -> dict:
+    """`--time-against REV`: the per-frame cost (the small VIS frame + `compensate`, as the runtime calls them) of
+    runtime/motion.py here and at REV, alternated round by round in one process on the same rendered frames (so the
+    caches are as warm for both and the machine's load hits both alike); medians in ms, one OpenCV thread."""
+    preset = rig.rig
+    size = ir_view_size(preset)
+    work = []
+    for k in range(frames):
+        t = k / preset.vis_fps
+        t_ir = math.floor(t * preset.ir_fps + 1e-9) / preset.ir_fps
+        t_ref = round(t_ir * preset.vis_fps) / preset.vis_fps
+        if abs(t - t_ref) < 1e-4 or rig.scene(t_ir) != rig.scene(t):
+            continue                        # nothing to compensate (the runtime skips these too)
+        work.append((rig.render(t, 1, preset.vis_size, preset.vis_rect),
+                     rig.render(t_ref, 1, preset.vis_size, preset.vis_rect),
+                     rig.render(t_ir, 0, size, preset.vis_rect), t, t_ref, t_ir))
+    versions = {"here": IrMotionCompensator(), rev: motion_at(rev).IrMotionCompensator()}
+    times: dict[str, list] = {name: [] for name in versions}
+    for round_index in range(rounds):
+        for name in (list(versions) if round_index % 2 == 0 else list(versions)[::-1]):
+            comp = versions[name]
+            for vis_now, vis_ref, held, t, t_ref, t_ir in work:
+                ref_small = comp.small_gray(vis_ref)
+                t0 = time.perf_counter()
+                comp.compensate(held, vis_now, vis_ref, t, t_ref, t_ir, 0.75 / preset.vis_fps,
+                                now_small=comp.small_gray(vis_now), ref_small=ref_small)
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    medians = {name: float(np.median(values)) for name, values in times.items()}
+    return {"per_frame_ms": medians, "ratio": medians["here"] / medians[rev], "calls": len(times["here"]),
+            "frames": len(work), "rounds": rounds}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=("480p", "720p"), default="480p")
@@ -366,10 +415,28 @@ def main(argv=None) -> int:
     parser.add_argument("--strip", type=Path, default=None,
                         help="also write the before/after picture here (three consecutive fused frames per run, "
                              "cropped at a moving edge)")
+    parser.add_argument("--time-against", metavar="REV",
+                        help="only time: this checkout's compensation against runtime/motion.py at git revision REV, "
+                             "alternated in one process on the same frames (medians and their ratio)")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     data = args.data or SHARED / preset.dataset
     started = time.perf_counter()
+    if args.time_against:
+        if not (data / "train.txt").is_file():
+            data = data.parent / preset.dataset
+        rig = Rig(preset, [read_scene(data, stem) for stem in preset.scenes])
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            timing = time_against(rig, args.time_against)
+        finally:
+            cv2.setNumThreads(threads)
+        ms = timing["per_frame_ms"]
+        print(f"IR motion compensation per frame, preset {args.preset}, one thread, {timing['calls']} calls each "
+              f"({timing['frames']} frames x {timing['rounds']} alternated rounds): this checkout {ms['here']:.3f} ms, "
+              f"{args.time_against} {ms[args.time_against]:.3f} ms (ratio {timing['ratio']:.2f})")
+        return 0
     with tempfile.TemporaryDirectory(prefix="ir_motion_") as tmp:
         clips = Path(tmp)
         info = make_samples(data, clips, args.preset, truth=True)
