@@ -35,7 +35,8 @@ FLOW_WIDTH = 160            # flow is estimated on VIS frames resized to this wi
 # judder within 1.3x of a true 30 fps IR camera (was 1.39x). The forward flow only checks the backward one: the
 # preset's own depth does that at a quarter of the cost, with the tolerance widened from 1.0 to 1.5 flow px for its
 # coarser field. With the small frames made by Gaussian halvings (pyrDown) and the warp done per channel: 0.28 px,
-# judder 1.24x, 1.84 ms a frame against 2.49 ms before (one thread, 480p): docs/runtime.md "IR motion compensation".
+# judder 1.24x, at 0.58-0.85x the cost (1.84 against 2.49 ms a frame in one quiet run, one thread, 480p; the VM's
+# speed moves by 40% from hour to hour): docs/runtime.md "IR motion compensation".
 FLOW_FINEST_SCALE = 1
 FLOW_DESCENT_ITERATIONS = 6
 CHECK_FINEST_SCALE = 2
