@@ -227,3 +227,25 @@ def test_match_latest_makes_room_while_waiting():
     stop.set()                       # frees a stuck waiter either way
     assert stuck == [False, False], "the reader and the pairing waited on each other"
     assert result["chosen"].index == 5
+
+
+def test_time_against_loads_an_earlier_motion_module_and_times_both(roadscene):
+    """`python -m benchmarks.ir_motion --time-against REV`: runtime/motion.py read from git at REV, both versions
+    called on the same frames; a revision git does not know is a one-line exit."""
+    import subprocess
+    from pathlib import Path
+    from benchmarks.ir_motion import Rig, motion_at, time_against
+    from runtime.assets.make_samples import PRESETS, read_scene
+    repo = Path(__file__).resolve().parents[1]
+    if subprocess.run(["git", "-C", str(repo), "cat-file", "-e", "HEAD:runtime/motion.py"],
+                      capture_output=True).returncode:
+        pytest.skip("not a git checkout with runtime/motion.py committed (--time-against reads git)")
+    earlier = motion_at("HEAD")
+    assert earlier.IrMotionCompensator is not IrMotionCompensator and hasattr(earlier, "VisHistory")
+    preset = PRESETS["480p"]
+    rig = Rig(preset, [read_scene(roadscene, stem) for stem in preset.scenes])
+    result = time_against(rig, "HEAD", frames=6, rounds=2)
+    assert set(result["per_frame_ms"]) == {"here", "HEAD"} and all(v > 0 for v in result["per_frame_ms"].values())
+    assert result["frames"] > 0 and result["calls"] == result["frames"] * 2
+    with pytest.raises(SystemExit, match="cannot read runtime/motion.py at 'no-such-revision'"):
+        motion_at("no-such-revision")
