@@ -177,20 +177,21 @@ class IrMotionCompensator:
         return cv2.remap(image, cv2.add(grid_x, dx), cv2.add(grid_y, dy), cv2.INTER_LINEAR,
                          borderMode=cv2.BORDER_REPLICATE)
 
-    def _grid(self, shape: tuple) -> np.ndarray:
-        grid = self._grids.get(shape)
-        if grid is None:
-            ys, xs = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
-            grid = self._grids[shape] = np.dstack([xs, ys])
-        return grid
-
     def _grid_xy(self, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
-        key = ("xy",) + tuple(shape)
-        grids = self._grids.get(key)
+        """(x, y) pixel coordinates of a frame of `shape` (H, W), float32, cached."""
+        grids = self._grids.get(tuple(shape))
         if grids is None:
             ys, xs = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
-            grids = self._grids[key] = (xs, ys)
+            grids = self._grids[tuple(shape)] = (xs, ys)
         return grids
+
+    def _grid(self, shape: tuple) -> np.ndarray:
+        """The same as one two-channel array (for adding a flow field), cached."""
+        key = ("xy2",) + tuple(shape)
+        grid = self._grids.get(key)
+        if grid is None:
+            grid = self._grids[key] = np.dstack(self._grid_xy(shape))
+        return grid
 
     # ----------------------------------------------------------------------------------------------------- a frame
     def compensate(self, ir: np.ndarray, vis_now: np.ndarray, vis_ref: Optional[np.ndarray], t_now: float,
