@@ -123,7 +123,12 @@ class IrMotionCompensator:
         return cv2.resize(image, size, interpolation=cv2.INTER_AREA) if (width, height) != size else image
 
     def flow(self, now_small: np.ndarray, ref_small: np.ndarray) -> tuple[np.ndarray, float]:
-        """(backward flow now -> ref with unreliable pixels zeroed, share of reliable pixels).
+        """(backward flow now -> ref with unreliable pixels zeroed, share of reliable pixels)."""
+        backward, reliable, share = self.flow_and_mask(now_small, ref_small)
+        return cv2.bitwise_and(backward, backward, mask=reliable) if share < 1.0 else backward, share
+
+    def flow_and_mask(self, now_small: np.ndarray, ref_small: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """(backward flow now -> ref, uint8 mask 255 where the forward-backward check passed, share of those).
 
         DIS alone at this resolution loses a fast pan (beyond ~10% of the width between the two frames: a car at
         speed, a quick turn): its pyramid is only a few levels deep. The dominant translation is found first by phase
@@ -137,8 +142,7 @@ class IrMotionCompensator:
                                                  borderMode=cv2.BORDER_REPLICATE))
         dx, dy = cv2.split(round_trip)
         reliable = cv2.compare(cv2.magnitude(dx, dy), self.fb_tolerance, cv2.CMP_LE)      # 255 where reliable
-        share = cv2.countNonZero(reliable) / reliable.size
-        return cv2.bitwise_and(backward, backward, mask=reliable) if share < 1.0 else backward, share
+        return backward, reliable, cv2.countNonZero(reliable) / reliable.size
 
     def _global_shift(self, now_small: np.ndarray, ref_small: np.ndarray) -> tuple[float, float]:
         """The dominant translation now -> ref (phase correlation), or (0, 0) when it is not clear-cut."""
@@ -169,13 +173,18 @@ class IrMotionCompensator:
         return (cv2.resize(dx, size, interpolation=cv2.INTER_LINEAR) * np.float32(scale * size[0] / small_w),
                 cv2.resize(dy, size, interpolation=cv2.INTER_LINEAR) * np.float32(scale * size[1] / small_h))
 
-    def warp(self, image: np.ndarray, flow_small: np.ndarray, scale: float) -> np.ndarray:
-        """`image` (any size, uint8/uint16/float) backward-warped by `scale` x the flow, resized to its size."""
+    def warp(self, image: np.ndarray, flow_small: np.ndarray, scale: float,
+             outside: Optional[float] = None) -> np.ndarray:
+        """`image` (any size, uint8/uint16/float) backward-warped by `scale` x the flow, resized to its size. Pixels
+        brought from outside the frame repeat its edge, or take the value `outside` when given."""
         height, width = image.shape[:2]
         grid_x, grid_y = self._grid_xy((height, width))
         dx, dy = self.displacement(flow_small, scale, (width, height))
+        if outside is None:
+            return cv2.remap(image, cv2.add(grid_x, dx), cv2.add(grid_y, dy), cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_REPLICATE)
         return cv2.remap(image, cv2.add(grid_x, dx), cv2.add(grid_y, dy), cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_REPLICATE)
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=float(outside))
 
     def _grid_xy(self, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
         """(x, y) pixel coordinates of a frame of `shape` (H, W), float32, cached."""

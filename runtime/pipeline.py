@@ -66,6 +66,7 @@ class RunConfig:
     sync_ms: float = 60.0               # largest IR/VIS time difference accepted as a pair
     primary: str = "auto"               # which camera drives the output: auto | ir | vis
     ir_motion: str = "auto"             # carry the IR frame to the VIS frame's time: auto | flow | off
+    temporal_filter: str = "off"        # motion-compensated filter on the fused luminance: off | on | strength in [0, 1)
     homography: Optional[str] = None    # IR->VIS homography file from `fusion calibrate`
     crop: bool = True                   # crop to the IR/VIS overlap after warping
     clahe: bool = False                 # CLAHE after the 16-bit AGC of radiometric IR
@@ -127,6 +128,8 @@ class FusionPipeline:
             raise FusionError(f"output size must be auto, model or native, got '{config.output_size}'")
         if str(config.ir_motion).lower() not in ("auto", "flow", "off"):
             raise FusionError(f"--ir-motion must be auto, flow or off, got '{config.ir_motion}'")
+        from runtime.temporal_filter import parse_strength
+        self.temporal_strength = parse_strength(config.temporal_filter)
         if config.inference_workers < 0:
             raise FusionError(f"--inference-workers must be 0 (auto) or more, got {config.inference_workers}")
         if config.sync_ms <= 0:
@@ -144,6 +147,9 @@ class FusionPipeline:
         self.sinks: List[Sink] = []
         self.registration = Registration.from_file(config.homography, crop=config.crop)
         self.folder_mode = ir_source is None and vis_source is None and _is_dir(config.ir) and _is_dir(config.vis)
+        if self.temporal_strength and self.folder_mode:
+            raise FusionError("--temporal-filter smooths video; image folders are fused as independent pairs "
+                              "(drop --temporal-filter)")
         if config.names and not self.folder_mode:
             raise FusionError("--names picks pairs of image folders; it needs --ir and --vis to be folders")
         if config.names and not Path(config.names).is_file():
@@ -403,6 +409,7 @@ class FusionPipeline:
         self.workers, self.buffers = capture_workers(config, {"ir": ir_source, "vis": vis_source}, self.primary_role,
                                                      self.stats, self._stop)
         self._setup_motion(config.ir_fps or ir_source.fps, config.vis_fps or vis_source.fps)
+        self._setup_temporal_filter()
         self.live = any(w.source.live or config.realtime for w in self.workers)
         for worker in self.workers:
             worker.start()
@@ -419,6 +426,21 @@ class FusionPipeline:
             self.work.max_ref_gap_s = 0.75 / (vis_fps or 30.0)
             self._log(f"IR motion compensation on (IR {ir_fps:g} fps, VIS {vis_fps:g} fps): each VIS frame takes the "
                       f"latest IR frame, moved to its time with optical flow (--ir-motion off: nearest-time pairing)")
+
+    def _setup_temporal_filter(self) -> None:
+        """--temporal-filter: the output stage blends each fused luminance with the previous output moved along the
+        VIS motion (runtime.temporal_filter)."""
+        self.work.temporal = None
+        if not self.temporal_strength:
+            return
+        if getattr(self.backend, "fuses_frames", False):
+            raise FusionError(f"--temporal-filter works on the fused luminance on the CPU; the {self.backend.name} "
+                              f"backend makes whole output frames on its device: use --backend onnxruntime or "
+                              f"tensorrt with it, or drop --temporal-filter")
+        from runtime.temporal_filter import TemporalFilter
+        self.work.temporal = TemporalFilter(self.temporal_strength)
+        self._log(f"temporal filter on (strength {self.temporal_strength:g}): each fused frame is blended with the "
+                  f"previous one moved along the VIS motion where they differ by less than the threshold")
 
     def _guard(self, target, *args) -> None:
         try:

@@ -69,6 +69,7 @@ class FrameProcessor:
         self.model_size: Optional[tuple[int, int]] = None
         self.output_native = False
         self.motion = None                 # runtime.motion.IrMotionCompensator when IR motion compensation is on
+        self.temporal = None               # runtime.temporal_filter.TemporalFilter with --temporal-filter
         self.max_ref_gap_s = 0.025         # largest |t(VIS reference) - t(IR)| the compensation trusts
         self.stats: Optional[StatsRecorder] = None
         self._fit_aspect = False
@@ -124,6 +125,8 @@ class FrameProcessor:
             if ir.shape[0] * ir.shape[1] > model_hw[0] * model_hw[1] and not fuses_frames:
                 ir = resize_frame(ir, model_hw)
             ir = self.compensate_motion(packet, ir, vis_model, model_hw)
+        if self.temporal is not None:
+            self._small_gray(packet.vis, vis_model)      # what the output stage measures the motion on
         if fuses_frames:
             packet.model_ir, packet.model_vis = ir, vis
             packet.out_size = native_hw if out_native else model_hw
@@ -181,8 +184,23 @@ class FrameProcessor:
         """The VIS frame at the flow resolution, made once per frame (it serves as `now` and later as a reference)."""
         small = frame.meta.get("motion_small")
         if small is None:
-            small = frame.meta["motion_small"] = self.motion.small_gray(view)
+            small_gray = self.motion.small_gray if self.motion is not None else self.temporal.small_gray
+            small = frame.meta["motion_small"] = small_gray(view)
         return small
+
+    def filter_temporally(self, packet: Packet, y: np.ndarray) -> np.ndarray:
+        """--temporal-filter on the fused luminance at the model size (runtime.temporal_filter), in output order.
+        Counts `temporal_filtered` / `temporal_restarted`; the `temporal` series is its CPU time."""
+        t0 = time.thread_time()
+        small = packet.vis.meta.get("motion_small") if packet.vis is not None else None
+        if small is None:
+            self.temporal.reset()
+            return y
+        y, what = self.temporal.apply(y, small, packet.vis.t_media)
+        if self.stats is not None:
+            self.stats.count("temporal_filtered" if what == "filtered" else "temporal_restarted")
+            self.stats.add("temporal", time.thread_time() - t0)
+        return y
 
     def sizes_for(self, native_hw: tuple) -> tuple:
         """(model input (H, W), whether the output is at the native size) for frames of `native_hw`, cached.
@@ -236,6 +254,8 @@ class FrameProcessor:
     def postprocess(self, packet: Packet) -> np.ndarray:
         """Fused luminance + VIS chroma -> RGB float32 [0, 1] at the output size."""
         if packet.mode != "fused":
+            if self.temporal is not None:
+                self.temporal.reset()          # a camera lost: the filter starts afresh when fusion resumes
             img = packet.passthrough
             return np.repeat(img[:, :, None], 3, axis=2) if img.ndim == 2 else img
         if packet.fused.dtype == np.uint8:   # already the output frame (torch-gpu)
@@ -245,6 +265,8 @@ class FrameProcessor:
             rgb = np.clip(packet.fused.transpose(1, 2, 0), 0.0, 1.0)
             return self.resize(rgb, out_hw)
         y = packet.fused[0]
+        if self.temporal is not None:
+            y = self.filter_temporally(packet, y)
         if y.shape != tuple(out_hw):
             y = self.resize(y, out_hw)
         if packet.ycrcb8 is not None:

@@ -15,7 +15,8 @@ import numpy as np
 
 STAGES = ("capture", "capture_wait", "pair_wait", "preprocess", "inference", "postprocess", "output")
 WAITING = ("capture_wait", "pair_wait")   # reported, but not work
-PARTS = ("motion",)                        # reported, but already inside a stage above (IR motion: preprocess)
+PARTS = ("motion", "temporal")            # reported, but already inside a stage above (IR motion: preprocess;
+                                          # the temporal filter: postprocess)
 PERCENTILES = (50, 90, 99)
 LIVE_WINDOW = 1800        # samples per series behind the live statistics: about a minute at 30 fps
 
