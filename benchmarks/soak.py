@@ -373,7 +373,7 @@ def run(args) -> int:
                               outputs=[str(out / "soak.mp4"), "mjpeg://127.0.0.1:0"], headless=True, realtime=True,
                               loop=True, auth_token=token, max_clients=8, reconnect_max_s=args.reconnect_max,
                               threads=args.threads, stats=str(out / "stats.json"), ir_motion=args.ir_motion,
-                              segment_minutes=args.segment_minutes,
+                              segment_minutes=args.segment_minutes, temporal_filter=args.temporal_filter,
                               verbose=False)
     result: dict = {}
 
@@ -587,6 +587,8 @@ def main(argv=None) -> int:
                         help="longest reconnection wait, and the most a fault may take to recover (default 5 s)")
     parser.add_argument("--ir-motion", choices=("auto", "flow", "off"), default="auto",
                         help="IR motion compensation (default auto: on, the IR clip is 9 fps)")
+    parser.add_argument("--temporal-filter", default="off", metavar="S",
+                        help="run with `fusion run --temporal-filter S` (off, the default; on; or a strength)")
     parser.add_argument("--segment-minutes", type=float, default=10.0,
                         help="record the mp4 in segments of this many minutes of video (default 10; 0: one file)")
     parser.add_argument("--require-camera-rate", action="store_true",

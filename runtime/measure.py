@@ -132,7 +132,7 @@ def clips_for(preset: str) -> Path:
 
 
 def measure(preset: str, seconds: float, warmup: float, model: str, backend: str, viewers: int,
-            workdir: Path) -> dict:
+            workdir: Path, temporal_filter: str = "off") -> dict:
     """One preset at camera rate: CPU ms per fused frame by stage, and the run's statistics."""
     from runtime.pipeline import FusionPipeline
     clips = clips_for(preset)
@@ -144,7 +144,7 @@ def measure(preset: str, seconds: float, warmup: float, model: str, backend: str
     pipeline = FusionPipeline(ir=str(clips / "ir.mp4"), vis=str(clips / "vis.mp4"), model=model, backend=backend,
                               homography=str(homography) if homography.is_file() else None, output_size="native",
                               outputs=outputs, headless=True, realtime=True, loop=True, auth_token=token,
-                              verbose=False)
+                              temporal_filter=temporal_filter, verbose=False)
     result: dict = {}
     runner = threading.Thread(target=lambda: result.update(report=pipeline.run()), name="measure-run", daemon=True)
     runner.start()
@@ -156,6 +156,7 @@ def measure(preset: str, seconds: float, warmup: float, model: str, backend: str
     frames_before = pipeline.stats.counters.get("frames_out", 0)
     stale_before = pipeline.stats.counters.get("stale_dropped_pairs", 0)
     motion_before = pipeline.stats.total("motion")
+    temporal_before = pipeline.stats.total("temporal")
     t0 = time.monotonic()
     ledger.start()
     time.sleep(seconds)
@@ -164,6 +165,7 @@ def measure(preset: str, seconds: float, warmup: float, model: str, backend: str
     frames = pipeline.stats.counters.get("frames_out", 0) - frames_before
     stale = pipeline.stats.counters.get("stale_dropped_pairs", 0) - stale_before
     motion_s = pipeline.stats.total("motion") - motion_before
+    temporal_s = pipeline.stats.total("temporal") - temporal_before
     recent = pipeline.stats.snapshot(recent=int(frames))
     for watcher in watchers:
         watcher.close()
@@ -176,6 +178,7 @@ def measure(preset: str, seconds: float, warmup: float, model: str, backend: str
             "cpu_ms_total": round(sum(per_frame.values()), 2),
             "cores_busy": round(sum(cpu.values()) / elapsed, 2),
             "motion_ms_per_frame": round(1000.0 * motion_s / max(frames, 1), 2),
+            "temporal_ms_per_frame": round(1000.0 * temporal_s / max(frames, 1), 2),
             "latency_ms": recent.get("latency_ms", {}), "stale_dropped": stale,
             "stale_share": round(stale / max(frames + stale, 1), 4),
             "view_and_model_size": [[list(view), list(model)] for view, model in sizes.items()],
@@ -214,7 +217,7 @@ def median_row(runs: list) -> dict:
     if len(runs) == 1:
         return runs[0]
     row = dict(runs[0])
-    for key in ("fps", "cpu_ms_total", "cores_busy", "motion_ms_per_frame", "stale_share"):
+    for key in ("fps", "cpu_ms_total", "cores_busy", "motion_ms_per_frame", "temporal_ms_per_frame", "stale_share"):
         row[key] = float(np.median([r[key] for r in runs]))
     row["cpu_ms_per_frame"] = {stage: float(np.median([r["cpu_ms_per_frame"][stage] for r in runs]))
                                for stage in STAGES}
@@ -230,6 +233,9 @@ def format_table(rows: list) -> str:
         lines.append(f"{stage:<24}" + "".join(f"{r['cpu_ms_per_frame'][stage]:>10.2f}" for r in rows))
         if stage == "preprocess":
             lines.append(f"{'  of which IR motion':<24}" + "".join(f"{r['motion_ms_per_frame']:>10.2f}" for r in rows))
+        if stage == "output" and any(r.get("temporal_ms_per_frame") for r in rows):
+            lines.append(f"{'  of which temporal filter':<24}" + "".join(
+                f"{r.get('temporal_ms_per_frame', 0.0):>10.2f}" for r in rows))
     lines.append(f"{'total':<24}" + "".join(f"{r['cpu_ms_total']:>10.2f}" for r in rows))
     base = rows[0]
     lines.append(f"{'x first column':<24}" + "".join(f"{r['cpu_ms_total'] / base['cpu_ms_total']:>10.2f}"
@@ -254,6 +260,8 @@ def main(argv=None) -> int:
     parser.add_argument("--viewers", type=int, default=0, help="MJPEG viewers watching the stream (default 0)")
     parser.add_argument("--repeats", type=int, default=1, help="measure every preset this many times, interleaved, "
                                                                    "and report medians (default 1)")
+    parser.add_argument("--temporal-filter", default="off", metavar="S",
+                        help="run with `fusion run --temporal-filter S` (off, on or a strength; default off)")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.seconds <= 0:
@@ -269,7 +277,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
             for preset in presets:     # sizes interleaved: a busy spell on a shared machine hits them alike
-                row = measure(preset, args.seconds, args.warmup, args.model, args.backend, args.viewers, Path(tmp))
+                row = measure(preset, args.seconds, args.warmup, args.model, args.backend, args.viewers, Path(tmp),
+                              args.temporal_filter)
                 row["repeat"] = repeat + 1
                 runs.append(row)
                 print(f"{preset} (repeat {repeat + 1}): {row['fps']:.1f} fps, {row['cpu_ms_total']:.1f} CPU ms per "
@@ -280,6 +289,7 @@ def main(argv=None) -> int:
         from runtime.imageio import write_json
         write_json(args.out, {"presets": rows, "runs": runs, "seconds": args.seconds, "model": args.model,
                               "backend": args.backend, "viewers": args.viewers,
+                              "temporal_filter": args.temporal_filter,
                               "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
     return 0
 

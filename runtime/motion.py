@@ -173,17 +173,17 @@ class IrMotionCompensator:
         return (cv2.resize(dx, size, interpolation=cv2.INTER_LINEAR) * np.float32(scale * size[0] / small_w),
                 cv2.resize(dy, size, interpolation=cv2.INTER_LINEAR) * np.float32(scale * size[1] / small_h))
 
-    def warp(self, image: np.ndarray, flow_small: np.ndarray, scale: float,
-             outside: Optional[float] = None) -> np.ndarray:
+    def warp(self, image: np.ndarray, flow_small: np.ndarray, scale: float, outside: Optional[float] = None,
+             interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
         """`image` (any size, uint8/uint16/float) backward-warped by `scale` x the flow, resized to its size. Pixels
         brought from outside the frame repeat its edge, or take the value `outside` when given."""
         height, width = image.shape[:2]
         grid_x, grid_y = self._grid_xy((height, width))
         dx, dy = self.displacement(flow_small, scale, (width, height))
         if outside is None:
-            return cv2.remap(image, cv2.add(grid_x, dx), cv2.add(grid_y, dy), cv2.INTER_LINEAR,
+            return cv2.remap(image, cv2.add(grid_x, dx), cv2.add(grid_y, dy), interpolation,
                              borderMode=cv2.BORDER_REPLICATE)
-        return cv2.remap(image, cv2.add(grid_x, dx), cv2.add(grid_y, dy), cv2.INTER_LINEAR,
+        return cv2.remap(image, cv2.add(grid_x, dx), cv2.add(grid_y, dy), interpolation,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=float(outside))
 
     def _grid_xy(self, shape: tuple) -> tuple[np.ndarray, np.ndarray]:

@@ -70,7 +70,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                            "(auto, the default: when the IR camera is slower; off: nearest-time pairing as before)")
     model.add_argument("--temporal-filter", metavar="S",
                        help="steadier video: blend each fused frame with the previous one moved along the VIS motion, "
-                            "where they differ by less than a threshold (off, the default; on = 0.5; or a strength "
+                            "where they differ by less than a threshold (off, the default; on = 0.6; or a strength "
                             "in [0, 1)). Video only; costs ~2 ms a frame at 640x480 on the CPU")
     sync.add_argument("--homography", metavar="FILE", help="IR->VIS homography from `fusion calibrate`")
     sync.add_argument("--no-crop", dest="crop", action="store_false", default=None,
