@@ -48,6 +48,7 @@ import numpy as np
 
 from benchmarks.temporal import held_at, load_matrix, luma, read_video, to_vis_view, vis_flows, warped_difference
 from runtime.assets.make_samples import PRESETS, SECONDS_PER_SCENE, Preset, camera_window, make_samples, read_scene
+from runtime.errors import FusionError
 from runtime.imageio import write_image, write_json
 from runtime.motion import IrMotionCompensator
 from runtime.sink_base import OutputInfo, Sink
@@ -240,7 +241,7 @@ class FrameSink(Sink):
 
 
 def fused(clips: Path, info: dict, model: str, preset: str, strip: Optional[Path] = None,
-          temporal_filter: float = 0.0) -> dict:
+          temporal_filter: float = 0.0, plot: Optional[Path] = None, teachers: tuple = ()) -> dict:
     """Part (b): the fused video's warped temporal difference for the three runs, and the clips' own figures.
     With `strip`, also the before/after picture (see `write_strip`). With `temporal_filter` (a strength), two more
     runs with `--temporal-filter` (9 fps IR + compensation, and the truth IR), and the filter's cost in still-image
@@ -281,16 +282,64 @@ def fused(clips: Path, info: dict, model: str, preset: str, strip: Optional[Path
         truth_runs = [name for name, _, mode, _ in runs if "truth" in name]
         quality = still_quality({name: outputs[name][:count] for name in truth_runs}, vis,
                                 clips / info["ir_truth"]["file"], flows.vis_size, matrix)
-    rows = {}
+    measured = {}
     for name in list(outputs):
-        rows[name] = summary(warped_difference(outputs.pop(name)[:count], flows), **extras[name])
-    rows["VIS clip"] = summary(warped_difference(islice(read_video(vis), count), flows, bgr=True))
-    rows["IR truth clip (30 fps)"] = summary(warped_difference(
-        islice(read_video(clips / info["ir_truth"]["file"]), count), flows, bgr=True, homography=matrix))
+        measured[name] = warped_difference(outputs.pop(name)[:count], flows)
+    measured["VIS clip"] = warped_difference(islice(read_video(vis), count), flows, bgr=True)
+    measured["IR truth clip (30 fps)"] = warped_difference(
+        islice(read_video(clips / info["ir_truth"]["file"]), count), flows, bgr=True, homography=matrix)
+    for name in teachers:
+        measured[f"teacher {name}, IR truth 30 fps"] = warped_difference(
+            teacher_frames(name, vis, clips / info["ir_truth"]["file"], count, flows.vis_size, matrix), flows)
+    if plot is not None:
+        # (Without the 9 fps IR run held: its judder, ~5x the others, would flatten every other line.)
+        # (and without the teachers' lines: the chart is about the runtime's own videos).
+        write_plot(plot, {name: measured[name]["per_pair"] for name in measured
+                          if name != runs[0][0] and not name.startswith("teacher ")}, preset)
+    rows = {name: summary(result, **extras.get(name, {})) for name, result in measured.items()}
     held = held_at(read_video(clips / info["ir"]["file"]), info["ir"]["fps"], info["vis"]["fps"], count)
     rows["IR clip (9 fps, held)"] = summary(warped_difference(held, flows, bgr=True, homography=matrix))
     return {"flow_size": list(flows.flow_size), "vis_frames": all_flows.frames, "frames_measured": count,
             "pairs_used": flows.pairs_used, "rows": rows, "quality": quality}
+
+
+def teacher_frames(name: str, vis: Path, ir_truth: Path, count: int, vis_size: tuple[int, int],
+                   matrix: Optional[np.ndarray]):
+    """The truth clips fused frame by frame by a registered teacher or baseline (`fusion teacher list`): its luma,
+    0..255, one frame at a time. Answers whether a fusion that is not learned is steadier than the student."""
+    from teacher.registry import load_teacher_class
+    teacher = load_teacher_class(name, ("fusion", "baseline"))()
+    for vis_frame, ir_frame in islice(zip(read_video(vis), read_video(ir_truth)), count):
+        vis_y = luma(vis_frame, bgr=True) / 255.0
+        ir_y = luma(to_vis_view(ir_frame, vis_size, matrix), bgr=True) / 255.0
+        yield teacher.fuse(ir_y, vis_y) * 255.0
+
+
+def write_plot(path: Path, series: dict, preset: str) -> Path:
+    """The warped temporal difference of each consecutive pair of frames, one line per video (pairs across a scene
+    cut are gaps). Written atomically."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from runtime.imageio import atomic_path
+    fig, ax = plt.subplots(figsize=(10, 4.2), dpi=110)
+    for name, values in series.items():
+        ys = [np.nan if v is None else v for v in values]
+        ax.plot(range(1, len(ys) + 1), ys, linewidth=1.6 if name.startswith("fused") else 1.0,
+                linestyle="-" if name.startswith("fused") else "--", label=name)
+    ax.set_xlabel("VIS frame k (the pair k-1, k)")
+    ax.set_ylabel("warped difference, luma 0..255")
+    ax.set_title(f"frame-to-frame change once the VIS motion is taken out, {preset} sample rig", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="upper right", framealpha=0.85)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
 
 
 def still_quality(runs: dict, vis: Path, ir_truth: Path, vis_size: tuple[int, int],
@@ -319,7 +368,7 @@ def write_strip(path: Path, runs: list, labels: list, first: int = 37, crop: tup
     """Three consecutive fused frames (columns) of each run (rows), cropped where the held IR frame is furthest
     from the truth in the middle frame (a moving edge: the heat layer left behind), 2x nearest-neighbour enlarged."""
     frames = [run[first:first + 3] for run in runs]
-    middle_off, middle_truth = frames[0][1].astype(np.float32), frames[-1][1].astype(np.float32)
+    middle_off, middle_truth = frames[0][1].astype(np.float32), frames[2][1].astype(np.float32)
     error = np.abs(middle_off - middle_truth).mean(axis=2)
     height, width = error.shape
     cw, ch = min(crop[0], width), min(crop[1], height)
@@ -471,11 +520,24 @@ def main(argv=None) -> int:
     parser.add_argument("--temporal-filter", type=float, default=0.0, metavar="S",
                         help="also fuse with `--temporal-filter S` (9 fps IR + compensation, and the truth IR), and "
                              "report what the filter costs in still-image quality (SF, AG, VIF, Qabf)")
+    parser.add_argument("--teachers", default="",
+                        help="also fuse the truth clips frame by frame with these registered teachers/baselines "
+                             "(comma-separated, e.g. mean,max,laplacian,pyramid-sharp) and measure their videos")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="also draw each video's frame-to-frame warped difference as a line chart here (PNG)")
     parser.add_argument("--time-against", metavar="REV",
                         help="only time: this checkout's compensation against runtime/motion.py at git revision REV, "
                              "alternated in one process on the same frames (medians and their ratio)")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
+    teachers = tuple(name.strip() for name in args.teachers.split(",") if name.strip())
+    from teacher.registry import get_entry
+    try:
+        for name in teachers:
+            get_entry(name, ("fusion", "baseline"))     # an unknown name fails now, not after minutes of fusing
+    except FusionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     data = args.data or SHARED / preset.dataset
     started = time.perf_counter()
     if args.time_against:
@@ -505,7 +567,7 @@ def main(argv=None) -> int:
             geo = geometry(rig)
         finally:
             cv2.setNumThreads(threads)
-        fuse = fused(clips, info, args.model, args.preset, args.strip, args.temporal_filter)
+        fuse = fused(clips, info, args.model, args.preset, args.strip, args.temporal_filter, args.plot, teachers)
     result = {"preset": args.preset, "model": args.model, "geometry": geo, "fused": fuse,
               "targets": targets(geo, fuse), "seconds": round(time.perf_counter() - started, 1),
               "made_by": "python -m benchmarks.ir_motion " + " ".join(sys.argv[1:] if argv is None else argv)}

@@ -249,3 +249,23 @@ def test_time_against_loads_an_earlier_motion_module_and_times_both(roadscene):
     assert result["frames"] > 0 and result["calls"] == result["frames"] * 2
     with pytest.raises(SystemExit, match="cannot read runtime/motion.py at 'no-such-revision'"):
         motion_at("no-such-revision")
+
+
+def test_targets_hold_each_fused_video_to_the_larger_of_its_sources(tmp_path):
+    """Issue 25's steadiness bar as the benchmark states it: fused warped difference / max(VIS clip, truth IR clip)
+    <= 1.05, for the unfiltered truth run and each `--temporal-filter` run; and the per-pair chart is drawn with the
+    pairs skipped at scene cuts left as gaps."""
+    from benchmarks.ir_motion import FILTERED_FLOW, FILTERED_TRUTH, targets, write_plot
+    geo = {"compensated": {"mean_px": 0.3, "mae": 1.0}, "held": {"mae": 4.0}}
+    rows = {"fused, IR 9 fps, --ir-motion flow": {"mean": 1.9}, "fused, IR truth 30 fps, --ir-motion off": {"mean": 1.5},
+            f"{FILTERED_FLOW} 0.6": {"mean": 1.46}, f"{FILTERED_TRUTH} 0.6": {"mean": 1.0},
+            "VIS clip": {"mean": 0.6}, "IR truth clip (30 fps)": {"mean": 1.4}}
+    goals = targets(geo, {"rows": rows})
+    assert goals["steady_truth"]["value"] == pytest.approx(1.5 / 1.4) and not goals["steady_truth"]["met"]
+    assert goals["steady_flow_filtered"]["value"] == pytest.approx(1.46 / 1.4) and goals["steady_flow_filtered"]["met"]
+    assert goals["steady_truth_filtered"]["met"] and goals["fused_flow_over_truth"]["met"]
+    no_filter = targets(geo, {"rows": {k: v for k, v in rows.items() if "temporal" not in k}})
+    assert "steady_truth_filtered" not in no_filter and "steady_truth" in no_filter
+    path = write_plot(tmp_path / "plot.png", {"fused": [1.0, None, 1.2], "VIS clip": [0.5, None, 0.6]}, "480p")
+    image = cv2.imread(str(path))
+    assert image is not None and image.shape[0] > 200 and image.shape[1] > 400
