@@ -328,6 +328,15 @@ def write_plot(path: Path, series: dict, preset: str) -> Path:
         ys = [np.nan if v is None else v for v in values]
         ax.plot(range(1, len(ys) + 1), ys, linewidth=1.6 if name.startswith("fused") else 1.0,
                 linestyle="-" if name.startswith("fused") else "--", label=name)
+    # A few pairs right after a scene cut (the 9 fps IR frame still shows the previous scene) are 10-30x the rest:
+    # the axis stops above the bulk of the values and those pairs are marked at its top with their value.
+    values = np.array([v for ys in series.values() for v in ys if v is not None], dtype=np.float64)
+    top = max(1.0, 1.4 * float(np.percentile(values, 99))) if values.size else 1.0
+    ax.set_ylim(0.0, top)
+    for ys in series.values():
+        for k, v in enumerate(ys, start=1):
+            if v is not None and v > top:
+                ax.annotate(f"{v:.1f}", (k, top), textcoords="offset points", xytext=(3, -10), fontsize=7)
     ax.set_xlabel("VIS frame k (the pair k-1, k)")
     ax.set_ylabel("warped difference, luma 0..255")
     ax.set_title(f"frame-to-frame change once the VIS motion is taken out, {preset} sample rig", fontsize=10)
