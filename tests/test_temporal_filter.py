@@ -153,3 +153,16 @@ def test_folder_mode_and_bad_strength_are_refused(tmp_path, roadscene):
     assert done.returncode != 0
     lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and "temporal-filter" in lines[0], done.stderr
+
+
+def test_measure_table_shows_the_filter_only_when_it_ran():
+    from runtime.measure import STAGES, format_table
+    row = {"preset": "vga", "cpu_ms_per_frame": {stage: 1.0 for stage in STAGES}, "motion_ms_per_frame": 2.0,
+           "cpu_ms_total": 8.0, "cores_busy": 0.3, "fps": 30.0, "latency_ms": {"p50": 20.0, "p99": 30.0},
+           "stale_share": 0.0, "temporal_ms_per_frame": 0.0}
+    assert "temporal filter" not in format_table([row])
+    table = format_table([row | {"temporal_ms_per_frame": 4.5}])
+    line = next(line for line in table.splitlines() if "temporal filter" in line)
+    assert line.split()[-1] == "4.50"
+    assert table.splitlines().index(line) == next(i for i, text in enumerate(table.splitlines())
+                                                  if text.startswith("output")) + 1
