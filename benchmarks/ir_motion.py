@@ -323,7 +323,7 @@ def write_plot(path: Path, series: dict, preset: str) -> Path:
     import matplotlib.pyplot as plt
 
     from runtime.imageio import atomic_path
-    fig, ax = plt.subplots(figsize=(10, 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(10, 5.0), dpi=110)
     for name, values in series.items():
         ys = [np.nan if v is None else v for v in values]
         ax.plot(range(1, len(ys) + 1), ys, linewidth=1.6 if name.startswith("fused") else 1.0,
@@ -333,15 +333,19 @@ def write_plot(path: Path, series: dict, preset: str) -> Path:
     values = np.array([v for ys in series.values() for v in ys if v is not None], dtype=np.float64)
     top = max(1.0, 1.4 * float(np.percentile(values, 99))) if values.size else 1.0
     ax.set_ylim(0.0, top)
+    peaks: dict = {}
     for ys in series.values():
         for k, v in enumerate(ys, start=1):
             if v is not None and v > top:
-                ax.annotate(f"{v:.1f}", (k, top), textcoords="offset points", xytext=(3, -10), fontsize=7)
+                peaks[k] = max(v, peaks.get(k, 0.0))
+    for k, v in peaks.items():
+        if k - 1 not in peaks:          # one label per run of neighbouring pairs
+            ax.annotate(f"{v:.1f}", (k, top), textcoords="offset points", xytext=(4, -10), fontsize=7)
     ax.set_xlabel("VIS frame k (the pair k-1, k)")
     ax.set_ylabel("warped difference, luma 0..255")
     ax.set_title(f"frame-to-frame change once the VIS motion is taken out, {preset} sample rig", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="upper right", framealpha=0.85)
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

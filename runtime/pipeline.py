@@ -437,6 +437,9 @@ class FusionPipeline:
             raise FusionError(f"--temporal-filter works on the fused luminance on the CPU; the {self.backend.name} "
                               f"backend makes whole output frames on its device: use --backend onnxruntime or "
                               f"tensorrt with it, or drop --temporal-filter")
+        if getattr(self.backend, "vis_channels", 1) != 1:
+            raise FusionError("--temporal-filter works on the fused luminance; this model fuses RGB (3 channels in and "
+                              "out): use a luminance model (the shipped ones are) or drop --temporal-filter")
         from runtime.temporal_filter import TemporalFilter
         self.work.temporal = TemporalFilter(self.temporal_strength)
         self._log(f"temporal filter on (strength {self.temporal_strength:g}): each fused frame is blended with the "

@@ -120,13 +120,14 @@ class FullSink(RecordingSink):
         self.frames.append((rgb.copy(), info))
 
 
-def run_pan(roadscene, **options):
+def run_pan(roadscene, backend=None, **options):
     ir, vis = read_raw(roadscene / "ir" / f"{STEM}.jpg"), read_raw(roadscene / "vi" / f"{STEM}.jpg")
     ir = cv2.cvtColor(ir, cv2.COLOR_RGB2GRAY) if ir.ndim == 3 else ir
     sink = FullSink()
     report = FusionPipeline(ir_source=Pan(ir, fps=30, frames=20, live=False, role="ir"),
-                            vis_source=Pan(vis, fps=30, frames=20, live=False, role="vis"), backend=NumpyBackend(),
-                            sinks=[sink], imgsz="96x128", verbose=False, **options).run()
+                            vis_source=Pan(vis, fps=30, frames=20, live=False, role="vis"),
+                            backend=backend or NumpyBackend(), sinks=[sink], imgsz="96x128", verbose=False,
+                            **options).run()
     return report, [rgb for rgb, _ in sink.frames]
 
 
@@ -143,6 +144,14 @@ def test_pipeline_filters_in_order_and_off_leaves_frames_as_they_were(roadscene)
     change = [np.abs(a.astype(int) - b.astype(int)) for a, b in zip(plain[1:], filtered[1:])]
     assert max(c.max() for c in change) <= THRESHOLD * 255 * DEFAULT_STRENGTH + 1
     assert any(c.max() > 0 for c in change)
+
+
+def test_an_rgb_model_is_refused_not_silently_unfiltered(roadscene):
+    class RgbBackend(NumpyBackend):
+        vis_channels = 3
+
+    with pytest.raises(FusionError, match="luminance"):
+        run_pan(roadscene, temporal_filter="on", backend=RgbBackend())
 
 
 def test_folder_mode_and_bad_strength_are_refused(tmp_path, roadscene):
