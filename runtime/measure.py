@@ -132,7 +132,7 @@ def clips_for(preset: str) -> Path:
 
 
 def measure(preset: str, seconds: float, warmup: float, model: str, backend: str, viewers: int,
-            workdir: Path, temporal_filter: str = "off") -> dict:
+            workdir: Path, temporal_filter: str = "off", ir_motion: str = "auto") -> dict:
     """One preset at camera rate: CPU ms per fused frame by stage, and the run's statistics."""
     from runtime.pipeline import FusionPipeline
     clips = clips_for(preset)
@@ -144,7 +144,7 @@ def measure(preset: str, seconds: float, warmup: float, model: str, backend: str
     pipeline = FusionPipeline(ir=str(clips / "ir.mp4"), vis=str(clips / "vis.mp4"), model=model, backend=backend,
                               homography=str(homography) if homography.is_file() else None, output_size="native",
                               outputs=outputs, headless=True, realtime=True, loop=True, auth_token=token,
-                              temporal_filter=temporal_filter, verbose=False)
+                              temporal_filter=temporal_filter, ir_motion=ir_motion, verbose=False)
     result: dict = {}
     runner = threading.Thread(target=lambda: result.update(report=pipeline.run()), name="measure-run", daemon=True)
     runner.start()
@@ -262,6 +262,9 @@ def main(argv=None) -> int:
                                                                    "and report medians (default 1)")
     parser.add_argument("--temporal-filter", default="off", metavar="S",
                         help="run with `fusion run --temporal-filter S` (off, on or a strength; default off)")
+    parser.add_argument("--ir-motion", choices=("auto", "flow", "off"), default="auto",
+                        help="IR motion compensation (default auto: on, the IR clips are 9 fps); off to measure what "
+                             "it adds")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.seconds <= 0:
@@ -278,7 +281,7 @@ def main(argv=None) -> int:
         for repeat in range(args.repeats):
             for preset in presets:     # sizes interleaved: a busy spell on a shared machine hits them alike
                 row = measure(preset, args.seconds, args.warmup, args.model, args.backend, args.viewers, Path(tmp),
-                              args.temporal_filter)
+                              args.temporal_filter, args.ir_motion)
                 row["repeat"] = repeat + 1
                 runs.append(row)
                 print(f"{preset} (repeat {repeat + 1}): {row['fps']:.1f} fps, {row['cpu_ms_total']:.1f} CPU ms per "
@@ -289,7 +292,7 @@ def main(argv=None) -> int:
         from runtime.imageio import write_json
         write_json(args.out, {"presets": rows, "runs": runs, "seconds": args.seconds, "model": args.model,
                               "backend": args.backend, "viewers": args.viewers,
-                              "temporal_filter": args.temporal_filter,
+                              "temporal_filter": args.temporal_filter, "ir_motion": args.ir_motion,
                               "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
     return 0
 

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from runtime.errors import FusionError
+from runtime.registration import warp_into_view
 from runtime.sources import Frame
 
 MODES = ("auto", "flow", "off")
@@ -57,6 +58,20 @@ def resolve_mode(mode: str, ir_fps: float, vis_fps: float, primary: str) -> bool
     if mode == "flow":
         return True
     return bool(ir_fps and vis_fps and ir_fps < 0.95 * vis_fps)
+
+
+def through_homography(matrix: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pixel maps (float32 (H, W) each) carried through the 3x3 `matrix`, as cv2.remap takes them. An affine
+    matrix (no perspective row, the usual rig) costs two weighted sums; a perspective one adds a division (OpenCV's
+    perspectiveTransform on the same points took 10x longer)."""
+    matrix = matrix / matrix[2, 2]
+    xs = cv2.addWeighted(map_x, matrix[0, 0], map_y, matrix[0, 1], matrix[0, 2])
+    ys = cv2.addWeighted(map_x, matrix[1, 0], map_y, matrix[1, 1], matrix[1, 2])
+    height, width = map_x.shape
+    if abs(matrix[2, 0]) * width + abs(matrix[2, 1]) * height < 1e-7:
+        return xs, ys
+    scale = cv2.addWeighted(map_x, matrix[2, 0], map_y, matrix[2, 1], 1.0)
+    return cv2.divide(xs, scale), cv2.divide(ys, scale)
 
 
 class VisHistory:
@@ -174,17 +189,22 @@ class IrMotionCompensator:
                 cv2.resize(dy, size, interpolation=cv2.INTER_LINEAR) * np.float32(scale * size[1] / small_h))
 
     def warp(self, image: np.ndarray, flow_small: np.ndarray, scale: float, outside: Optional[float] = None,
-             interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+             interpolation: int = cv2.INTER_LINEAR, view: Optional[tuple] = None) -> np.ndarray:
         """`image` (any size, uint8/uint16/float) backward-warped by `scale` x the flow, resized to its size. Pixels
-        brought from outside the frame repeat its edge, or take the value `outside` when given."""
-        height, width = image.shape[:2]
+        brought from outside the frame repeat its edge, or take the value `outside` when given.
+
+        `view` (matrix, (W, H)) from `Registration.view_matrix`: `image` is the raw IR frame, registered into the view
+        in the same resampling (one interpolation instead of two; measured 1.43 -> 0.97 ms at 640x480)."""
+        height, width = image.shape[:2] if view is None else view[1][::-1]
         grid_x, grid_y = self._grid_xy((height, width))
         dx, dy = self.displacement(flow_small, scale, (width, height))
+        map_x, map_y = cv2.add(grid_x, dx), cv2.add(grid_y, dy)
+        if view is not None:
+            map_x, map_y = through_homography(np.linalg.inv(view[0]), map_x, map_y)
         if outside is None:
-            return cv2.remap(image, cv2.add(grid_x, dx), cv2.add(grid_y, dy), interpolation,
-                             borderMode=cv2.BORDER_REPLICATE)
-        return cv2.remap(image, cv2.add(grid_x, dx), cv2.add(grid_y, dy), interpolation,
-                         borderMode=cv2.BORDER_CONSTANT, borderValue=float(outside))
+            return cv2.remap(image, map_x, map_y, interpolation, borderMode=cv2.BORDER_REPLICATE)
+        return cv2.remap(image, map_x, map_y, interpolation, borderMode=cv2.BORDER_CONSTANT,
+                         borderValue=float(outside))
 
     def _grid_xy(self, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
         """(x, y) pixel coordinates of a frame of `shape` (H, W), float32, cached."""
@@ -205,26 +225,33 @@ class IrMotionCompensator:
     # ----------------------------------------------------------------------------------------------------- a frame
     def compensate(self, ir: np.ndarray, vis_now: np.ndarray, vis_ref: Optional[np.ndarray], t_now: float,
                    t_ref: Optional[float], t_ir: float, max_ref_gap_s: float = 0.025,
-                   now_small: Optional[np.ndarray] = None, ref_small: Optional[np.ndarray] = None
-                   ) -> tuple[np.ndarray, Compensation]:
+                   now_small: Optional[np.ndarray] = None, ref_small: Optional[np.ndarray] = None,
+                   view: Optional[tuple] = None) -> tuple[np.ndarray, Compensation]:
         """The IR frame (in the VIS view, any resolution) moved from t_ir to t_now. `vis_ref` is the VIS frame taken
-        at t_ref, nearest t_ir; `max_ref_gap_s` is the largest |t_ref - t_ir| trusted (about half a VIS period)."""
+        at t_ref, nearest t_ir; `max_ref_gap_s` is the largest |t_ref - t_ir| trusted (about half a VIS period).
+        With `view` (`Registration.view_matrix`'s (matrix, (W, H))), `ir` is the raw IR frame: it is registered into
+        the view and moved in one resampling, or only registered where the motion is not applied."""
         if vis_ref is None or t_ref is None:
-            return ir, Compensation(False, "no VIS frame near the IR frame's time")
+            return self._held(ir, view), Compensation(False, "no VIS frame near the IR frame's time")
         if abs(t_ref - t_ir) > max_ref_gap_s:
-            return ir, Compensation(False, "no VIS frame near the IR frame's time")
+            return self._held(ir, view), Compensation(False, "no VIS frame near the IR frame's time")
         span = t_now - t_ref
         if abs(span) < 1e-4:
-            return ir, Compensation(False, "IR frame is current")
+            return self._held(ir, view), Compensation(False, "IR frame is current")
         scale = (t_now - t_ir) / span
         now_small = self.small_gray(vis_now) if now_small is None else now_small
         ref_small = self.small_gray(vis_ref) if ref_small is None else ref_small
         if now_small.shape != ref_small.shape:
-            return ir, Compensation(False, "VIS frame size changed")
+            return self._held(ir, view), Compensation(False, "VIS frame size changed")
         flow, reliable = self.flow(now_small, ref_small)
         if reliable < self.min_reliable:
-            return ir, Compensation(False, "motion unreliable (scene cut?)", reliable)
-        return self.warp(ir, flow, scale), Compensation(True, "", reliable)
+            return self._held(ir, view), Compensation(False, "motion unreliable (scene cut?)", reliable)
+        return self.warp(ir, flow, scale, view=view), Compensation(True, "", reliable)
+
+    @staticmethod
+    def _held(ir: np.ndarray, view: Optional[tuple]) -> np.ndarray:
+        """The IR frame as held: itself, or registered into the view when it came raw."""
+        return ir if view is None else warp_into_view(ir, view)
 
 
 __all__ = ["MODES", "FLOW_WIDTH", "VisHistory", "IrMotionCompensator", "Compensation", "resolve_mode"]

@@ -190,6 +190,12 @@ def rescale_homography(homography: np.ndarray, from_ir: tuple[int, int], from_vi
     return matrix / matrix[2, 2]
 
 
+def warp_into_view(ir: np.ndarray, view: tuple[np.ndarray, tuple[int, int]]) -> np.ndarray:
+    """The raw IR frame resampled into the view (`Registration.view_matrix`'s (matrix, (W, H)))."""
+    matrix, size = view
+    return cv2.warpPerspective(ir, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
 class Registration:
     """Warps IR frames onto the VIS frame and crops both to the shared view (set up on the first pair's sizes)."""
 
@@ -250,6 +256,15 @@ class Registration:
         frame's own: one resampling instead of two, and a fraction of the pixels at 720p/1080p."""
         if self.file is None:
             return ir, vis
+        matrix, size = self.view_matrix(ir, vis, ir_hw)
+        x0, y0, x1, y1 = self.rect
+        return warp_into_view(ir, (matrix, size)), vis[y0:y1, x0:x1]
+
+    def view_matrix(self, ir: np.ndarray, vis: np.ndarray, ir_hw: Optional[tuple[int, int]] = None
+                    ) -> tuple[np.ndarray, tuple[int, int]]:
+        """(3x3 taking a pixel of the raw IR frame to its place in the cropped view, the view's (W, H)): what `apply`
+        warps with, for a caller that resamples the IR frame itself (IR motion compensation moves and registers it in
+        one pass). Needs a homography."""
         self._ensure_setup(ir, vis)
         x0, y0, x1, y1 = self.rect
         # Warp straight into the crop: translate so the crop's corner is the origin, and skip the rest.
@@ -260,8 +275,7 @@ class Registration:
             # pixel centres map onto pixel centres, as cv2.resize does
             matrix = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]]) @ matrix
             size = (ir_hw[1], ir_hw[0])
-        warped = cv2.warpPerspective(ir, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        return warped, vis[y0:y1, x0:x1]
+        return matrix, size
 
     def crop_vis(self, vis: np.ndarray) -> np.ndarray:
         """A VIS frame cropped as `apply` crops it (after `apply` has seen a pair of these sizes)."""

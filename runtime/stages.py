@@ -117,14 +117,21 @@ class FrameProcessor:
         fuses_frames = getattr(self.backend, "fuses_frames", False)   # torch-gpu converts raw frames on its device
         native_hw = self.registration.view_size(packet.ir.image, packet.vis.image)
         model_hw, out_native = self.sizes_for(native_hw)
-        ir, vis = self.registration.apply(packet.ir.image, packet.vis.image,
-                                          ir_hw=None if fuses_frames else model_hw)
+        moving = self.motion is not None and packet.vis_ref is not None
+        view = None
+        if moving and self.registration.enabled and not fuses_frames:
+            # Registered and moved in one resampling (runtime.motion): the raw IR frame goes to the compensation.
+            view = self.registration.view_matrix(packet.ir.image, packet.vis.image, model_hw)
+            ir, vis = packet.ir.image, self.registration.crop_vis(packet.vis.image)
+        else:
+            ir, vis = self.registration.apply(packet.ir.image, packet.vis.image,
+                                              ir_hw=None if fuses_frames else model_hw)
         vis_model = vis if fuses_frames else resize_frame(vis, model_hw)
-        if self.motion is not None and packet.vis_ref is not None:
+        if moving:
             # Warp at the smaller of the IR frame and the model input (the same result, less work).
-            if ir.shape[0] * ir.shape[1] > model_hw[0] * model_hw[1] and not fuses_frames:
+            if view is None and ir.shape[0] * ir.shape[1] > model_hw[0] * model_hw[1] and not fuses_frames:
                 ir = resize_frame(ir, model_hw)
-            ir = self.compensate_motion(packet, ir, vis_model, model_hw)
+            ir = self.compensate_motion(packet, ir, vis_model, model_hw, view)
         if self.temporal is not None:
             self._small_gray(packet.vis, vis_model)      # what the output stage measures the motion on
         if fuses_frames:
@@ -159,11 +166,13 @@ class FrameProcessor:
         packet.model_ir = np.ascontiguousarray(ir_small[None, None], dtype=np.float32)
         packet.out_size = native_hw if out_native else model_hw
 
-    def compensate_motion(self, packet: Packet, ir: np.ndarray, vis_model: np.ndarray, model_hw: tuple) -> np.ndarray:
+    def compensate_motion(self, packet: Packet, ir: np.ndarray, vis_model: np.ndarray, model_hw: tuple,
+                          view: Optional[tuple] = None) -> np.ndarray:
         """The IR frame carried from its capture time to the VIS frame's (runtime.motion), or as held where the
         motion cannot be trusted. Counts `ir_motion_applied` / `ir_motion_held`; the `motion` series is its CPU time
         (this thread's: what it costs, not how long other stages kept it waiting). `vis_model` is the VIS view at the
-        model size (the flow is measured on it, made smaller)."""
+        model size (the flow is measured on it, made smaller). With `view` (a homography's), `ir` is the raw frame and
+        the series includes its registration, which it replaces."""
         t0 = time.thread_time()
         motion, ref = self.motion, packet.vis_ref
         now_small = self._small_gray(packet.vis, vis_model)
@@ -174,7 +183,7 @@ class FrameProcessor:
             if ref_small is None:      # a VIS frame that was never fused itself (dropped as stale)
                 ref_small = self._small_gray(ref, resize_frame(self.registration.crop_vis(ref.image), model_hw))
         ir, result = motion.compensate(ir, vis_model, ref.image, packet.vis.t_media, ref.t_media, packet.ir.t_media,
-                                       self.max_ref_gap_s, now_small=now_small, ref_small=ref_small)
+                                       self.max_ref_gap_s, now_small=now_small, ref_small=ref_small, view=view)
         if self.stats is not None:
             self.stats.count("ir_motion_applied" if result.applied else "ir_motion_held")
             self.stats.add("motion", time.thread_time() - t0)
