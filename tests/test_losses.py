@@ -30,6 +30,28 @@ def test_ssim_matches_scikit_image(real_crop):
     assert 0.2 < got < 0.95  # a real difference, not a degenerate case
 
 
+def test_ssim_map_is_kornias_in_value_and_gradient(real_crop):
+    """The moments filtered as one tensor give kornia.metrics.ssim's map (several channels, odd sizes) and the same
+    gradient; the source term's one-pass form is the mean of its two SSIMs."""
+    import kornia
+    from distill.losses import source_ssim_loss, ssim_map
+    rng = np.random.default_rng(1)
+    base = torch.from_numpy(real_crop)[None, None]
+    x = torch.cat([base, base.flip(-1)], dim=1)[..., :95, :121].contiguous().requires_grad_(True)
+    y = (x.detach() + torch.from_numpy(rng.normal(0, 0.05, x.shape).astype(np.float32))).clamp(0, 1)
+    ours = ssim_map(x, y)
+    theirs = kornia.metrics.ssim(x, y, 11, max_val=1.0, padding="valid")
+    assert ours.shape == theirs.shape == (1, 2, 85, 111)
+    assert (ours - theirs).abs().max() < 3e-4      # float32: kornia filters separably, rounding differs (8e-5 seen)
+    assert (ours - theirs).abs().mean() < 1e-5
+    (grad_ours,) = torch.autograd.grad(ours.mean(), x)
+    (grad_theirs,) = torch.autograd.grad(theirs.mean(), x)
+    assert (grad_ours - grad_theirs).abs().max() < 1e-3 * grad_theirs.abs().max()
+    fused, ir, vis = y[:, :1], base[..., :95, :121], base.flip(-1)[..., :95, :121]
+    expected = 1 - 0.5 * (ssim(fused, ir) + ssim(fused, vis))
+    assert float(source_ssim_loss(fused, ir, vis)) == pytest.approx(float(expected), abs=1e-6)
+
+
 def test_ssim_loss_zero_for_identical_and_positive_otherwise(real_crop):
     x = torch.from_numpy(real_crop)[None, None]
     assert float(ssim_loss(x, x)) == pytest.approx(0.0, abs=1e-6)
