@@ -5,6 +5,8 @@ visible cameras beside a 640x512 thermal core.
     python -m runtime.measure --presets 480p --seconds 60 --out build/measure/480p.json
     python -m runtime.measure --repeats 3                       # each size three times, interleaved: medians
     python -m runtime.measure --backend torch-gpu               # the same table for another backend (GPU machines)
+    python -m runtime.measure --presets vga --temporal-filter on   # with the temporal filter (its own row)
+    python -m runtime.measure --presets vga --ir-motion off      # without IR motion compensation (what it adds)
 
 For each preset it makes the sample clips when missing (`runtime/assets/make_samples.py --preset P`: the same LLVIP
 training scenes and trajectory at every size; `480p` is the bundled RoadScene pair with a 320x240 IR camera), plays
