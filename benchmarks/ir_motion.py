@@ -322,7 +322,7 @@ def write_plot(path: Path, series: dict, preset: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from runtime.imageio import atomic_path
+    from benchmarks.report import save_figure
     fig, ax = plt.subplots(figsize=(10, 5.0), dpi=110)
     for name, values in series.items():
         ys = [np.nan if v is None else v for v in values]
@@ -346,13 +346,7 @@ def write_plot(path: Path, series: dict, preset: str) -> Path:
     ax.set_title(f"frame-to-frame change once the VIS motion is taken out, {preset} sample rig", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def still_quality(runs: dict, vis: Path, ir_truth: Path, vis_size: tuple[int, int],

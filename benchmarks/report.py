@@ -113,7 +113,6 @@ def plot_latency_quality(result: BenchResult, path, metric: str = "Qabf") -> Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from runtime.imageio import atomic_path
     target = float(result.config.get("target_ms", 30.0))
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     scored = [r for r in result.rows if r.get("role") != "peer" and finite(r.get(metric))]
@@ -150,6 +149,14 @@ def plot_latency_quality(result: BenchResult, path, metric: str = "Qabf") -> Pat
     m = result.machine
     ax.set_title(f"latency vs quality -- {m.get('gpu') or m.get('cpu')}, {m.get('threads')} threads", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path) -> Path:
+    """A matplotlib figure laid out and written as PNG atomically (folders made), then closed."""
+    import matplotlib.pyplot as plt
+
+    from runtime.imageio import atomic_path
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

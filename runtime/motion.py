@@ -201,10 +201,9 @@ class IrMotionCompensator:
         map_x, map_y = cv2.add(grid_x, dx), cv2.add(grid_y, dy)
         if view is not None:
             map_x, map_y = through_homography(np.linalg.inv(view[0]), map_x, map_y)
-        if outside is None:
-            return cv2.remap(image, map_x, map_y, interpolation, borderMode=cv2.BORDER_REPLICATE)
-        return cv2.remap(image, map_x, map_y, interpolation, borderMode=cv2.BORDER_CONSTANT,
-                         borderValue=float(outside))
+        border = cv2.BORDER_REPLICATE if outside is None else cv2.BORDER_CONSTANT
+        return cv2.remap(image, map_x, map_y, interpolation, borderMode=border,
+                         borderValue=0.0 if outside is None else float(outside))
 
     def _grid_xy(self, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
         """(x, y) pixel coordinates of a frame of `shape` (H, W), float32, cached."""

@@ -196,6 +196,23 @@ class SyntheticSource(Source):
         self.open()
 
 
+class PanningSource(SyntheticSource):
+    """A real image seen by a camera panning at 90 px a second: frame t is the 128x96 window whose corner is at
+    (40 + 90 t, 30) (bilinear, edges reflected); timing as SyntheticSource's."""
+
+    def __init__(self, image: np.ndarray, **kwargs):
+        super().__init__(**kwargs)
+        self.image = image
+
+    def read(self):
+        frame = super().read()
+        if frame is not None:
+            matrix = np.array([[1.0, 0.0, -(40 + 90 * frame.t_media)], [0.0, 1.0, -30.0]])
+            frame.image = cv2.warpAffine(self.image, matrix, (128, 96), flags=cv2.INTER_LINEAR,
+                                         borderMode=cv2.BORDER_REFLECT)
+        return frame
+
+
 # ------------------------------------------------------------------------------------------------------------ sinks
 class RecordingSink(Sink):
     """Keeps what it is given: (first pixel of the frame, OutputInfo) per frame.
@@ -225,6 +242,13 @@ class RecordingSink(Sink):
 
     def close(self) -> None:
         self.closed = True
+
+
+class FullFrameSink(RecordingSink):
+    """A RecordingSink that keeps each whole frame, not only its first pixel."""
+
+    def write(self, rgb: np.ndarray, info: OutputInfo) -> None:
+        self.frames.append((rgb.copy(), info))
 
 
 # ------------------------------------------------------------------------------------------------------------ clips

@@ -17,7 +17,7 @@ from runtime.motion import IrMotionCompensator, VisHistory, resolve_mode
 from runtime.pairing import match_latest
 from runtime.pipeline import FusionPipeline
 from runtime.sources import Frame
-from helpers import NumpyBackend, RecordingSink, SyntheticSource
+from helpers import FullFrameSink, NumpyBackend, PanningSource, RecordingSink, SyntheticSource
 
 STEM = "FLIR_00060"          # a training pair (train.txt)
 
@@ -175,24 +175,10 @@ def test_off_is_nearest_time_pairing_without_any_warp(tmp_path, roadscene):
     ir, vis = read_raw(roadscene / "ir" / f"{STEM}.jpg"), read_raw(roadscene / "vi" / f"{STEM}.jpg")
     ir = cv2.cvtColor(ir, cv2.COLOR_RGB2GRAY) if ir.ndim == 3 else ir
 
-    class Pan(SyntheticSource):
-        def __init__(self, image, **kwargs):
-            super().__init__(**kwargs)
-            self.image = image
-
-        def read(self):
-            frame = super().read()
-            if frame is not None:
-                frame.image = view(self.image, 40 + 90 * frame.t_media, 30, size=(128, 96))
-            return frame
-
-    class FullSink(RecordingSink):
-        def write(self, rgb, info):
-            self.frames.append((rgb.copy(), info))
-
-    sink = FullSink()
-    pipeline = FusionPipeline(ir_source=Pan(ir, fps=9, frames=9, live=False, role="ir"),
-                              vis_source=Pan(vis, fps=30, frames=30, live=False, role="vis"), backend=NumpyBackend(),
+    sink = FullFrameSink()
+    pipeline = FusionPipeline(ir_source=PanningSource(ir, fps=9, frames=9, live=False, role="ir"),
+                              vis_source=PanningSource(vis, fps=30, frames=30, live=False, role="vis"),
+                              backend=NumpyBackend(),
                               sinks=[sink], imgsz="96x128", ir_motion="off", verbose=False)
     report = pipeline.run()
     assert "ir_motion_applied" not in report["counters"] and "motion" not in report["stages_ms"]

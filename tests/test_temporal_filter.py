@@ -12,7 +12,7 @@ from runtime.errors import FusionError
 from runtime.imageio import read_raw
 from runtime.pipeline import FusionPipeline
 from runtime.temporal_filter import DEFAULT_STRENGTH, THRESHOLD, TemporalFilter, parse_strength
-from helpers import NumpyBackend, RecordingSink, SyntheticSource
+from helpers import FullFrameSink, NumpyBackend, PanningSource
 
 STEM = "FLIR_00060"          # a training pair (train.txt)
 SIZE = (320, 240)            # (W, H) of the frames filtered here
@@ -100,32 +100,12 @@ def test_parse_strength():
             parse_strength(bad)
 
 
-class Pan(SyntheticSource):
-    """Frames of a real pair panning at 90 px a second (file timing)."""
-
-    def __init__(self, image, **kwargs):
-        super().__init__(**kwargs)
-        self.image = image
-
-    def read(self):
-        frame = super().read()
-        if frame is not None:
-            frame.image = cv2.warpAffine(self.image, np.array([[1.0, 0, -(40 + 90 * frame.t_media)], [0, 1.0, -30]]),
-                                         (128, 96), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        return frame
-
-
-class FullSink(RecordingSink):
-    def write(self, rgb, info):
-        self.frames.append((rgb.copy(), info))
-
-
 def run_pan(roadscene, backend=None, **options):
     ir, vis = read_raw(roadscene / "ir" / f"{STEM}.jpg"), read_raw(roadscene / "vi" / f"{STEM}.jpg")
     ir = cv2.cvtColor(ir, cv2.COLOR_RGB2GRAY) if ir.ndim == 3 else ir
-    sink = FullSink()
-    report = FusionPipeline(ir_source=Pan(ir, fps=30, frames=20, live=False, role="ir"),
-                            vis_source=Pan(vis, fps=30, frames=20, live=False, role="vis"),
+    sink = FullFrameSink()
+    report = FusionPipeline(ir_source=PanningSource(ir, fps=30, frames=20, live=False, role="ir"),
+                            vis_source=PanningSource(vis, fps=30, frames=20, live=False, role="vis"),
                             backend=backend or NumpyBackend(), sinks=[sink], imgsz="96x128", verbose=False,
                             **options).run()
     return report, [rgb for rgb, _ in sink.frames]
