@@ -192,14 +192,25 @@ def _stride_for(count: int, limit: int = 8) -> int:
 
 def sensitive_nodes(model) -> list[str]:
     """Names of the nodes kept in float by `float_edges`: everything from each graph input up to and including its
-    first Conv, and the last Conv with everything downstream of it (the head and the per-pixel affine output)."""
+    first Conv, and the last Conv with everything downstream of it (the head and the per-pixel affine output).
+
+    Depthwise Convs reached straight from the inputs are fixed filters on the sources (the detail bands' energy
+    smoothing, distill/models/student.py: fused_band), whose operands span many decades (squared band-pass
+    values): the walk from the inputs goes through them (they stay float) and they do not count as the head."""
     nodes = list(model.graph.node)
+    weights = {init.name: tuple(init.dims) for init in model.graph.initializer}
     consumers: dict[str, list] = {}
     for node in nodes:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    chosen: list[str] = []
 
+    def depthwise(node) -> bool:
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        shape = weights.get(node.input[1]) if len(node.input) > 1 else None
+        return group > 1 and shape is not None and len(shape) == 4 and shape[0] == group and shape[1] == 1
+
+    chosen: list[str] = []
+    fixed: set[str] = set()
     for graph_input in model.graph.input:
         frontier, seen = [graph_input.name], set()
         while frontier:
@@ -211,8 +222,11 @@ def sensitive_nodes(model) -> list[str]:
                 chosen.append(node.name)
                 if node.op_type != "Conv":
                     frontier.extend(node.output)
+                elif depthwise(node):
+                    fixed.add(node.name)
+                    frontier.extend(node.output)
 
-    convs = [n for n in nodes if n.op_type == "Conv"]
+    convs = [n for n in nodes if n.op_type == "Conv" and n.name not in fixed]
     if convs:
         last = convs[-1]
         chosen.append(last.name)

@@ -84,6 +84,30 @@ def test_float_edges_keep_first_and_last_layers_in_float(tmp_path, fp32_model, c
     assert list(tmp_path.glob("ranges-minmax-*.json"))  # the second recipe reused the calibration
 
 
+def test_float_edges_keep_the_detail_bands_fixed_filters_in_float(tmp_path, roadscene, calib_inputs):
+    # A detail-band student smooths squared band-pass values with fixed depthwise filters straight from the inputs,
+    # after the head in graph order: they stay float (their operands span decades), and the head's conv is still
+    # found as the last layer.
+    from export.quantize import preprocess
+    fp32 = tmp_path / "bands.onnx"
+    export_onnx(random_student(input_scale=2, detail_bands=2), fp32, imgsz=SIZE,
+                check_pairs=load_inputs(roadscene, None, 2, SIZE))
+    pre = preprocess(fp32, tmp_path / "pre.onnx")
+    graph = onnx.load(str(pre)).graph
+    names = set(sensitive_nodes(onnx.load(str(pre))))
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    groups = {n.name: next((a.i for a in n.attribute if a.name == "group"), 1) for n in convs}
+    fixed = [n.name for n in convs if groups[n.name] == 2 and n.name in names]
+    assert len(fixed) == 4                       # 2 bands x (horizontal, vertical)
+    head = [n.name for n in convs if groups[n.name] == 1 and n.name in names]
+    assert len(head) == 3                        # the two stems and the head's last conv, as without the bands
+    out = tmp_path / "bands.int8.onnx"
+    quantize_int8(fp32, out, calib_inputs, QuantRecipe("minmax", float_edges=True), cache_dir=tmp_path,
+                  preprocessed=pre)
+    result = compare_models(fp32, out, load_inputs(roadscene, roadscene / "test.txt", 2, SIZE))
+    assert result["psnr_db"] > 30.0
+
+
 def test_auto_builds_every_method_plain_and_with_float_edges():
     recipes = recipes_to_try("auto")
     assert [(r.method, r.float_edges) for r in recipes] == [(m, e) for m in ("minmax", "percentile", "entropy")

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from distill.models import create_student, list_students, load_student, save_student, student_config
 from runtime.errors import FusionError
@@ -83,6 +84,40 @@ def test_pyramid_gains_keep_both_sources_fine_detail_in_full():
         assert torch.allclose(guided(ir, vis), (ir + vis) / 2, atol=1e-6)
 
 
+def test_detail_bands_keep_each_sources_fine_detail_in_full():
+    # detail_bands: the finest band-pass levels are fused at their own resolution by the pyramid teacher's energy
+    # rule, so fine texture never passes through a low-resolution gain. Fresh (band gains 1, a = 0.5): where only IR
+    # carries a one-pixel checkerboard it comes out at IR's full amplitude, where only VIS carries it at VIS's, and the
+    # coarse content is the plain average - one gain per source would halve both.
+    model = create_student("tiny-test", input_scale=2, detail_bands=2).eval()
+    size = (64, 96)
+    yy, xx = torch.meshgrid(torch.arange(size[0]), torch.arange(size[1]), indexing="ij")
+    checker = ((yy + xx) % 2 * 2 - 1).float()[None, None]
+    left = (xx < size[1] // 2).float()[None, None]
+    ir = 0.3 + 0.2 * checker * left + 0.1 * yy[None, None] / size[0]          # texture on the left, a smooth ramp
+    vis = 0.6 + 0.15 * checker * (1 - left)                                   # texture on the right
+    with torch.no_grad():
+        out = model(ir, vis)
+    rows = slice(8, -8)
+    amp_left = float((out * checker)[..., rows, 8:size[1] // 2 - 8].mean())
+    amp_right = float((out * checker)[..., rows, size[1] // 2 + 8:-8].mean())
+    assert abs(amp_left - 0.2) < 0.01 and abs(amp_right - 0.15) < 0.01, (amp_left, amp_right)
+    coarse = F.avg_pool2d(out, 2) - F.avg_pool2d((ir + vis) / 2, 2)
+    assert abs(float(coarse[..., 4:-4, 4:-4].mean())) < 0.01
+    # the band gains are the network's: zero them and the fine detail is gone
+    with torch.no_grad():
+        model.head[-1].bias[3:] = 0.0
+        flat = model(ir, vis)
+    assert abs(float((flat * checker)[..., rows, 8:-8].mean())) < 0.01
+    with pytest.raises(ValueError, match="detail_bands replaces pyramid_levels"):
+        create_student("tiny-test", input_scale=2, pyramid_levels=1, detail_bands=1)
+    with pytest.raises(ValueError, match="detail_bands must be 0 to 2"):
+        create_student("tiny-test", input_scale=2, detail_bands=3)
+    rgb = _randomize(create_student("tiny-test", input_scale=2, detail_bands=1, vis_channels=3))
+    with torch.no_grad():
+        assert rgb(torch.rand(1, 1, 40, 48), torch.rand(1, 3, 40, 48)).shape == (1, 3, 40, 48)
+
+
 def test_three_channel_mode():
     model = _randomize(create_student("tiny-test", vis_channels=3))
     with torch.no_grad():
@@ -137,8 +172,9 @@ def test_load_reports_missing_files(tmp_path):
 
 
 @pytest.mark.parametrize("overrides", [{}, {"input_scale": 2, "pyramid_levels": 2},
-                                       {"input_scale": 2, "pyramid_levels": 1, "guide_channels": 4}],
-                         ids=["v1", "v2", "v2-guided"])
+                                       {"input_scale": 2, "pyramid_levels": 1, "guide_channels": 4},
+                                       {"input_scale": 2, "detail_bands": 2}],
+                         ids=["v1", "v2", "v2-guided", "detail-bands"])
 def test_onnx_export_dynamic_size_matches_torch(tmp_path, overrides):
     ort = pytest.importorskip("onnxruntime")
     model = _randomize(create_student("tiny-test", **overrides), seed=1)

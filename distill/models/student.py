@@ -62,6 +62,12 @@ class StudentConfig:
     # > 0 (with input_scale > 1): one more decoder step back to the body's input resolution, its skip the pooled
     # sources themselves (guided upsampling: the coefficients follow the sources' edges at 1 / input_scale)
     guide_channels: int = 0
+    # > 0: the `detail_bands` finest band-pass levels of the sources are fused at their own resolution by the pyramid
+    # teacher's rule (each source weighted by its share of the local band energy, w = min(1, 2 * share)), each band
+    # scaled by a gain map from the head; the network's affine model fuses what is left, the sources pooled
+    # 2^detail_bands times (see DualBranchFusionNet.compose_bands). 0 keeps v1/v2 exactly.
+    detail_bands: int = 0
+    energy_sigma: float = 2.0      # the band-energy Gaussian of the detail bands, in each band's own pixels
 
     @property
     def out_channels(self) -> int:
@@ -80,8 +86,8 @@ class StudentConfig:
     @property
     def coefficient_channels(self) -> int:
         """Head outputs per output channel: gain on IR, gain on VIS, offset, then an IR and a VIS gain per pyramid
-        level (finest first)."""
-        return 3 + 2 * self.pyramid_levels
+        level (finest first), then a gain per detail band (finest first)."""
+        return 3 + 2 * self.pyramid_levels + self.detail_bands
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -161,6 +167,12 @@ class DualBranchFusionNet(nn.Module):
         if not 0 <= config.pyramid_levels <= coefficient_level:
             raise ValueError(f"pyramid_levels must be 0 to {coefficient_level} (the coefficients' level at "
                              f"input_scale {config.input_scale}), got {config.pyramid_levels}")
+        if config.detail_bands:
+            if config.pyramid_levels or config.guide_channels:
+                raise ValueError("detail_bands replaces pyramid_levels and guide_channels: set those to 0")
+            if not 0 < config.detail_bands <= coefficient_level:
+                raise ValueError(f"detail_bands must be 0 to {coefficient_level} (the coefficients' level at "
+                                 f"input_scale {config.input_scale}), got {config.detail_bands}")
         self.config = config
         self.encoder_ir = Encoder(1, config.stem_channels, config.stages)
         self.encoder_vis = Encoder(config.vis_channels, config.stem_channels, config.stages)
@@ -180,6 +192,12 @@ class DualBranchFusionNet(nn.Module):
         if config.guide_channels > 0:
             self.guide = DecoderBlock(x_channels, 1 + config.vis_channels, config.guide_channels)
             x_channels = config.guide_channels
+        if config.detail_bands:
+            # the band-energy Gaussian, separable, for IR and each VIS channel at once (fixed: not a weight)
+            radius = max(1, int(round(2 * config.energy_sigma)))
+            taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / config.energy_sigma) ** 2)
+            taps = (taps / taps.sum()).repeat(1 + config.vis_channels, 1, 1, 1)
+            self.register_buffer("energy_taps", taps, persistent=False)
         # coefficients per output channel: gain on IR, gain on VIS, offset
         self.head = nn.Sequential(
             ConvBNAct(x_channels, config.head_channels, 3, act="hswish"),
@@ -188,7 +206,7 @@ class DualBranchFusionNet(nn.Module):
         # sensible fusion.
         nn.init.zeros_(self.head[-1].weight)
         with torch.no_grad():
-            start = [0.5, 0.5] + [0.0] * (config.coefficient_channels - 2)
+            start = [0.5, 0.5] + [0.0] * (1 + 2 * config.pyramid_levels) + [1.0] * config.detail_bands
             self.head[-1].bias.copy_(torch.tensor(start).repeat_interleave(config.out_channels))
 
     @property
@@ -215,22 +233,32 @@ class DualBranchFusionNet(nn.Module):
         height, width = ir.shape[-2], ir.shape[-1]
         pad_h = (self.multiple - height % self.multiple) % self.multiple
         pad_w = (self.multiple - width % self.multiple) % self.multiple
-        ir_p = F.pad(ir, (0, pad_w, 0, pad_h), mode=self.config.pad_mode)
-        vis_p = F.pad(vis, (0, pad_w, 0, pad_h), mode=self.config.pad_mode)
-
-        pyramid_ir, pyramid_vis = [ir_p], [vis_p]
-        for _ in range(max(self.config.pyramid_levels, self.config.input_scale.bit_length() - 1)):
-            pyramid_ir.append(F.avg_pool2d(pyramid_ir[-1], 2))
-            pyramid_vis.append(F.avg_pool2d(pyramid_vis[-1], 2))
+        levels = max(self.config.pyramid_levels, self.config.detail_bands, self.config.input_scale.bit_length() - 1)
         body = self.config.input_scale.bit_length() - 1
-        fused = [fuse(a, b) for fuse, a, b in zip(self.fusions, self.encoder_ir(pyramid_ir[body]),
-                                                   self.encoder_vis(pyramid_vis[body]))]
+        if self.config.detail_bands:
+            # one pyramid of both sources as channels [IR, VIS...]: the bands need them side by side at every level,
+            # and concatenating once at the input saves a full-resolution copy per band
+            sources = [F.pad(torch.cat([ir, vis], dim=1), (0, pad_w, 0, pad_h), mode=self.config.pad_mode)]
+            for _ in range(levels):
+                sources.append(F.avg_pool2d(sources[-1], 2))
+            ir_body, vis_body = sources[body][:, :1], sources[body][:, 1:]
+        else:
+            pyramid_ir = [F.pad(ir, (0, pad_w, 0, pad_h), mode=self.config.pad_mode)]
+            pyramid_vis = [F.pad(vis, (0, pad_w, 0, pad_h), mode=self.config.pad_mode)]
+            for _ in range(levels):
+                pyramid_ir.append(F.avg_pool2d(pyramid_ir[-1], 2))
+                pyramid_vis.append(F.avg_pool2d(pyramid_vis[-1], 2))
+            ir_body, vis_body = pyramid_ir[body], pyramid_vis[body]
+        fused = [fuse(a, b) for fuse, a, b in zip(self.fusions, self.encoder_ir(ir_body), self.encoder_vis(vis_body))]
         x = fused[-1]
         for block, skip in zip(self.decoder, reversed(fused[:-1])):
             x = block(x, skip)
         if self.guide is not None:
-            x = self.guide(x, torch.cat([pyramid_ir[body], pyramid_vis[body]], dim=1))
-        fused_image = self.compose(self.head(x), pyramid_ir, pyramid_vis)
+            x = self.guide(x, torch.cat([ir_body, vis_body], dim=1))
+        if self.config.detail_bands:
+            fused_image = self.compose_bands(self.head(x), sources)
+        else:
+            fused_image = self.compose(self.head(x), pyramid_ir, pyramid_vis)
         return fused_image[:, :, :height, :width].clamp(0.0, 1.0), fused
 
     def compose(self, coefficients: torch.Tensor, pyramid_ir: List[torch.Tensor],
@@ -259,6 +287,53 @@ class DualBranchFusionNet(nn.Module):
                     x = torch.cat([x[:, :2 * c], offset, x[:, 3 * c:(1 + 2 * level) * c]], dim=1)
                 x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
         return x[:, :c] * pyramid_ir[0] + x[:, c:2 * c] * pyramid_vis[0] + x[:, 2 * c:3 * c]
+
+    def compose_bands(self, coefficients: torch.Tensor, sources: List[torch.Tensor]) -> torch.Tensor:
+        """The fused image with K = config.detail_bands: the network's affine model on the sources' level K, then the
+        K finest band-pass levels added back, finest last, as a Laplacian pyramid is collapsed:
+
+            x_K = a_ir * ir_K + a_vis * vis_K + b,    x_j = up(x_{j+1}) + g_j * band_j,    fused = x_0
+
+        band_j fuses the two sources' detail at level j (x_j - up(x_{j+1}) of the box pyramid) by the pyramid
+        teacher's rule: each weighted by min(1, 2 * its share of the Gaussian-smoothed band energy), so where both
+        carry structure both are kept in full and where one dominates the other fades out. The rule is fixed; the
+        network sets each band's gain g_j per region (1 at initialisation: the rule as it is) and everything coarser.
+        Detail at full resolution therefore never passes through a low-resolution gain, which is what kept v1/v2
+        softer than their teacher. Full-resolution work: one 2-source bilinear upsampling, the energy (square,
+        separable 9-tap blur), the weights, one upsampling of the coarser result and of the band gain.
+        """
+        c = self.config.out_channels
+        bands = self.config.detail_bands
+        top = self.config.coefficient_level
+        x = coefficients
+        if top > bands:
+            x = F.interpolate(x, scale_factor=float(2 ** (top - bands)), mode="bilinear", align_corners=False)
+        gains = x[:, 3 * c:]
+        coarsest = sources[bands]
+        fused = x[:, :c] * coarsest[:, :1] + x[:, c:2 * c] * coarsest[:, 1:] + x[:, 2 * c:3 * c]
+        for level in range(bands - 1, -1, -1):
+            band = self.fused_band(sources[level], sources[level + 1])
+            gain = F.interpolate(gains[:, level * c:(level + 1) * c], scale_factor=float(2 ** (bands - level)),
+                                 mode="bilinear", align_corners=False)
+            fused = F.interpolate(fused, scale_factor=2.0, mode="bilinear", align_corners=False) + gain * band
+        return fused
+
+    def fused_band(self, sources: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        """One band-pass level of both sources fused by their shares of the local band energy (the `pyramid`
+        teacher's rule, teacher/multiscale.py). sources (N, 1 + C, h, w): IR then VIS; coarse: the next level."""
+        detail = sources - F.interpolate(coarse, scale_factor=2.0, mode="bilinear", align_corners=False)
+        # x16 before squaring keeps the energies of faint detail above float16's smallest normals (TensorRT FP16);
+        # the shares do not change
+        energy = (16.0 * detail) ** 2
+        taps = self.energy_taps
+        radius = taps.shape[-1] // 2
+        energy = F.conv2d(energy, taps, padding=(0, radius), groups=taps.shape[0])
+        energy = F.conv2d(energy, taps.transpose(2, 3), padding=(radius, 0), groups=taps.shape[0])
+        energy_ir, energy_vis = energy[:, :1], energy[:, 1:]
+        share_ir = energy_ir / (energy_ir + energy_vis + 1e-6)
+        weight_ir = (2.0 * share_ir).clamp(max=1.0)
+        weight_vis = (2.0 - 2.0 * share_ir).clamp(max=1.0)
+        return weight_ir * detail[:, :1] + weight_vis * detail[:, 1:]
 
     @property
     def feature_channels(self) -> List[int]:
