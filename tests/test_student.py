@@ -84,12 +84,7 @@ def test_pyramid_gains_keep_both_sources_fine_detail_in_full():
         assert torch.allclose(guided(ir, vis), (ir + vis) / 2, atol=1e-6)
 
 
-def test_detail_bands_keep_each_sources_fine_detail_in_full():
-    # detail_bands: the finest band-pass levels are fused at their own resolution by the pyramid teacher's energy
-    # rule, so fine texture never passes through a low-resolution gain. Fresh (band gains 1, a = 0.5): where only IR
-    # carries a one-pixel checkerboard it comes out at IR's full amplitude, where only VIS carries it at VIS's, and the
-    # coarse content is the plain average - one gain per source would halve both.
-    model = create_student("tiny-test", input_scale=2, detail_bands=2).eval()
+def _check_detail_bands(model) -> None:
     size = (64, 96)
     yy, xx = torch.meshgrid(torch.arange(size[0]), torch.arange(size[1]), indexing="ij")
     checker = ((yy + xx) % 2 * 2 - 1).float()[None, None]
@@ -109,10 +104,20 @@ def test_detail_bands_keep_each_sources_fine_detail_in_full():
         model.head[-1].bias[3:] = 0.0
         flat = model(ir, vis)
     assert abs(float((flat * checker)[..., rows, 8:-8].mean())) < 0.01
+
+
+def test_detail_bands_keep_each_sources_fine_detail_in_full():
+    # detail_bands: the finest band-pass levels are fused at their own resolution by the pyramid teacher's energy
+    # rule, so fine texture never passes through a low-resolution gain. Fresh (band gains 1, a = 0.5): where only IR
+    # carries a one-pixel checkerboard it comes out at IR's full amplitude, where only VIS carries it at VIS's, and the
+    # coarse content is the plain average - one gain per source would halve both. 3 bands: one below the
+    # coefficients' level (the affine part averaged down to it).
+    for bands in (1, 2, 3):
+        _check_detail_bands(create_student("tiny-test", input_scale=2, detail_bands=bands).eval())
     with pytest.raises(ValueError, match="detail_bands replaces pyramid_levels"):
         create_student("tiny-test", input_scale=2, pyramid_levels=1, detail_bands=1)
-    with pytest.raises(ValueError, match="detail_bands must be 0 to 2"):
-        create_student("tiny-test", input_scale=2, detail_bands=3)
+    with pytest.raises(ValueError, match="detail_bands must be 0 to 4"):
+        create_student("tiny-test", input_scale=2, detail_bands=5)
     rgb = _randomize(create_student("tiny-test", input_scale=2, detail_bands=1, vis_channels=3))
     with torch.no_grad():
         assert rgb(torch.rand(1, 1, 40, 48), torch.rand(1, 3, 40, 48)).shape == (1, 3, 40, 48)
@@ -173,8 +178,8 @@ def test_load_reports_missing_files(tmp_path):
 
 @pytest.mark.parametrize("overrides", [{}, {"input_scale": 2, "pyramid_levels": 2},
                                        {"input_scale": 2, "pyramid_levels": 1, "guide_channels": 4},
-                                       {"input_scale": 2, "detail_bands": 2}],
-                         ids=["v1", "v2", "v2-guided", "detail-bands"])
+                                       {"input_scale": 2, "detail_bands": 2}, {"input_scale": 2, "detail_bands": 3}],
+                         ids=["v1", "v2", "v2-guided", "detail-bands", "detail-bands-below"])
 def test_onnx_export_dynamic_size_matches_torch(tmp_path, overrides):
     ort = pytest.importorskip("onnxruntime")
     model = _randomize(create_student("tiny-test", **overrides), seed=1)

@@ -170,9 +170,9 @@ class DualBranchFusionNet(nn.Module):
         if config.detail_bands:
             if config.pyramid_levels or config.guide_channels:
                 raise ValueError("detail_bands replaces pyramid_levels and guide_channels: set those to 0")
-            if not 0 < config.detail_bands <= coefficient_level:
-                raise ValueError(f"detail_bands must be 0 to {coefficient_level} (the coefficients' level at "
-                                 f"input_scale {config.input_scale}), got {config.detail_bands}")
+            if not 0 < config.detail_bands <= coefficient_level + 2:
+                raise ValueError(f"detail_bands must be 0 to {coefficient_level + 2} (the coefficients' level at "
+                                 f"input_scale {config.input_scale}, plus 2), got {config.detail_bands}")
         self.config = config
         self.encoder_ir = Encoder(1, config.stem_channels, config.stages)
         self.encoder_vis = Encoder(config.vis_channels, config.stem_channels, config.stages)
@@ -306,15 +306,22 @@ class DualBranchFusionNet(nn.Module):
         bands = self.config.detail_bands
         top = self.config.coefficient_level
         x = coefficients
-        if top > bands:
-            x = F.interpolate(x, scale_factor=float(2 ** (top - bands)), mode="bilinear", align_corners=False)
-        gains = x[:, 3 * c:]
+        if top >= bands:
+            if top > bands:
+                x = F.interpolate(x, scale_factor=float(2 ** (top - bands)), mode="bilinear", align_corners=False)
+            affine, gains, gains_level = x[:, :3 * c], x[:, 3 * c:], bands
+        else:   # bands below the coefficients' level: the affine part is averaged down to level K, the gains stay
+            affine, gains, gains_level = F.avg_pool2d(x[:, :3 * c], 2 ** (bands - top)), x[:, 3 * c:], top
         coarsest = sources[bands]
-        fused = x[:, :c] * coarsest[:, :1] + x[:, c:2 * c] * coarsest[:, 1:] + x[:, 2 * c:3 * c]
+        fused = affine[:, :c] * coarsest[:, :1] + affine[:, c:2 * c] * coarsest[:, 1:] + affine[:, 2 * c:]
         for level in range(bands - 1, -1, -1):
             band = self.fused_band(sources[level], sources[level + 1])
-            gain = F.interpolate(gains[:, level * c:(level + 1) * c], scale_factor=float(2 ** (bands - level)),
-                                 mode="bilinear", align_corners=False)
+            gain = gains[:, level * c:(level + 1) * c]
+            if gains_level > level:
+                gain = F.interpolate(gain, scale_factor=float(2 ** (gains_level - level)), mode="bilinear",
+                                     align_corners=False)
+            elif gains_level < level:
+                gain = F.avg_pool2d(gain, 2 ** (level - gains_level))
             fused = F.interpolate(fused, scale_factor=2.0, mode="bilinear", align_corners=False) + gain * band
         return fused
 
