@@ -204,11 +204,13 @@ weights: setup
 
 # The students shipped beside the default, each trained by configs/distill/NAME.yaml into runs/distill/NAME, copied to
 # runtime/models/NAME (`--model NAME`, `--weights NAME`) and exported to ONNX there (docs/distill.md):
-# - weights-nano: the previous default (until 7 Dec 2026), kept for comparison: `nano` (v1 body at full resolution)
+# - weights-nano: the default until 7 Dec 2026, kept for comparison: `nano` (v1 body at full resolution)
 #   on `pyramid` targets, 128 px crops;
 # - weights-nano2: the v2 student with gains per pyramid level, on `pyramid-sharp` targets, 256 px crops ("Student
-#   v2"; 50 min on one CPU thread here).
-SHIPPED_STUDENTS = weights-nano weights-nano2
+#   v2"; 50 min on one CPU thread here);
+# - weights-nano2-affine: the default of 7 Dec 2026 (run E of "Student v2"): nano2's graph without pyramid levels or
+#   detail bands (one gain per source at 1/4 resolution), on `pyramid-sharp` targets.
+SHIPPED_STUDENTS = weights-nano weights-nano2 weights-nano2-affine
 .PHONY: $(SHIPPED_STUDENTS)
 $(SHIPPED_STUDENTS): weights-%: setup
 	$(BIN)/fusion distill train --config configs/distill/$*.yaml run_dir=runs/distill/$*

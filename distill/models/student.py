@@ -331,16 +331,19 @@ class DualBranchFusionNet(nn.Module):
         detail = sources - F.interpolate(coarse, scale_factor=2.0, mode="bilinear", align_corners=False)
         # x16 before squaring keeps the energies of faint detail above float16's smallest normals (TensorRT FP16);
         # the shares do not change
-        energy = (16.0 * detail) ** 2
+        scaled = 16.0 * detail
+        energy = scaled * scaled
         taps = self.energy_taps
         radius = taps.shape[-1] // 2
         energy = F.conv2d(energy, taps, padding=(0, radius), groups=taps.shape[0])
         energy = F.conv2d(energy, taps.transpose(2, 3), padding=(radius, 0), groups=taps.shape[0])
-        energy_ir, energy_vis = energy[:, :1], energy[:, 1:]
+        # (split, not two slices: one node each in ONNX; channel sums as ReduceSum were slower in ONNX Runtime)
+        energy_ir, energy_vis = energy.split([1, energy.shape[1] - 1], dim=1)
+        detail_ir, detail_vis = detail.split([1, detail.shape[1] - 1], dim=1)
         share_ir = energy_ir / (energy_ir + energy_vis + 1e-6)
         weight_ir = (2.0 * share_ir).clamp(max=1.0)
         weight_vis = (2.0 - 2.0 * share_ir).clamp(max=1.0)
-        return weight_ir * detail[:, :1] + weight_vis * detail[:, 1:]
+        return weight_ir * detail_ir + weight_vis * detail_vis
 
     @property
     def feature_channels(self) -> List[int]:
