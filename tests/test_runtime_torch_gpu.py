@@ -45,10 +45,12 @@ def test_cpu_fallback_is_fp32_eager_and_infers_like_the_torch_backend(roadscene,
 @pytest.mark.parametrize("imgsz", ["native", "auto"])
 def test_frame_path_matches_the_pipeline_with_the_torch_backend(raw_pairs, imgsz):
     """Whole frames: native size (no resize) and the default 640-wide model size (shrink or enlarge, chroma from the
-    full-size VIS). Within 0.75 levels of 255 on average and a few levels at worst (resizes of uint8 vs float
-    frames, OpenCV's 3-digit YCrCb coefficients vs exact BT.601). The worst case allows for the default model
-    keeping the detail of both sources (per-pixel gains near 1 on each, so up to twice the 3.6-level difference the
-    two resamplers show on one frame, plus rounding)."""
+    full-size VIS). Within 0.75 levels of 255 on average and a few levels nearly everywhere (resizes of uint8 vs float
+    frames, OpenCV's 3-digit YCrCb coefficients vs exact BT.601). The tail allows for the default model keeping the
+    detail of both sources (band gains up to 1.1 on each, and band weights that follow the sources' energy shares,
+    which move fastest at the strong edges where the two resamplers differ most): measured on these frames, at most
+    12 of ~570k values more than 5 levels apart, the largest 11.6 (the default of the morning, without detail bands:
+    9 values, 9.6)."""
     slow = FusionPipeline(backend=TorchBackend("runtime/models/default", device="cpu"), imgsz=imgsz, verbose=False)
     fast = FusionPipeline(backend=TorchGpuBackend("runtime/models/default", device="cpu"), imgsz=imgsz,
                           verbose=False)
@@ -56,7 +58,9 @@ def test_frame_path_matches_the_pipeline_with_the_torch_backend(raw_pairs, imgsz
         a, b = slow.fuse(ir, vis), fast.fuse(ir, vis)
         assert a.shape == b.shape and a.shape[2] == 3
         difference = np.abs(a - b) * 255
-        assert difference.mean() < 0.75 and difference.max() <= 10, (difference.mean(), difference.max())
+        tail = int((difference > 5).sum())
+        assert difference.mean() < 0.75 and tail <= 40 and difference.max() <= 16, (difference.mean(), tail,
+                                                                                     difference.max())
 
 
 def test_fusion_run_folder_mode_with_torch_gpu(tmp_path, roadscene, test_names):
