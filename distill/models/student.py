@@ -13,6 +13,11 @@ the full-resolution work is a bilinear upsampling of three channels and a few mu
 in at most 30 ms on two CPU cores; the nano default measures about 22 ms in ONNX Runtime, docs/distill.md) has no room
 for full-resolution convolutions, and the output cannot show checkerboard patterns from learned upsampling.
 
+v2 options (StudentConfig): the body on the sources pooled 2x (`input_scale`), gains per pyramid level
+(`pyramid_levels`), a guided step (`guide_channels`), and `detail_bands`: the finest band-pass levels fused at their own
+resolution by the pyramid teacher's energy rule, each with a gain map from the head, the affine model below them
+(compose_bands; the default model since 7 Dec 2026, evening, uses 3).
+
 Any H, W: the input is padded (edge replication) to the network's multiple and the output cropped back; padding
 amounts are computed from the input shape, so ONNX exports keep dynamic H and W.
 """
