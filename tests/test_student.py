@@ -178,8 +178,9 @@ def test_load_reports_missing_files(tmp_path):
 
 @pytest.mark.parametrize("overrides", [{}, {"input_scale": 2, "pyramid_levels": 2},
                                        {"input_scale": 2, "pyramid_levels": 1, "guide_channels": 4},
-                                       {"input_scale": 2, "detail_bands": 2}, {"input_scale": 2, "detail_bands": 3}],
-                         ids=["v1", "v2", "v2-guided", "detail-bands", "detail-bands-below"])
+                                       {"input_scale": 2, "detail_bands": 2}, {"input_scale": 2, "detail_bands": 3},
+                                       {"input_scale": 2, "detail_bands": 2, "coarse_levels": 2}],
+                         ids=["v1", "v2", "v2-guided", "detail-bands", "detail-bands-below", "coarse-rule"])
 def test_onnx_export_dynamic_size_matches_torch(tmp_path, overrides):
     ort = pytest.importorskip("onnxruntime")
     model = _randomize(create_student("tiny-test", **overrides), seed=1)
@@ -223,3 +224,43 @@ def test_runs_on_real_pairs(roadscene, test_names):
             out = model(torch.from_numpy(ir)[None, None], torch.from_numpy(np.ascontiguousarray(vis_y))[None, None])
         assert out.shape[-2:] == ir.shape
         assert torch.isfinite(out).all()
+
+
+def test_coarse_rule_is_the_pyramid_teachers_rule_below_the_bands():
+    # coarse_levels: below the detail bands the teacher's own rule (binomial bands by energy share, the residual by a
+    # soft maximum), the network's affine model a correction added to it (0 when fresh). Where only IR carries
+    # structure and is the brighter source everywhere, the rule keeps IR exactly (the collapse of its own pyramid),
+    # coarse_gain scales only the band-pass part, and the fresh network adds nothing: the output is IR's box-pyramid
+    # bands plus the rule, i.e. IR itself.
+    model = create_student("tiny-test", input_scale=2, detail_bands=2, coarse_levels=2).eval()
+    assert model.multiple % 16 == 0
+    gen = torch.Generator().manual_seed(3)
+    ir = 0.6 + 0.3 * F.interpolate(torch.rand(1, 1, 12, 16, generator=gen), size=(96, 128), mode="bilinear",
+                                   align_corners=False)
+    vis = torch.full_like(ir, 0.1)
+    with torch.no_grad():
+        out = model(ir, vis)
+        rule = model.coarse_rule(torch.cat([ir, vis], dim=1))
+    np.testing.assert_allclose(out.numpy(), ir.numpy(), atol=1e-4)
+    np.testing.assert_allclose(rule.numpy(), ir.numpy(), atol=1e-4)
+    # the soft maximum: a hot IR blob on a brighter VIS background keeps the blob's level at the coarse level
+    # (the plain average would halve it) and the background's elsewhere
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    blob = (((yy - 32) ** 2 + (xx - 32) ** 2) < 100).float()[None, None]
+    ir2 = 0.2 + 0.7 * F.avg_pool2d(blob, 9, 1, 4)
+    vis2 = torch.full_like(ir2, 0.5)
+    with torch.no_grad():
+        fused = model.coarse_rule(torch.cat([ir2, vis2], dim=1))
+    assert float(fused[0, 0, 32, 32]) > 0.85 and abs(float(fused[0, 0, 4, 4]) - 0.5) < 0.02
+    # matches the teacher's implementation (teacher/multiscale.py) away from the borders
+    from teacher.multiscale import SaliencyPyramidFusion
+    ir3 = F.interpolate(torch.rand(1, 1, 16, 16, generator=gen), size=(64, 64), mode="bilinear", align_corners=False)
+    vis3 = F.interpolate(torch.rand(1, 1, 8, 8, generator=gen), size=(64, 64), mode="bilinear", align_corners=False)
+    teacher = SaliencyPyramidFusion(levels=2).fuse_batch(ir3, vis3)
+    with torch.no_grad():
+        ours = model.coarse_rule(torch.cat([ir3, vis3], dim=1)).clamp(0, 1)
+    assert float((ours - teacher)[..., 8:-8, 8:-8].abs().max()) < 0.02
+    with pytest.raises(ValueError, match="coarse_levels needs detail_bands"):
+        create_student("tiny-test", input_scale=2, coarse_levels=1)
+    with torch.no_grad():    # any size: tiny inputs too (borders replicated where a level is 2 pixels or fewer)
+        assert model(torch.rand(1, 1, 9, 21), torch.rand(1, 1, 9, 21)).shape == (1, 1, 9, 21)

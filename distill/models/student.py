@@ -73,6 +73,14 @@ class StudentConfig:
     # 2^detail_bands times (see DualBranchFusionNet.compose_bands). 0 keeps v1/v2 exactly.
     detail_bands: int = 0
     energy_sigma: float = 2.0      # the band-energy Gaussian of the detail bands, in each band's own pixels
+    # > 0 (with detail_bands): below the bands, the pyramid teacher's whole rule on the sources pooled
+    # 2^detail_bands times: `coarse_levels` binomial band-pass levels fused by the energy rule (x `coarse_gain`) and
+    # the residual by the soft maximum of the two sources (`coarse_softness` wide); the network's affine model is
+    # added to that as a correction (0 at initialisation) instead of fusing the coarse content alone
+    # (DualBranchFusionNet.coarse_rule). 0 keeps earlier models exactly.
+    coarse_levels: int = 0
+    coarse_gain: float = 1.0
+    coarse_softness: float = 0.05
 
     @property
     def out_channels(self) -> int:
@@ -80,7 +88,9 @@ class StudentConfig:
 
     @property
     def multiple(self) -> int:
-        return 2 ** (len(self.stages) + 1) * max(1, self.kv_pool) * max(1, self.input_scale)
+        body = 2 ** (len(self.stages) + 1) * max(1, self.kv_pool) * max(1, self.input_scale)
+        # the coarse rule halves the bands' coarsest level coarse_levels more times, exactly
+        return max(body, 2 ** (self.detail_bands + self.coarse_levels)) if self.coarse_levels else body
 
     @property
     def coefficient_level(self) -> int:
@@ -178,6 +188,13 @@ class DualBranchFusionNet(nn.Module):
             if not 0 < config.detail_bands <= coefficient_level + 2:
                 raise ValueError(f"detail_bands must be 0 to {coefficient_level + 2} (the coefficients' level at "
                                  f"input_scale {config.input_scale}, plus 2), got {config.detail_bands}")
+        if config.coarse_levels:
+            if not config.detail_bands:
+                raise ValueError("coarse_levels needs detail_bands > 0 (the rule fuses what lies below the bands)")
+            if not 0 < config.coarse_levels <= 4:
+                raise ValueError(f"coarse_levels must be 0 to 4, got {config.coarse_levels}")
+            if config.coarse_softness <= 0:
+                raise ValueError(f"coarse_softness must be > 0, got {config.coarse_softness}")
         self.config = config
         self.encoder_ir = Encoder(1, config.stem_channels, config.stages)
         self.encoder_vis = Encoder(config.vis_channels, config.stem_channels, config.stages)
@@ -203,6 +220,10 @@ class DualBranchFusionNet(nn.Module):
             taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / config.energy_sigma) ** 2)
             taps = (taps / taps.sum()).repeat(1 + config.vis_channels, 1, 1, 1)
             self.register_buffer("energy_taps", taps, persistent=False)
+        if config.coarse_levels:
+            # the binomial 1-4-6-4-1 filter of the teacher's Laplacian pyramid, separable (fixed: not a weight)
+            binomial = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
+            self.register_buffer("binomial_taps", binomial.repeat(1 + config.vis_channels, 1, 1, 1), persistent=False)
         # coefficients per output channel: gain on IR, gain on VIS, offset
         self.head = nn.Sequential(
             ConvBNAct(x_channels, config.head_channels, 3, act="hswish"),
@@ -211,7 +232,9 @@ class DualBranchFusionNet(nn.Module):
         # sensible fusion.
         nn.init.zeros_(self.head[-1].weight)
         with torch.no_grad():
-            start = [0.5, 0.5] + [0.0] * (1 + 2 * config.pyramid_levels) + [1.0] * config.detail_bands
+            # (with the coarse rule, the affine part is a correction to the rule: 0)
+            affine = [0.0, 0.0] if config.coarse_levels else [0.5, 0.5]
+            start = affine + [0.0] * (1 + 2 * config.pyramid_levels) + [1.0] * config.detail_bands
             self.head[-1].bias.copy_(torch.tensor(start).repeat_interleave(config.out_channels))
 
     @property
@@ -319,6 +342,8 @@ class DualBranchFusionNet(nn.Module):
             affine, gains, gains_level = F.avg_pool2d(x[:, :3 * c], 2 ** (bands - top)), x[:, 3 * c:], top
         coarsest = sources[bands]
         fused = affine[:, :c] * coarsest[:, :1] + affine[:, c:2 * c] * coarsest[:, 1:] + affine[:, 2 * c:]
+        if self.config.coarse_levels:
+            fused = fused + self.coarse_rule(coarsest)
         for level in range(bands - 1, -1, -1):
             band = self.fused_band(sources[level], sources[level + 1])
             gain = gains[:, level * c:(level + 1) * c]
@@ -334,6 +359,11 @@ class DualBranchFusionNet(nn.Module):
         """One band-pass level of both sources fused by their shares of the local band energy (the `pyramid`
         teacher's rule, teacher/multiscale.py). sources (N, 1 + C, h, w): IR then VIS; coarse: the next level."""
         detail = sources - F.interpolate(coarse, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return self.energy_fuse(detail)
+
+    def energy_fuse(self, detail: torch.Tensor) -> torch.Tensor:
+        """Band-pass coefficients (N, 1 + C, h, w) [IR, VIS...] fused by their shares of the local band energy:
+        w = min(1, 2 * share), (N, C, h, w)."""
         # x16 before squaring keeps the energies of faint detail above float16's smallest normals (TensorRT FP16);
         # the shares do not change
         scaled = 16.0 * detail
@@ -349,6 +379,50 @@ class DualBranchFusionNet(nn.Module):
         weight_ir = (2.0 * share_ir).clamp(max=1.0)
         weight_vis = (2.0 - 2.0 * share_ir).clamp(max=1.0)
         return weight_ir * detail_ir + weight_vis * detail_vis
+
+    def _binomial(self, x: torch.Tensor, dim: int, stride: int = 1, transpose: bool = False) -> torch.Tensor:
+        """The 5-tap binomial filter along dim (3: width, 2: height), one per channel; stride 2 samples every
+        second pixel, transpose inserts zeros between pixels first (x2 keeps the mean along that axis)."""
+        taps = self.binomial_taps[:x.shape[1]]
+        if dim == 2:
+            taps = taps.transpose(2, 3)
+        steps = (1, stride) if dim == 3 else (stride, 1)
+        if transpose:
+            return F.conv_transpose2d(x, 2.0 * taps, stride=steps, groups=x.shape[1])
+        return F.conv2d(x, taps, stride=steps, groups=x.shape[1])
+
+    def _pyramid_down(self, x: torch.Tensor) -> torch.Tensor:
+        """Binomial blur (reflected borders) and every second pixel: the teacher's pyramid_down. (Levels of 2 pixels
+        or fewer, from inputs of a few dozen pixels, replicate their borders instead; an ONNX export keeps the mode
+        of its example input, so export at a realistic size.)"""
+        mode = "reflect" if min(int(x.shape[-2]), int(x.shape[-1])) > 2 else "replicate"
+        x = F.pad(x, (2, 2, 2, 2), mode=mode)
+        return self._binomial(self._binomial(x, 3, 2), 2, 2)
+
+    def _pyramid_up(self, x: torch.Tensor) -> torch.Tensor:
+        """x2 by zero insertion and the binomial filter x4 (the teacher's pyramid_up), the borders replicated by one
+        pixel first so the edge rows keep their level; (h, w) -> (2h, 2w)."""
+        height, width = x.shape[-2], x.shape[-1]
+        x = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        x = self._binomial(self._binomial(x, 3, 2, transpose=True), 2, 2, transpose=True)
+        return x[:, :, 4:4 + 2 * height, 4:4 + 2 * width]
+
+    def coarse_rule(self, sources: torch.Tensor) -> torch.Tensor:
+        """The pyramid teacher's fusion (teacher/multiscale.py, SaliencyPyramidFusion) of sources (N, 1 + C, h, w)
+        [IR, VIS...] at the detail bands' coarsest level: config.coarse_levels binomial band-pass levels, each fused
+        by the energy rule (w = min(1, 2 * share)) x config.coarse_gain, and the low-pass residual by a soft maximum
+        (a logistic weight of IR - VIS, config.coarse_softness wide), collapsed back to (N, C, h, w). At 1/8
+        resolution and below, so cheap; the network adds its affine correction to it."""
+        levels, bands = [sources], []
+        for _ in range(self.config.coarse_levels):
+            levels.append(self._pyramid_down(levels[-1]))
+            bands.append(levels[-2] - self._pyramid_up(levels[-1]))
+        residual_ir, residual_vis = levels[-1].split([1, levels[-1].shape[1] - 1], dim=1)
+        weight_ir = torch.sigmoid((residual_ir - residual_vis) * (1.0 / self.config.coarse_softness))
+        fused = weight_ir * residual_ir + (1.0 - weight_ir) * residual_vis
+        for band in reversed(bands):
+            fused = self._pyramid_up(fused) + self.config.coarse_gain * self.energy_fuse(band)
+        return fused
 
     @property
     def feature_channels(self) -> List[int]:
