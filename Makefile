@@ -209,8 +209,10 @@ weights: setup
 # - weights-nano2: the v2 student with gains per pyramid level, on `pyramid-sharp` targets, 256 px crops ("Student
 #   v2"; 50 min on one CPU thread here);
 # - weights-nano2-affine: the default of 7 Dec 2026 (run E of "Student v2"): nano2's graph without pyramid levels or
-#   detail bands (one gain per source at 1/4 resolution), on `pyramid-sharp` targets.
-SHIPPED_STUDENTS = weights-nano weights-nano2 weights-nano2-affine
+#   detail bands (one gain per source at 1/4 resolution), on `pyramid-sharp` targets;
+# - weights-nano2-bands: the default of the evening of 7 Dec 2026 (run H4): detail bands, the network's affine model
+#   alone below them (the default since adds the teacher's coarse rule there).
+SHIPPED_STUDENTS = weights-nano weights-nano2 weights-nano2-affine weights-nano2-bands
 .PHONY: $(SHIPPED_STUDENTS)
 $(SHIPPED_STUDENTS): weights-%: setup
 	$(BIN)/fusion distill train --config configs/distill/$*.yaml run_dir=runs/distill/$*

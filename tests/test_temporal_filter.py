@@ -155,3 +155,16 @@ def test_measure_table_shows_the_filter_only_when_it_ran():
     assert line.split()[-1] == "4.50"
     assert table.splitlines().index(line) == next(i for i, text in enumerate(table.splitlines())
                                                   if text.startswith("output")) + 1
+
+
+def test_measure_compare_reports_what_ir_motion_adds():
+    """`runtime.measure --ir-motion compare`: the added cost is the preprocessing difference between the runs with
+    and without compensation (the motion row alone also counts the registration it replaces)."""
+    from runtime.measure import STAGES, motion_added
+    def row(preset, preprocess, total, motion):
+        cpu = {stage: 1.0 for stage in STAGES} | {"preprocess": preprocess}
+        return {"preset": preset, "cpu_ms_per_frame": cpu, "cpu_ms_total": total, "motion_ms_per_frame": motion}
+    text = motion_added([row("vga", 4.0, 22.0, 2.5), row("vga off", 2.25, 20.5, 0.0), row("720p", 5.0, 25.0, 2.0)])
+    lines = text.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vga: IR motion compensation adds 1.75 ms"), text
+    assert "2.25 -> 4.00" in lines[0] and "20.50 -> 22.00" in lines[0]

@@ -80,7 +80,7 @@ def test_an_unknown_name_lists_the_packaged_ones(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("argv, packaged", [
-    (["distill", "train", "--config", "nope"], "packaged distill configs: default, nano, nano2, nano2-affine;"),
+    (["distill", "train", "--config", "nope"], "packaged distill configs: default, nano, nano2, nano2-affine, nano2-bands;"),
     (["run", "--config", "nope", "--ir", "a.mp4", "--vis", "b.mp4"], "packaged runtime configs: default, "),
     (["teacher", "train-irgen", "--generator", "tqd", "--config", "nope", "--out", "x"],
      "packaged irgen and irgen_diffusion configs: decomp,"),

@@ -382,14 +382,19 @@ class DualBranchFusionNet(nn.Module):
 
     def _binomial(self, x: torch.Tensor, dim: int, stride: int = 1, transpose: bool = False) -> torch.Tensor:
         """The 5-tap binomial filter along dim (3: width, 2: height), one per channel; stride 2 samples every
-        second pixel, transpose inserts zeros between pixels first (x2 keeps the mean along that axis)."""
-        taps = self.binomial_taps[:x.shape[1]]
+        second pixel. transpose: x2 by inserting zeros between pixels first (the taps x2 keep the mean along that
+        axis), of an input with one replicated pixel on each side along dim, cropped to exactly 2x the unpadded
+        size (padding 4, output_padding 1: no slicing by shape in the graph)."""
+        channels = int(x.shape[1])          # a constant when traced: the graph keeps no shape arithmetic
+        taps = self.binomial_taps[:channels]
         if dim == 2:
             taps = taps.transpose(2, 3)
         steps = (1, stride) if dim == 3 else (stride, 1)
         if transpose:
-            return F.conv_transpose2d(x, 2.0 * taps, stride=steps, groups=x.shape[1])
-        return F.conv2d(x, taps, stride=steps, groups=x.shape[1])
+            crop, extra = ((0, 4), (0, 1)) if dim == 3 else ((4, 0), (1, 0))
+            return F.conv_transpose2d(x, 2.0 * taps, stride=steps, padding=crop, output_padding=extra,
+                                      groups=channels)
+        return F.conv2d(x, taps, stride=steps, groups=channels)
 
     def _pyramid_down(self, x: torch.Tensor) -> torch.Tensor:
         """Binomial blur (reflected borders) and every second pixel: the teacher's pyramid_down. (Levels of 2 pixels
@@ -402,10 +407,8 @@ class DualBranchFusionNet(nn.Module):
     def _pyramid_up(self, x: torch.Tensor) -> torch.Tensor:
         """x2 by zero insertion and the binomial filter x4 (the teacher's pyramid_up), the borders replicated by one
         pixel first so the edge rows keep their level; (h, w) -> (2h, 2w)."""
-        height, width = x.shape[-2], x.shape[-1]
         x = F.pad(x, (1, 1, 1, 1), mode="replicate")
-        x = self._binomial(self._binomial(x, 3, 2, transpose=True), 2, 2, transpose=True)
-        return x[:, :, 4:4 + 2 * height, 4:4 + 2 * width]
+        return self._binomial(self._binomial(x, 3, 2, transpose=True), 2, 2, transpose=True)
 
     def coarse_rule(self, sources: torch.Tensor) -> torch.Tensor:
         """The pyramid teacher's fusion (teacher/multiscale.py, SaliencyPyramidFusion) of sources (N, 1 + C, h, w)
