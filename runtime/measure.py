@@ -6,7 +6,8 @@ visible cameras beside a 640x512 thermal core.
     python -m runtime.measure --repeats 3                       # each size three times, interleaved: medians
     python -m runtime.measure --backend torch-gpu               # the same table for another backend (GPU machines)
     python -m runtime.measure --presets vga --temporal-filter on   # with the temporal filter (its own row)
-    python -m runtime.measure --presets vga --ir-motion off      # without IR motion compensation (what it adds)
+    python -m runtime.measure --presets vga --ir-motion off      # without IR motion compensation
+    python -m runtime.measure --presets vga --ir-motion compare --repeats 3   # with and without, alternated: what it adds
 
 For each preset it makes the sample clips when missing (`runtime/assets/make_samples.py --preset P`: the same LLVIP
 training scenes and trajectory at every size; `480p` is the bundled RoadScene pair with a 320x240 IR camera), plays
@@ -250,6 +251,23 @@ def format_table(rows: list) -> str:
     return "\n".join(lines)
 
 
+def motion_added(rows: list) -> str:
+    """`--ir-motion compare`: per preset, what IR motion compensation adds, as the difference of the preprocessing
+    stage (and of the total) between the runs with it and without it. The `IR motion` row itself also counts the
+    registration it replaces (the IR frame is registered and moved in one resampling), so it overstates the cost."""
+    lines = []
+    for on in rows:
+        off = next((r for r in rows if r["preset"] == f"{on['preset']} off"), None)
+        if off is None:
+            continue
+        added = on["cpu_ms_per_frame"]["preprocess"] - off["cpu_ms_per_frame"]["preprocess"]
+        lines.append(f"{on['preset']}: IR motion compensation adds {added:.2f} ms of preprocessing CPU a fused frame "
+                     f"({off['cpu_ms_per_frame']['preprocess']:.2f} -> {on['cpu_ms_per_frame']['preprocess']:.2f}; "
+                     f"total {off['cpu_ms_total']:.2f} -> {on['cpu_ms_total']:.2f}; its own row "
+                     f"{on['motion_ms_per_frame']:.2f}, registration included)")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", default="vga,720p,1080p",
@@ -264,9 +282,9 @@ def main(argv=None) -> int:
                                                                    "and report medians (default 1)")
     parser.add_argument("--temporal-filter", default="off", metavar="S",
                         help="run with `fusion run --temporal-filter S` (off, on or a strength; default off)")
-    parser.add_argument("--ir-motion", choices=("auto", "flow", "off"), default="auto",
-                        help="IR motion compensation (default auto: on, the IR clips are 9 fps); off to measure what "
-                             "it adds")
+    parser.add_argument("--ir-motion", choices=("auto", "flow", "off", "compare"), default="auto",
+                        help="IR motion compensation (default auto: on, the IR clips are 9 fps); off without it; "
+                             "compare: each preset with and without it, alternated, and what it adds")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.seconds <= 0:
@@ -280,16 +298,24 @@ def main(argv=None) -> int:
         raise SystemExit(f"unknown preset(s) {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
+        compare = args.ir_motion == "compare"
         for repeat in range(args.repeats):
             for preset in presets:     # sizes interleaved: a busy spell on a shared machine hits them alike
-                row = measure(preset, args.seconds, args.warmup, args.model, args.backend, args.viewers, Path(tmp),
-                              args.temporal_filter, args.ir_motion)
-                row["repeat"] = repeat + 1
-                runs.append(row)
-                print(f"{preset} (repeat {repeat + 1}): {row['fps']:.1f} fps, {row['cpu_ms_total']:.1f} CPU ms per "
-                      f"frame", flush=True)
-    rows = [median_row([r for r in runs if r["preset"] == preset]) for preset in presets]
+                modes = ("auto", "off") if compare else (args.ir_motion,)
+                for mode in (modes if repeat % 2 == 0 else modes[::-1]):     # and the order alternated
+                    row = measure(preset, args.seconds, args.warmup, args.model, args.backend, args.viewers,
+                                  Path(tmp), args.temporal_filter, mode)
+                    row["repeat"], row["ir_motion"] = repeat + 1, mode
+                    if compare and mode == "off":
+                        row["preset"] = f"{preset} off"
+                    runs.append(row)
+                    print(f"{row['preset']} (repeat {repeat + 1}): {row['fps']:.1f} fps, {row['cpu_ms_total']:.1f} "
+                          f"CPU ms per frame", flush=True)
+    labels = list(dict.fromkeys(r["preset"] for r in runs))
+    rows = [median_row([r for r in runs if r["preset"] == label]) for label in labels]
     print(format_table(rows) + (f"\n(medians of {args.repeats} repeats)" if args.repeats > 1 else ""))
+    if compare:
+        print(motion_added(rows))
     if args.out:
         from runtime.imageio import write_json
         write_json(args.out, {"presets": rows, "runs": runs, "seconds": args.seconds, "model": args.model,
