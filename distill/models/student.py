@@ -16,7 +16,9 @@ for full-resolution convolutions, and the output cannot show checkerboard patter
 v2 options (StudentConfig): the body on the sources pooled 2x (`input_scale`), gains per pyramid level
 (`pyramid_levels`), a guided step (`guide_channels`), and `detail_bands`: the finest band-pass levels fused at their own
 resolution by the pyramid teacher's energy rule, each with a gain map from the head, the affine model below them
-(compose_bands; the default model since 7 Dec 2026, evening, uses 3).
+(compose_bands; the default model since 7 Dec 2026, evening, uses 3), and `coarse_levels`: below the bands, the
+teacher's whole rule (binomial bands and a soft-max residual) with the affine model as a correction to it
+(coarse_rule; the default since that night uses 2).
 
 Any H, W: the input is padded (edge replication) to the network's multiple and the output cropped back; padding
 amounts are computed from the input shape, so ONNX exports keep dynamic H and W.
@@ -320,7 +322,8 @@ class DualBranchFusionNet(nn.Module):
         """The fused image with K = config.detail_bands: the network's affine model on the sources' level K, then the
         K finest band-pass levels added back, finest last, as a Laplacian pyramid is collapsed:
 
-            x_K = a_ir * ir_K + a_vis * vis_K + b,    x_j = up(x_{j+1}) + g_j * band_j,    fused = x_0
+            x_K = a_ir * ir_K + a_vis * vis_K + b [+ coarse_rule(ir_K, vis_K)],
+            x_j = up(x_{j+1}) + g_j * band_j,    fused = x_0
 
         band_j fuses the two sources' detail at level j (x_j - up(x_{j+1}) of the box pyramid) by the pyramid
         teacher's rule: each weighted by min(1, 2 * its share of the Gaussian-smoothed band energy), so where both
