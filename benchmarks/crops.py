@@ -37,6 +37,7 @@ def crop_strip(tiles: list[tuple[str, np.ndarray]], box: tuple[int, int, int, in
     import cv2
 
     from runtime.errors import FusionError
+    from runtime.imageio import draw_label
     x, y, w, h = box
     out = []
     for label, img in tiles:
@@ -44,9 +45,7 @@ def crop_strip(tiles: list[tuple[str, np.ndarray]], box: tuple[int, int, int, in
             raise FusionError(f"--box {x},{y},{w},{h} does not fit the {label} image ({img.shape[1]}x{img.shape[0]})")
         tile = cv2.resize(img[y:y + h, x:x + w], (w * zoom, h * zoom), interpolation=cv2.INTER_NEAREST)
         tile = np.ascontiguousarray(np.repeat(tile[..., None], 3, axis=2))
-        (text_w, text_h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
-        cv2.rectangle(tile, (0, 0), (text_w + 8, text_h + 10), (0, 0, 0), -1)
-        cv2.putText(tile, label, (4, text_h + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 255), 1, cv2.LINE_AA)
+        draw_label(tile, label)
         out += [tile, np.full((h * zoom, 4, 3), 255, np.uint8)]
     return np.concatenate(out[:-1], axis=1)
 

@@ -60,7 +60,7 @@ def picture_grid(pairs, columns: Dict[str, Path], out_path: Path, rows: int = 4,
     """Rows of pairs, columns IR | VIS | each fused folder, every tile resized to `height`, labelled."""
     import cv2
 
-    from runtime.imageio import read_raw, write_image
+    from runtime.imageio import draw_label, read_raw, write_image
     tiles_rows = []
     for pair in pairs[:rows]:
         tiles = []
@@ -74,8 +74,7 @@ def picture_grid(pairs, columns: Dict[str, Path], out_path: Path, rows: int = 4,
                 img = np.repeat(img[..., None], 3, axis=2)
             width = int(round(img.shape[1] * height / img.shape[0]))
             img = np.ascontiguousarray(cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA))
-            cv2.putText(img, label, (6, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3, cv2.LINE_AA)
-            cv2.putText(img, label, (6, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 0), 1, cv2.LINE_AA)
+            draw_label(img, label, scale=0.6, colour=(255, 255, 0))
             tiles.append(img)
             tiles.append(np.full((height, 4, 3), 255, np.uint8))
         tiles_rows.append(np.concatenate(tiles[:-1], axis=1))

@@ -309,6 +309,16 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
     return np.clip(np.round(np.asarray(img, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
+def draw_label(tile: np.ndarray, text: str, scale: float = 0.5, colour: tuple = (0, 255, 255)) -> np.ndarray:
+    """`text` in the top-left corner of a 3-channel uint8 `tile` (in place), on a black box so it reads on any
+    background. (A thick black outline drawn under thin text does not work: OpenCV advances thicker glyphs further,
+    so the outline drifts right of the text along the label.)"""
+    (text_w, text_h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    cv2.rectangle(tile, (0, 0), (text_w + 8, text_h + 10), (0, 0, 0), -1)
+    cv2.putText(tile, text, (4, text_h + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+    return tile
+
+
 def write_image(path: str | os.PathLike, img: np.ndarray) -> Path:
     """Write an image atomically. `img`: float in [0, 1] (stored 8-bit), uint8 or uint16; (H, W) or RGB (H, W, 3)."""
     path = Path(path)

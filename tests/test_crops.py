@@ -23,3 +23,20 @@ def test_crops_are_pixel_exact_and_bad_boxes_fail(tmp_path, roadscene, test_name
     assert np.array_equal(neg_tile[28:], expected[28:])                    # below the label: the exact pixels
     assert main(["--data", str(roadscene), "--name", name, "--box", "10000,0,8,8", "--out", str(out)]) == 2
     assert "does not fit" in capsys.readouterr().err
+
+
+def test_labels_stay_inside_their_box_on_a_bright_tile():
+    """Picture labels (grids, crops) are drawn on a black box: on a white tile every non-white pixel of the label is
+    inside the box and the text itself is there (the old thick black outline drifted past the end of the text)."""
+    import numpy as np
+
+    from runtime.imageio import draw_label
+    for scale, colour in ((0.5, (0, 255, 255)), (0.6, (255, 255, 0))):
+        tile = np.full((60, 400, 3), 255, np.uint8)
+        draw_label(tile, "teacher pyramid-sharp", scale=scale, colour=colour)
+        touched = np.argwhere((tile != 255).any(axis=2))
+        box_w = touched[:, 1].max() + 1
+        box = tile[:touched[:, 0].max() + 1, :box_w]
+        assert (box == 0).all(axis=2).mean() > 0.5                       # the black box
+        assert (box == np.array(colour, np.uint8)).all(axis=2).sum() > 20  # the text in its colour
+        assert (tile[:, box_w:] == 255).all()
