@@ -220,6 +220,13 @@ $(SHIPPED_STUDENTS): weights-%: setup
 	cp runs/distill/$*/best/config.json runs/distill/$*/best/model.safetensors runtime/models/$*/
 	$(BIN)/fusion export --weights runtime/models/$* --format onnx --dynamic --out runtime/models/$*/model.onnx
 
+# - weights-rule: `rule`, zero weights: the default's fixed band and coarse rules without its network (nothing to
+#   train: the registered variant is written as it is and exported; docs/distill.md "Student v2", run H5).
+.PHONY: weights-rule
+weights-rule: setup
+	$(BIN)/python -c "from distill.models import create_student, save_student; save_student(create_student('rule'), 'runtime/models/rule', {'trained': False, 'note': 'no weights: the fixed rules of the default graph'})"
+	$(BIN)/fusion export --weights runtime/models/rule --format onnx --dynamic --out runtime/models/rule/model.onnx
+
 # Quality of the default model on every validation set (RoadScene test.txt, msrs_mini day and night, llvip_mini
 # val.txt; never trained or tuned on): one table per set beside the pyramid teacher and the mean/max/laplacian
 # baselines, the metrics where it falls below `mean`, and a picture grid per set (runs/distill/eval/default/).

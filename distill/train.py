@@ -569,9 +569,12 @@ def train(cfg: TrainConfig, feature_teacher=None) -> dict:
     feature_teacher: an object with `features(ir, vis) -> [tensors]` (torch batches), for feature distillation;
     by default it is looked up from cfg.loss.teacher_features.
     """
-    from distill.models import create_student
+    from distill.models import create_student, student_config
     from runtime.config import config_hash
 
+    if not student_config(cfg.model.variant, vis_channels=cfg.model.vis_channels, **cfg.model.options).network:
+        raise FusionError(f"student '{cfg.model.variant}' has no network (model.options network: false): nothing to "
+                          f"train; `make weights-rule` writes such a model as it is")
     dist_info, device, run_dir = start_run(cfg)
     train_set, val_set, device_batches = training_data(cfg, device, dist_info)
     model = create_student(cfg.model.variant, vis_channels=cfg.model.vis_channels, **cfg.model.options).to(device)

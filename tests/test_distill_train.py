@@ -253,3 +253,12 @@ def test_online_teacher_options_reach_the_teacher_and_wrong_ones_are_reported(em
     with pytest.raises(FusionError, match=r"online_teacher_options .*do not fit the 'pyramid' teacher"):
         train(_config(em_dataset, tmp_path / "bad", 2, **{"data.sets": sets, "data.online_teacher": "pyramid",
                                                           "data.online_teacher_options": "{sharpness: 2}"}))
+
+
+def test_a_student_without_a_network_is_refused_before_anything_runs(tmp_path):
+    from runtime.errors import FusionError
+    run = tmp_path / "run"
+    cfg = load_train_config(str(REPO / "configs" / "distill" / "default.yaml"), [f"run_dir={run}", "model.variant=rule"])
+    with pytest.raises(FusionError, match="has no network"):
+        train(cfg)
+    assert not run.exists()

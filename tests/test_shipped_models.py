@@ -1,6 +1,6 @@
 """Every model shipped in runtime/models/ (the default, the earlier defaults `nano`, `nano2-affine` and `nano2-bands`,
-the v2 student `nano2`): loadable by name everywhere (`load_student`, `--model`), its ONNX the export of its safetensors, dynamic
-in H and W."""
+the v2 student `nano2`, the zero-weight `rule`): loadable by name everywhere (`load_student`, `--model`), its ONNX the
+export of its safetensors, dynamic in H and W."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,7 +13,7 @@ from distill.models import default_model_dir, load_student, resolve_weights  # n
 from runtime.backends import locate_model  # noqa: E402
 from runtime.errors import FusionError  # noqa: E402
 
-SHIPPED = ("default", "nano", "nano2", "nano2-affine", "nano2-bands")
+SHIPPED = ("default", "nano", "nano2", "nano2-affine", "nano2-bands", "rule")
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -264,3 +264,29 @@ def test_coarse_rule_is_the_pyramid_teachers_rule_below_the_bands():
         create_student("tiny-test", input_scale=2, coarse_levels=1)
     with torch.no_grad():    # any size: tiny inputs too (borders replicated where a level is 2 pixels or fewer)
         assert model(torch.rand(1, 1, 9, 21), torch.rand(1, 1, 9, 21)).shape == (1, 1, 9, 21)
+
+
+def test_rule_variant_has_no_weights_and_reproduces_its_teacher(roadscene, train_names):
+    # `rule`: the default's graph without its network (network: false): zero weights, the detail bands and the coarse
+    # rule alone, each band x the teacher's 1.1. On real pairs it is the `pyramid-sharp` teacher to within a few grey
+    # levels (measured 41-47 dB on three training pairs; the plain average 14-17 dB).
+    from runtime.color import split_luminance
+    from runtime.imageio import discover_pairs, read_pair
+    from teacher.multiscale import SharpPyramidFusion
+    model = create_student("rule").eval()
+    assert sum(p.numel() for p in model.parameters()) == 0 and len(model.state_dict()) == 0
+    assert model.feature_channels == []
+    teacher = SharpPyramidFusion()
+    for pair in discover_pairs(roadscene, names=train_names[:2]):
+        ir, vis = read_pair(pair)
+        ir_t = torch.from_numpy(ir)[None, None]
+        vis_t = torch.from_numpy(np.ascontiguousarray(split_luminance(vis)[0]))[None, None]
+        with torch.no_grad():
+            fused, features = model.forward_with_features(ir_t, vis_t)
+            target = teacher.fuse_batch(ir_t, vis_t).float()
+        assert fused.shape == ir_t.shape and features == []
+        psnr = float(10 * torch.log10(1.0 / ((fused - target) ** 2).mean()))
+        average = float(10 * torch.log10(1.0 / (((ir_t + vis_t) / 2 - target) ** 2).mean()))
+        assert psnr > 38.0 and psnr > average + 20.0, (pair.name, psnr, average)
+    with pytest.raises(ValueError, match="network: false needs detail_bands and coarse_levels"):
+        create_student("rule", coarse_levels=0)

@@ -72,6 +72,16 @@ def _nano2() -> StudentConfig:
     return replace(_nano(), variant="nano2", input_scale=2, pyramid_levels=2, kv_pool=1)
 
 
+@register_student("rule", "zero weights: the default's fixed rules alone (detail bands at full, 1/2, 1/4 resolution and "
+                          "the teacher's coarse rule below them), no network; about half the default's time")
+def _rule() -> StudentConfig:
+    # The default's graph without its network: its band and coarse rules with the teacher's own gain (1.1) on every
+    # band. On the training holdout it is within 0.15% of the trained default (docs/distill.md "Student v2", run H5).
+    # Nothing to train: `make weights-rule` writes it.
+    return replace(_nano2(), variant="rule", pyramid_levels=0, detail_bands=3, coarse_levels=2, coarse_gain=1.1,
+                   network=False, fixed_band_gain=1.1)
+
+
 @register_student("tiny-test", "a minimal student for unit tests (not for use)")
 def _tiny_test() -> StudentConfig:
     return StudentConfig(

@@ -83,6 +83,10 @@ class StudentConfig:
     coarse_levels: int = 0
     coarse_gain: float = 1.0
     coarse_softness: float = 0.05
+    # false (with detail_bands and coarse_levels): no network at all, zero weights: the fixed rules alone, each band
+    # x `fixed_band_gain` (DualBranchFusionNet.compose_fixed; the `rule` variant). True keeps every learned student.
+    network: bool = True
+    fixed_band_gain: float = 1.0
 
     @property
     def out_channels(self) -> int:
@@ -197,7 +201,28 @@ class DualBranchFusionNet(nn.Module):
                 raise ValueError(f"coarse_levels must be 0 to 4, got {config.coarse_levels}")
             if config.coarse_softness <= 0:
                 raise ValueError(f"coarse_softness must be > 0, got {config.coarse_softness}")
+        if not config.network and not (config.detail_bands and config.coarse_levels):
+            raise ValueError("network: false needs detail_bands and coarse_levels (the fixed rules are then the whole "
+                             "fusion)")
         self.config = config
+        if config.detail_bands:
+            # the band-energy Gaussian, separable, for IR and each VIS channel at once (fixed: not a weight)
+            radius = max(1, int(round(2 * config.energy_sigma)))
+            taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / config.energy_sigma) ** 2)
+            taps = (taps / taps.sum()).repeat(1 + config.vis_channels, 1, 1, 1)
+            self.register_buffer("energy_taps", taps, persistent=False)
+        if config.coarse_levels:
+            # the binomial 1-4-6-4-1 filter of the teacher's Laplacian pyramid, separable (fixed: not a weight)
+            binomial = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
+            self.register_buffer("binomial_taps", binomial.repeat(1 + config.vis_channels, 1, 1, 1), persistent=False)
+        if config.network:
+            self._build_network(config)
+        else:
+            self.encoder_ir = self.encoder_vis = self.guide = self.head = None
+            self.fusions, self.decoder = nn.ModuleList(), nn.ModuleList()
+
+    def _build_network(self, config: StudentConfig) -> None:
+        """The learned part: both encoders, the cross-modal fusions, the decoder, the guided step and the head."""
         self.encoder_ir = Encoder(1, config.stem_channels, config.stages)
         self.encoder_vis = Encoder(config.vis_channels, config.stem_channels, config.stages)
         channels = self.encoder_ir.channels
@@ -216,16 +241,6 @@ class DualBranchFusionNet(nn.Module):
         if config.guide_channels > 0:
             self.guide = DecoderBlock(x_channels, 1 + config.vis_channels, config.guide_channels)
             x_channels = config.guide_channels
-        if config.detail_bands:
-            # the band-energy Gaussian, separable, for IR and each VIS channel at once (fixed: not a weight)
-            radius = max(1, int(round(2 * config.energy_sigma)))
-            taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / config.energy_sigma) ** 2)
-            taps = (taps / taps.sum()).repeat(1 + config.vis_channels, 1, 1, 1)
-            self.register_buffer("energy_taps", taps, persistent=False)
-        if config.coarse_levels:
-            # the binomial 1-4-6-4-1 filter of the teacher's Laplacian pyramid, separable (fixed: not a weight)
-            binomial = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
-            self.register_buffer("binomial_taps", binomial.repeat(1 + config.vis_channels, 1, 1, 1), persistent=False)
         # coefficients per output channel: gain on IR, gain on VIS, offset
         self.head = nn.Sequential(
             ConvBNAct(x_channels, config.head_channels, 3, act="hswish"),
@@ -279,6 +294,8 @@ class DualBranchFusionNet(nn.Module):
                 pyramid_ir.append(F.avg_pool2d(pyramid_ir[-1], 2))
                 pyramid_vis.append(F.avg_pool2d(pyramid_vis[-1], 2))
             ir_body, vis_body = pyramid_ir[body], pyramid_vis[body]
+        if not self.config.network:
+            return self.compose_fixed(sources)[:, :, :height, :width].clamp(0.0, 1.0), []
         fused = [fuse(a, b) for fuse, a, b in zip(self.fusions, self.encoder_ir(ir_body), self.encoder_vis(vis_body))]
         x = fused[-1]
         for block, skip in zip(self.decoder, reversed(fused[:-1])):
@@ -358,6 +375,17 @@ class DualBranchFusionNet(nn.Module):
             fused = F.interpolate(fused, scale_factor=2.0, mode="bilinear", align_corners=False) + gain * band
         return fused
 
+    def compose_fixed(self, sources: List[torch.Tensor]) -> torch.Tensor:
+        """Without a network (config.network false): the coarse rule at level K, then each band added back x
+        config.fixed_band_gain, as compose_bands does with constant coefficients (affine part 0, every band gain the
+        same) but without building and upsampling constant coefficient maps."""
+        bands = self.config.detail_bands
+        fused = self.coarse_rule(sources[bands])
+        for level in range(bands - 1, -1, -1):
+            fused = F.interpolate(fused, scale_factor=2.0, mode="bilinear", align_corners=False) \
+                + self.config.fixed_band_gain * self.fused_band(sources[level], sources[level + 1])
+        return fused
+
     def fused_band(self, sources: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         """One band-pass level of both sources fused by their shares of the local band energy (the `pyramid`
         teacher's rule, teacher/multiscale.py). sources (N, 1 + C, h, w): IR then VIS; coarse: the next level."""
@@ -432,5 +460,5 @@ class DualBranchFusionNet(nn.Module):
 
     @property
     def feature_channels(self) -> List[int]:
-        """Channels of the fused features returned by forward_with_features."""
-        return list(self.encoder_ir.channels)
+        """Channels of the fused features returned by forward_with_features (none without a network)."""
+        return list(self.encoder_ir.channels) if self.encoder_ir is not None else []
