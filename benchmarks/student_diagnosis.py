@@ -29,23 +29,11 @@ HOLDOUT = (("roadscene", "roadscene_train_holdout.txt"), ("llvip_mini", "llvip_m
 METRICS = ("SF", "AG", "VIF", "Qabf", "SSIM", "MI")
 
 
-def sources_pyramid(model, ir, vis):
-    """The padded [IR, VIS] box pyramid the model's forward builds (levels 0..detail_bands)."""
-    import torch
-    import torch.nn.functional as F
-    multiple = model.multiple
-    pad_h, pad_w = (-ir.shape[-2]) % multiple, (-ir.shape[-1]) % multiple
-    levels = [F.pad(torch.cat([ir, vis], dim=1), (0, pad_w, 0, pad_h), mode=model.config.pad_mode)]
-    for _ in range(model.config.detail_bands):
-        levels.append(F.avg_pool2d(levels[-1], 2))
-    return levels, pad_h, pad_w
-
-
 def fixed_rule(model, ir, vis, band_gain: float):
     """The model's graph with constant coefficients instead of its network (see the module docstring)."""
     import torch
     config = model.config
-    levels, _, _ = sources_pyramid(model, ir, vis)
+    levels = model.joint_pyramid(ir, vis, config.detail_bands)
     affine = [0.0, 0.0, 0.0] if config.coarse_levels else [0.5, 0.5, 0.0]
     values = torch.tensor(affine + [band_gain] * config.detail_bands).repeat_interleave(config.out_channels)
     top = levels[0].shape[-2] >> config.coefficient_level, levels[0].shape[-1] >> config.coefficient_level
@@ -56,8 +44,9 @@ def fixed_rule(model, ir, vis, band_gain: float):
 def teacher_coarse(model, ir, vis, teacher_out, band_gain: float):
     """The model's fused bands on the teacher's output averaged down to the coarsest band level."""
     import torch.nn.functional as F
-    levels, pad_h, pad_w = sources_pyramid(model, ir, vis)
     bands = model.config.detail_bands
+    levels = model.joint_pyramid(ir, vis, bands)
+    pad_h, pad_w = levels[0].shape[-2] - ir.shape[-2], levels[0].shape[-1] - ir.shape[-1]
     fused = F.avg_pool2d(F.pad(teacher_out, (0, pad_w, 0, pad_h), mode="replicate"), 2 ** bands)
     for level in range(bands - 1, -1, -1):
         fused = F.interpolate(fused, scale_factor=2.0, mode="bilinear", align_corners=False) \

@@ -283,9 +283,7 @@ class DualBranchFusionNet(nn.Module):
         if self.config.detail_bands:
             # one pyramid of both sources as channels [IR, VIS...]: the bands need them side by side at every level,
             # and concatenating once at the input saves a full-resolution copy per band
-            sources = [F.pad(torch.cat([ir, vis], dim=1), (0, pad_w, 0, pad_h), mode=self.config.pad_mode)]
-            for _ in range(levels):
-                sources.append(F.avg_pool2d(sources[-1], 2))
+            sources = self.joint_pyramid(ir, vis, levels)
             ir_body, vis_body = sources[body][:, :1], sources[body][:, 1:]
         else:
             pyramid_ir = [F.pad(ir, (0, pad_w, 0, pad_h), mode=self.config.pad_mode)]
@@ -307,6 +305,16 @@ class DualBranchFusionNet(nn.Module):
         else:
             fused_image = self.compose(self.head(x), pyramid_ir, pyramid_vis)
         return fused_image[:, :, :height, :width].clamp(0.0, 1.0), fused
+
+    def joint_pyramid(self, ir: torch.Tensor, vis: torch.Tensor, levels: int) -> List[torch.Tensor]:
+        """The box pyramid of both sources as channels [IR, VIS...], padded to the network's multiple: `levels` + 1
+        tensors, full resolution first (what the detail bands and the coarse rule work on)."""
+        pad_h = (self.multiple - ir.shape[-2] % self.multiple) % self.multiple
+        pad_w = (self.multiple - ir.shape[-1] % self.multiple) % self.multiple
+        sources = [F.pad(torch.cat([ir, vis], dim=1), (0, pad_w, 0, pad_h), mode=self.config.pad_mode)]
+        for _ in range(levels):
+            sources.append(F.avg_pool2d(sources[-1], 2))
+        return sources
 
     def compose(self, coefficients: torch.Tensor, pyramid_ir: List[torch.Tensor],
                 pyramid_vis: List[torch.Tensor]) -> torch.Tensor:
