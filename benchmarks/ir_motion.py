@@ -115,10 +115,13 @@ def true_backward(rig: Rig, t: float, t_ir: float, size: tuple[int, int]) -> np.
 
 
 def applied_backward(comp: IrMotionCompensator, vis_now: np.ndarray, vis_ref: np.ndarray, scale: float,
-                     size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(the displacement `compensate` applies to a frame of `size`, the small flow), reproduced from its pieces."""
-    flow, _ = comp.flow(comp.small_gray(vis_now), comp.small_gray(vis_ref))
-    return np.dstack(comp.displacement(flow, scale, size)), flow
+                     size: tuple[int, int], start: Optional[tuple] = None) -> tuple[np.ndarray, np.ndarray, object]:
+    """(the displacement `compensate` applies to a frame of `size`, the small flow, the warp's plan: where the global
+    motion stands in for the flow), reproduced from its pieces."""
+    backward, mask, share = comp.flow_and_mask(comp.small_gray(vis_now), comp.small_gray(vis_ref), start)
+    flow = cv2.bitwise_and(backward, backward, mask=mask) if share < 1.0 else backward
+    plan = comp.plan(flow, scale, size, mask if share < 1.0 else None)
+    return comp.applied_displacement(flow, scale, size, plan), flow, plan
 
 
 def geometry(rig: Rig) -> dict:
@@ -134,7 +137,7 @@ def geometry(rig: Rig) -> dict:
     stale = {"held_px": 0.0, "comp_px": 0.0, "pixels": 0}     # frames whose IR frame is older than the VIS frame
     samples: dict[str, list] = {"held_px": [], "comp_px": []}
     reasons: Counter = Counter()
-    per_frame, compensate_ms, small_ms = [], [], []
+    per_frame, compensate_ms, small_ms, dense_shares = [], [], [], []
     reproduction_error = 0.0
     skipped = 0
     for k in range(n_vis):
@@ -164,9 +167,10 @@ def geometry(rig: Rig) -> dict:
         if info.applied:
             compensate_ms.append(elapsed)
             scale = (t - t_ir) / (t - t_ref)
-            applied_b, flow = applied_backward(check, vis_now, vis_ref, scale, size)
+            applied_b, flow, plan = applied_backward(check, vis_now, vis_ref, scale, size, info.start)
             reproduction_error = max(reproduction_error, float(np.abs(
-                check.warp(held, flow, scale).astype(np.float32) - moved).max()))
+                check.warp(held, flow, scale, plan=plan).astype(np.float32) - moved).max()))
+            dense_shares.append(plan.dense_share)
         else:
             applied_b = np.zeros_like(truth_b)
         inside = ((truth_b[..., 0] + np.arange(size[0])[None, :] >= 0) &
@@ -209,6 +213,7 @@ def geometry(rig: Rig) -> dict:
                               "held_mean_px": stale["held_px"] / max(stale["pixels"], 1),
                               "compensated_mean_px": stale["comp_px"] / max(stale["pixels"], 1)},
         "reproduction_max_abs_diff": reproduction_error,
+        "dense_share_mean": float(np.mean(dense_shares)) if dense_shares else None,
         "timing_ms": {"compensate_median": float(np.median(compensate_ms)) if compensate_ms else None,
                       "small_gray_median": float(np.median(small_ms)) if small_ms else None,
                       "per_frame_median": (float(np.median(compensate_ms)) + float(np.median(small_ms)))

@@ -6,8 +6,13 @@ times, so the motion between them is measured on the VIS frames and applied to t
 
     VIS(t_ref)  ~ the VIS frame captured nearest the IR frame's time t_ir (kept in a short history)
     VIS(t_now)  the frame being fused
-    B = DIS optical flow VIS(t_now) -> VIS(t_ref), at a reduced resolution (FLOW_WIDTH px wide; ~1.8 ms a frame)
-    IR_now(x) = IR(x + s * B(x)),  s = (t_now - t_ir) / (t_now - t_ref)   (backward warp with cv2.remap)
+    B = DIS optical flow VIS(t_now) -> VIS(t_ref), at a reduced resolution (FLOW_WIDTH px wide), started from the
+        rig's motion: predicted from the last frame, or measured by phase correlation when there is no prediction
+    IR_now(x) = IR(x + s * B(x)),  s = (t_now - t_ir) / (t_now - t_ref)   (backward warp)
+
+The warp takes one affine motion fitted to B (with the registration, one cv2.warpAffine) on every tile of the frame
+where B agrees with it, and cv2.remap with B's per-pixel maps on the others (things that move on their own, the near
+side of a parallax, pixels that failed the check below).
 
 Where the motion cannot be trusted it falls back to the held frame: per pixel where the forward-backward check fails
 (occlusions, pixels that left the view), per frame after a scene cut (most pixels fail the check), when the
@@ -37,14 +42,26 @@ FLOW_WIDTH = 160            # flow is estimated on VIS frames resized to this wi
 # preset's own depth does that at a quarter of the cost, with the tolerance widened from 1.0 to 1.5 flow px for its
 # coarser field. With the small frames made by Gaussian halvings (pyrDown) and the warp done per channel: 0.28 px,
 # judder 1.24x, at 0.58-0.85x the cost (1.84 against 2.49 ms a frame in one quiet run, one thread, 480p; the VM's
-# speed moves by 40% from hour to hour): docs/runtime.md "IR motion compensation".
+# speed moves by 40% from hour to hour): docs/runtime.md "IR motion compensation". Since the warp takes a global
+# motion fitted to the flow wherever the flow agrees with it (its noise averaged out), patches every 6 px instead of
+# the preset's 4 save 0.2 ms a frame and still leave less residual than the dense warp with 4 did (0.26 against 0.28
+# px, judder 1.23x against 1.24x; 720p 0.41 against 0.46 px, judder 1.49x against 1.47x; with 4: 0.23 and 0.36 px).
 FLOW_FINEST_SCALE = 1
 FLOW_DESCENT_ITERATIONS = 6
+FLOW_PATCH_STRIDE = 6
 CHECK_FINEST_SCALE = 2
-FB_TOLERANCE_PX = 1.5       # forward-backward disagreement (in flow pixels) beyond which a pixel keeps the held IR
+FB_TOLERANCE_PX = 1.5       # forward-backward disagreement (flow px, per axis) beyond which a pixel keeps the held IR
 MIN_RELIABLE = 0.5          # below this share of reliable pixels the whole frame keeps the held IR (a scene cut)
 HISTORY_S = 0.5             # VIS frames kept to find the one taken nearest each IR frame
 PEAK_RESPONSE = 0.05        # phase-correlation peak below which no dominant translation is assumed
+# The warp: one global affine motion (fitted to the flow) wherever the flow agrees with it, the dense flow elsewhere.
+# cv2.remap with per-pixel maps costs 0.68 ms at 640x480 (IPP's warpAffine of the same frame 0.11): most of a rig's
+# motion over one IR period is the rig's own (a pan, a turn, a planar scene), so most tiles take the affine warp.
+GLOBAL_TOLERANCE_PX = 1.0   # a tile takes the global motion where the dense flow is within this of it (frame pixels)
+TILE = 8                    # tile side in flow pixels (32 px of a 640x480 frame)
+TRACK_MAX_PX = 8.0          # a predicted dominant motion up to this (flow px) skips phase correlation (DIS follows)
+TRACK_MAX_AGE_S = 0.25      # the last frame's motion predicts the next one's for this long
+DENSE_SHARE = 0.6           # beyond this share of tiles off the global motion, the whole frame takes the dense warp
 
 
 def resolve_mode(mode: str, ir_fps: float, vis_fps: float, primary: str) -> bool:
@@ -74,6 +91,23 @@ def through_homography(matrix: np.ndarray, map_x: np.ndarray, map_y: np.ndarray)
     return cv2.divide(xs, scale), cv2.divide(ys, scale)
 
 
+def covering_blocks(mask: np.ndarray, bridge: int = 1):
+    """(top, bottom, first, end): rectangles [top, bottom) x [first, end) that cover every True of a 2-D bool array:
+    per band of consecutive rows that hold one, the runs of columns holding one in the band (runs `bridge` or fewer
+    columns apart merged). Few rectangles and little area outside the Trues: each costs a few OpenCV calls."""
+    # band edges: where a row with a True follows one without (or starts the array), and the reverse
+    edges = np.diff(np.concatenate(([0], mask.any(axis=1).view(np.int8), [0])))
+    for top, bottom in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
+        columns = np.diff(np.concatenate(([0], mask[top:bottom].any(axis=0).view(np.int8), [0])))
+        starts, ends = np.flatnonzero(columns == 1), np.flatnonzero(columns == -1)
+        first = starts[0]
+        for k in range(1, len(starts)):
+            if starts[k] - ends[k - 1] > bridge:
+                yield int(top), int(bottom), int(first), int(ends[k - 1])
+                first = starts[k]
+        yield int(top), int(bottom), int(first), int(ends[-1])
+
+
 class VisHistory:
     """The recent VIS frames (the pairing thread appends each one it sees), to find the frame nearest a time."""
 
@@ -98,12 +132,29 @@ class VisHistory:
 
 
 @dataclass
+class WarpPlan:
+    """How one frame is warped: `matrix` (3x3, frame pixel -> its source under the global motion, before the view)
+    wherever `dense` (tiles x tiles, bool) is False; the dense flow's per-pixel maps on the tiles where it is True.
+    `matrix` is None when the whole frame takes the dense maps."""
+
+    matrix: Optional[np.ndarray]
+    dense: np.ndarray
+    tile_px: tuple[int, int]        # a tile's (width, height) in frame pixels
+
+    @property
+    def dense_share(self) -> float:
+        return 1.0 if self.matrix is None else float(self.dense.mean()) if self.dense.size else 0.0
+
+
+@dataclass
 class Compensation:
     """What happened to one frame (for statistics and tests)."""
 
     applied: bool
     reason: str = ""                # why not (or "" when applied)
     reliable: float = 0.0           # share of pixels that passed the forward-backward check
+    dense_share: float = 0.0        # share of the frame warped by the dense flow (the rest: the global motion)
+    start: Optional[tuple] = None   # the predicted motion DIS started from, or None (measured by phase correlation)
 
 
 class IrMotionCompensator:
@@ -111,17 +162,22 @@ class IrMotionCompensator:
     preprocessing thread (DIS objects keep state)."""
 
     def __init__(self, flow_width: int = FLOW_WIDTH, fb_tolerance: float = FB_TOLERANCE_PX,
-                 min_reliable: float = MIN_RELIABLE, preset: int = cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST):
+                 min_reliable: float = MIN_RELIABLE, preset: int = cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+                 global_tolerance: Optional[float] = GLOBAL_TOLERANCE_PX):
         self.flow_width = int(flow_width)
+        self.global_tolerance = global_tolerance       # None: the dense flow everywhere
         self.fb_tolerance = float(fb_tolerance)
         self.min_reliable = float(min_reliable)
         self.dis = cv2.DISOpticalFlow_create(preset)
         self.dis.setFinestScale(FLOW_FINEST_SCALE)
         self.dis.setGradientDescentIterations(FLOW_DESCENT_ITERATIONS)
+        self.dis.setPatchStride(FLOW_PATCH_STRIDE)
         self.check_dis = cv2.DISOpticalFlow_create(preset)
         self.check_dis.setFinestScale(CHECK_FINEST_SCALE)
         self._grids: dict = {}
         self._windows: dict = {}
+        self._inverses: dict = {}
+        self._velocity: Optional[tuple[float, float, float]] = None     # (flow px per second of span, its time)
 
     # ------------------------------------------------------------------------------------------------- the pieces
     def small_gray(self, image: np.ndarray) -> np.ndarray:
@@ -142,21 +198,24 @@ class IrMotionCompensator:
         backward, reliable, share = self.flow_and_mask(now_small, ref_small)
         return cv2.bitwise_and(backward, backward, mask=reliable) if share < 1.0 else backward, share
 
-    def flow_and_mask(self, now_small: np.ndarray, ref_small: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    def flow_and_mask(self, now_small: np.ndarray, ref_small: np.ndarray,
+                      start: Optional[tuple[float, float]] = None) -> tuple[np.ndarray, np.ndarray, float]:
         """(backward flow now -> ref, uint8 mask 255 where the forward-backward check passed, share of those).
 
         DIS alone at this resolution loses a fast pan (beyond ~10% of the width between the two frames: a car at
         speed, a quick turn): its pyramid is only a few levels deep. The dominant translation is found first by phase
-        correlation and DIS measures what is left around it (measured: 75 px of pan at 320 wide to 0.5 px)."""
-        shift = self._global_shift(now_small, ref_small)
+        correlation and DIS measures what is left around it (measured: 75 px of pan at 320 wide to 0.5 px). `start`:
+        that translation predicted instead (`compensate` tracks the rig's motion from frame to frame)."""
+        shift = self._global_shift(now_small, ref_small) if start is None else start
         backward = self._dis_around(self.dis, now_small, ref_small, shift)
         forward = self._dis_around(self.check_dis, ref_small, now_small, (-shift[0], -shift[1]))
         # The forward flow, sampled where each pixel lands in the reference, must bring the pixel back.
         landed = cv2.add(self._grid(now_small.shape[:2]), backward)
         round_trip = cv2.add(backward, cv2.remap(forward, landed, None, cv2.INTER_LINEAR,
                                                  borderMode=cv2.BORDER_REPLICATE))
-        dx, dy = cv2.split(round_trip)
-        reliable = cv2.compare(cv2.magnitude(dx, dy), self.fb_tolerance, cv2.CMP_LE)      # 255 where reliable
+        # 255 where the round trip misses by at most the tolerance on each axis (one call; the disk of that radius,
+        # split + magnitude + compare, marks the same pixels to 0.001 px of the benchmark's residual)
+        reliable = cv2.inRange(round_trip, (-self.fb_tolerance,) * 2, (self.fb_tolerance,) * 2)
         return backward, reliable, cv2.countNonZero(reliable) / reliable.size
 
     def _global_shift(self, now_small: np.ndarray, ref_small: np.ndarray) -> tuple[float, float]:
@@ -170,7 +229,9 @@ class IrMotionCompensator:
 
     @staticmethod
     def _dis_around(dis, a: np.ndarray, b: np.ndarray, shift: tuple[float, float]) -> np.ndarray:
-        """DIS flow a -> b, with b first moved by `shift` (so DIS measures only the rest), the shift added back."""
+        """DIS flow a -> b, with b first moved by `shift` (so DIS measures only the rest), the shift added back.
+        (DIS also takes a flow of the right size as its starting field; tried, it follows a large start less well:
+        1.65 against 0.78 grey levels from the truth after a 12 px pan at 320 px wide, tests/test_ir_motion.py.)"""
         if shift == (0.0, 0.0):
             return dis.calc(a, b, None)
         matrix = np.array([[1.0, 0.0, shift[0]], [0.0, 1.0, shift[1]]], dtype=np.float32)
@@ -189,17 +250,190 @@ class IrMotionCompensator:
                 cv2.resize(dy, size, interpolation=cv2.INTER_LINEAR) * np.float32(scale * size[1] / small_h))
 
     def warp(self, image: np.ndarray, flow_small: np.ndarray, scale: float, outside: Optional[float] = None,
-             interpolation: int = cv2.INTER_LINEAR, view: Optional[tuple] = None) -> np.ndarray:
+             interpolation: int = cv2.INTER_LINEAR, view: Optional[tuple] = None,
+             plan: Optional[WarpPlan] = None) -> np.ndarray:
         """`image` (any size, uint8/uint16/float) backward-warped by `scale` x the flow, resized to its size. Pixels
         brought from outside the frame repeat its edge, or take the value `outside` when given.
 
         `view` (matrix, (W, H)) from `Registration.view_matrix`: `image` is the raw IR frame, registered into the view
-        in the same resampling (one interpolation instead of two; measured 1.43 -> 0.97 ms at 640x480)."""
+        in the same resampling (one interpolation instead of two; measured 1.43 -> 0.97 ms at 640x480).
+
+        `plan` (from `plan`): the global motion (with the view, one cv2.warpAffine) wherever it agrees with the flow,
+        and cv2.remap with the dense flow's maps only on the tiles where it does not; without it, the dense flow
+        everywhere."""
         height, width = image.shape[:2] if view is None else view[1][::-1]
-        map_x, map_y = self.maps(flow_small, scale, (width, height), None if view is None else np.linalg.inv(view[0]))
+        inverse = None if view is None else self._inverse(view[0])
         border = cv2.BORDER_REPLICATE if outside is None else cv2.BORDER_CONSTANT
-        return cv2.remap(image, map_x, map_y, interpolation, borderMode=border,
-                         borderValue=0.0 if outside is None else float(outside))
+        border_value = 0.0 if outside is None else float(outside)
+        if plan is None or plan.matrix is None:
+            map_x, map_y = self.maps(flow_small, scale, (width, height), inverse)
+            return cv2.remap(image, map_x, map_y, interpolation, borderMode=border, borderValue=border_value)
+        matrix = plan.matrix if inverse is None else inverse @ plan.matrix
+        matrix = matrix / matrix[2, 2]
+        flags = interpolation | cv2.WARP_INVERSE_MAP
+        if abs(matrix[2, 0]) * width + abs(matrix[2, 1]) * height < 1e-7:
+            out = cv2.warpAffine(image, matrix[:2], (width, height), flags=flags, borderMode=border,
+                                 borderValue=border_value)
+        else:
+            out = cv2.warpPerspective(image, matrix, (width, height), flags=flags, borderMode=border,
+                                      borderValue=border_value)
+        if plan.dense.any():
+            # The dense maps only where tiles need them: on a few rectangles covering those tiles (covering_blocks),
+            # the ring maps' block around each resized (the values the whole frame's maps have there), and one remap.
+            # (Rectangles, not tiles: each OpenCV call costs 10-20 us in the pipeline.)
+            small_x, small_y = self._ring_maps(flow_small, scale, (width, height), inverse)
+            fx, fy = width // flow_small.shape[1], height // flow_small.shape[0]
+            tile_w, tile_h = plan.tile_px
+            for top, bottom, first, end in covering_blocks(plan.dense):
+                r0, r1 = top * tile_h, min(bottom * tile_h, height)
+                x0, x1 = first * tile_w, min(end * tile_w, width)
+                sy0, sy1, sx0, sx1 = r0 // fy, r1 // fy + 2, x0 // fx, x1 // fx + 2
+                size = ((sx1 - sx0) * fx, (sy1 - sy0) * fy)
+                rows, cols = slice(fy, fy + r1 - r0), slice(fx, fx + x1 - x0)
+                map_x = cv2.resize(small_x[sy0:sy1, sx0:sx1], size, interpolation=cv2.INTER_LINEAR)[rows, cols]
+                map_y = cv2.resize(small_y[sy0:sy1, sx0:sx1], size, interpolation=cv2.INTER_LINEAR)[rows, cols]
+                out[r0:r1, x0:x1] = cv2.remap(image, map_x, map_y, interpolation, borderMode=border,
+                                              borderValue=border_value)
+        return out
+
+    def plan(self, flow_small: np.ndarray, scale: float, size: tuple[int, int],
+             reliable: Optional[np.ndarray] = None, tolerance: Optional[float] = None) -> WarpPlan:
+        """Where a frame of `size` (W, H) can take one global motion instead of the dense flow (`warp`'s plan).
+
+        The flow is averaged over tiles of TILE x TILE flow pixels (DIS's own patches, 8 px at half the flow's
+        resolution, make it no finer), and an affine motion is fitted to the tile means by least squares, twice: the
+        second time without the tiles more than twice `tolerance` off the first fit (a moving object, the near side of
+        a parallax). A tile takes the global motion when its mean flow, scaled by `scale`, is within `tolerance`
+        pixels of the frame (default GLOBAL_TOLERANCE_PX) of it and all its pixels passed the forward-backward check
+        (`reliable`, uint8 255 where they did; the others keep the held frame). (The tile's mean, not each pixel: the
+        flow is smooth at that scale, except where a tile borders one that moves otherwise, whose motion the dense
+        maps would blend into its edge pixels.) Terms of the fit that move no pixel by
+        a quarter of `tolerance` at the field's corners are dropped (OpenCV warps a pure zoom and translation 3x
+        faster). Frames that are not a whole multiple of the flow, and frames with more than DENSE_SHARE of their
+        tiles off, take the dense flow everywhere."""
+        tolerance = self.global_tolerance if tolerance is None else tolerance
+        small_h, small_w = flow_small.shape[:2]
+        width, height = size
+        fx, fy = width // max(small_w, 1), height // max(small_h, 1)
+        centres, counts, starts = self._tile_grid(small_h, small_w)
+        if tolerance is None or fx < 1 or fy < 1 or fx * small_w != width or fy * small_h != height or scale == 0:
+            return WarpPlan(None, np.ones(counts.shape, dtype=bool), (TILE * fx, TILE * fy))
+        if starts is None:       # whole tiles: an exact box average (in C, 10x numpy's reduceat)
+            tiles = counts.shape[::-1]
+            means = cv2.resize(flow_small, tiles, interpolation=cv2.INTER_AREA)
+            usable = None if reliable is None else cv2.resize(reliable, tiles, interpolation=cv2.INTER_AREA) == 255
+            if usable is not None and cv2.countNonZero(usable.view(np.uint8)) == usable.size:
+                usable = None
+        else:
+            means = (np.add.reduceat(np.add.reduceat(flow_small, starts[0], axis=0), starts[1], axis=1) /
+                     counts[..., None]).astype(np.float32)
+            usable = None if reliable is None else np.add.reduceat(np.add.reduceat(
+                (reliable == 0).view(np.uint8), starts[0], axis=0), starts[1], axis=1) == 0
+        limit = np.array([tolerance / abs(scale) / fx, tolerance / abs(scale) / fy], dtype=np.float32)   # flow px
+        means = means.reshape(-1, 2)
+        if usable is None:
+            coef = self._tile_fit(small_h, small_w) @ means             # (3, 2): centred [u, v, 1] -> flow
+            keep = counts.reshape(-1)
+        else:
+            keep = counts.reshape(-1) * usable.reshape(-1)
+            coef = self._solve(centres, means, keep)
+        if coef is None:
+            return WarpPlan(None, np.ones(counts.shape, dtype=bool), (TILE * fx, TILE * fy))
+        off = np.abs(means - centres @ coef) / limit                     # in tolerances
+        outliers = off.max(axis=1) > 2.0
+        if outliers.any():                # fitted again without the tiles far off (moving things, parallax)
+            coef = self._solve(centres, means, keep * ~outliers)
+            if coef is None:
+                return WarpPlan(None, np.ones(counts.shape, dtype=bool), (TILE * fx, TILE * fy))
+            off = None
+        # drop the cross terms (rotation, shear) when they move no pixel by a quarter of the tolerance
+        if abs(coef[1, 0]) * small_h < 0.5 * limit[0] and abs(coef[0, 1]) * small_w < 0.5 * limit[1]:
+            coef[1, 0] = coef[0, 1] = 0.0
+            off = None
+        if off is None:
+            off = np.abs(means - centres @ coef) / limit
+        dense = (off.max(axis=1) > 1.0).reshape(counts.shape)
+        if usable is not None:
+            dense |= ~usable          # a tile with pixels that failed the forward-backward check keeps them held
+        if np.count_nonzero(dense) > DENSE_SHARE * dense.size:
+            return WarpPlan(None, np.ones(counts.shape, dtype=bool), (TILE * fx, TILE * fy))
+        # in frame pixels: flow pixel u = (x + 0.5) / fx - 0.5 (centred: minus the centre), displacement = scale *
+        # fx * flow
+        (a, d), (b, e), (c, f) = coef.astype(np.float64)
+        ou, ov = 0.5 / fx - 0.5 - (small_w - 1) / 2.0, 0.5 / fy - 0.5 - (small_h - 1) / 2.0
+        matrix = np.array([[1.0 + scale * a, scale * b * fx / fy, scale * fx * (a * ou + b * ov + c)],
+                           [scale * d * fy / fx, 1.0 + scale * e, scale * fy * (d * ou + e * ov + f)],
+                           [0.0, 0.0, 1.0]])
+        return WarpPlan(matrix, dense, (TILE * fx, TILE * fy))
+
+    def applied_displacement(self, flow_small: np.ndarray, scale: float, size: tuple[int, int],
+                             plan: Optional[WarpPlan]) -> np.ndarray:
+        """(H, W, 2): the backward displacement `warp` applies to each pixel of a frame of `size` under `plan` (the
+        global motion on its tiles, the dense flow on the others), in frame pixels (benchmarks and tests)."""
+        width, height = size
+        dense = np.dstack(self.displacement(flow_small, scale, size))
+        if plan is None or plan.matrix is None:
+            return dense
+        ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+        m = plan.matrix
+        moved = np.dstack([m[0, 0] * xs + m[0, 1] * ys + m[0, 2] - xs, m[1, 0] * xs + m[1, 1] * ys + m[1, 2] - ys])
+        tile_w, tile_h = plan.tile_px
+        per_pixel = np.repeat(np.repeat(plan.dense, tile_h, axis=0), tile_w, axis=1)[:height, :width]
+        return np.where(per_pixel[..., None], dense, moved).astype(np.float32)
+
+    def _tile_grid(self, small_h: int, small_w: int) -> tuple:
+        """The tiles of a flow field, cached: ((n, 3) [u, v, 1] of each tile's centroid, u and v from the field's
+        centre; (tiles_y, tiles_x) flow pixels in each tile; the tiles' first rows and columns, or None when the
+        field is a whole number of tiles)."""
+        key = ("tiles", small_h, small_w)
+        cached = self._grids.get(key)
+        if cached is None:
+            starts_y, starts_x = np.arange(0, small_h, TILE), np.arange(0, small_w, TILE)
+            ends_y, ends_x = np.append(starts_y[1:], small_h), np.append(starts_x[1:], small_w)
+            us, vs = np.meshgrid((starts_x + ends_x - 1 - (small_w - 1)) / 2.0,
+                                 (starts_y + ends_y - 1 - (small_h - 1)) / 2.0)
+            whole = small_h % TILE == 0 and small_w % TILE == 0
+            cached = self._grids[key] = (np.dstack([us, vs, np.ones_like(us)]).reshape(-1, 3).astype(np.float32),
+                                         np.outer(ends_y - starts_y, ends_x - starts_x).astype(np.float32),
+                                         None if whole else (starts_y, starts_x))
+        return cached
+
+    def _tile_fit(self, small_h: int, small_w: int) -> np.ndarray:
+        """(3, n) the least-squares affine fit of all the tiles' means, weighted by their pixel counts, as a matrix
+        (the tiles never change, so the fit is one product), float32; cached."""
+        key = ("tile fit", small_h, small_w)
+        fit = self._grids.get(key)
+        if fit is None:
+            centres, counts, _ = self._tile_grid(small_h, small_w)
+            centres, counts = centres.astype(np.float64), counts.reshape(-1, 1).astype(np.float64)
+            weighted = centres * counts
+            fit = self._grids[key] = np.linalg.solve(weighted.T @ centres, weighted.T).astype(np.float32)
+        return fit
+
+    @staticmethod
+    def _solve(centres: np.ndarray, means: np.ndarray, weight: np.ndarray) -> Optional[np.ndarray]:
+        """(3, 2) the weighted least-squares affine fit, or None with fewer than 6 tiles to fit."""
+        if np.count_nonzero(weight) < 6:
+            return None
+        weighted = (centres * weight[:, None]).T
+        normal, right = (weighted @ centres).tolist(), weighted @ means
+        (a, b, c), (_, e, f), (_, _, i) = normal           # symmetric: its inverse by cofactors (np.linalg: 10x slower)
+        cofactors = [[e * i - f * f, c * f - b * i, b * f - c * e], [c * f - b * i, a * i - c * c, b * c - a * f],
+                     [b * f - c * e, b * c - a * f, a * e - b * b]]
+        det = a * cofactors[0][0] + b * cofactors[0][1] + c * cofactors[0][2]
+        if abs(det) < 1e-9 * max(abs(a * e * i), 1e-30):
+            return None
+        return (np.array(cofactors, dtype=np.float32) / np.float32(det)) @ right
+
+    def _inverse(self, matrix: np.ndarray) -> np.ndarray:
+        """The inverse of a view matrix, cached (np.linalg.inv costs 0.07 ms a call)."""
+        key = matrix.tobytes()
+        inverse = self._inverses.get(key)
+        if inverse is None:
+            if len(self._inverses) > 8:
+                self._inverses.clear()
+            inverse = self._inverses[key] = np.linalg.inv(matrix)
+        return inverse
 
     def maps(self, flow_small: np.ndarray, scale: float, size: tuple[int, int],
              inverse: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
@@ -219,6 +453,20 @@ class IrMotionCompensator:
             dx, dy = self.displacement(flow_small, scale, (width, height))
             map_x, map_y = cv2.add(grid_x, dx), cv2.add(grid_y, dy)
             return (map_x, map_y) if inverse is None else through_homography(inverse, map_x, map_y)
+        map_x, map_y = self._ring_maps(flow_small, scale, size, inverse)
+        # resized with the border ring, then cropped: output pixel i samples small pixel (i + 0.5) / f - 0.5, never
+        # clamped at the frame's edge
+        big = (fx * (small_w + 2), fy * (small_h + 2))
+        rows, cols = slice(fy, fy + height), slice(fx, fx + width)
+        return (cv2.resize(map_x, big, interpolation=cv2.INTER_LINEAR)[rows, cols],
+                cv2.resize(map_y, big, interpolation=cv2.INTER_LINEAR)[rows, cols])
+
+    def _ring_maps(self, flow_small: np.ndarray, scale: float, size: tuple[int, int],
+                   inverse: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+        """`maps` at the flow's resolution with one repeated pixel around it ((h + 2, w + 2) each): the source, in
+        frame pixels, of the frame pixel at each flow pixel's centre. `size` is a whole multiple of the flow."""
+        small_h, small_w = flow_small.shape[:2]
+        fx, fy = size[0] // small_w, size[1] // small_h
         key = ("ring", small_h, small_w, fx, fy)
         grid = self._grids.get(key)
         if grid is None:    # full-resolution coordinates of the padded small pixels' centres
@@ -229,14 +477,7 @@ class IrMotionCompensator:
         dx, dy = cv2.split(padded)
         map_x = cv2.scaleAdd(dx, float(scale * fx), grid[0])
         map_y = cv2.scaleAdd(dy, float(scale * fy), grid[1])
-        if inverse is not None:
-            map_x, map_y = through_homography(inverse, map_x, map_y)
-        # resized with the border ring, then cropped: output pixel i samples small pixel (i + 0.5) / f - 0.5, never
-        # clamped at the frame's edge
-        big = (fx * (small_w + 2), fy * (small_h + 2))
-        rows, cols = slice(fy, fy + height), slice(fx, fx + width)
-        return (cv2.resize(map_x, big, interpolation=cv2.INTER_LINEAR)[rows, cols],
-                cv2.resize(map_y, big, interpolation=cv2.INTER_LINEAR)[rows, cols])
+        return (map_x, map_y) if inverse is None else through_homography(inverse, map_x, map_y)
 
     def _grid_xy(self, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
         """(x, y) pixel coordinates of a frame of `shape` (H, W), float32, cached."""
@@ -275,10 +516,34 @@ class IrMotionCompensator:
         ref_small = self.small_gray(vis_ref) if ref_small is None else ref_small
         if now_small.shape != ref_small.shape:
             return self._held(ir, view), Compensation(False, "VIS frame size changed")
-        flow, reliable = self.flow(now_small, ref_small)
+        start = self._predicted_start(t_now, t_ref)
+        backward, mask, reliable = self.flow_and_mask(now_small, ref_small, start)
         if reliable < self.min_reliable:
-            return self._held(ir, view), Compensation(False, "motion unreliable (scene cut?)", reliable)
-        return self.warp(ir, flow, scale, view=view), Compensation(True, "", reliable)
+            self._velocity = None
+            return self._held(ir, view), Compensation(False, "motion unreliable (scene cut?)", reliable, start=start)
+        flow = cv2.bitwise_and(backward, backward, mask=mask) if reliable < 1.0 else backward
+        mean = cv2.mean(backward, mask if reliable < 1.0 else None)
+        self._velocity = (mean[0] / span, mean[1] / span, t_now)
+        size = (ir.shape[1], ir.shape[0]) if view is None else tuple(view[1])
+        plan = self.plan(flow, scale, size, mask if reliable < 1.0 else None)
+        return (self.warp(ir, flow, scale, view=view, plan=plan),
+                Compensation(True, "", reliable, plan.dense_share, start))
+
+    def _predicted_start(self, t_now: float, t_ref: float) -> Optional[tuple[float, float]]:
+        """The dominant motion now -> ref predicted from the last frame's mean flow (per second of span), when it
+        is recent and small enough for DIS to follow from there (then phase correlation, 0.2 ms, is skipped), else
+        None. A wrong prediction (a jolt) fails the forward-backward check: that frame keeps the held IR, and the
+        next one measures again."""
+        if self._velocity is None:
+            return None
+        vx, vy, t_seen = self._velocity
+        if not 0.0 < t_now - t_seen <= TRACK_MAX_AGE_S:
+            return None
+        span = t_now - t_ref
+        sx, sy = vx * span, vy * span
+        if max(abs(sx), abs(sy)) > TRACK_MAX_PX * self.flow_width / FLOW_WIDTH:
+            return None
+        return (0.0, 0.0) if max(abs(sx), abs(sy)) < 0.5 else (float(sx), float(sy))
 
     @staticmethod
     def _held(ir: np.ndarray, view: Optional[tuple]) -> np.ndarray:
@@ -286,4 +551,5 @@ class IrMotionCompensator:
         return ir if view is None else warp_into_view(ir, view)
 
 
-__all__ = ["MODES", "FLOW_WIDTH", "VisHistory", "IrMotionCompensator", "Compensation", "resolve_mode"]
+__all__ = ["MODES", "FLOW_WIDTH", "VisHistory", "IrMotionCompensator", "Compensation", "WarpPlan", "covering_blocks",
+           "resolve_mode"]
