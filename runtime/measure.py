@@ -17,7 +17,8 @@ from /proc/self/task at the start and the end of the measured window and charges
 
     decode       the capture threads and FFmpeg's decoder threads
     pairing      matching each VIS frame with an IR frame
-    preprocess   registration, resizing, IR motion compensation (also shown on its own), float conversion
+    preprocess   registration, resizing, IR motion compensation (also shown on its own, and by piece: the small
+                 VIS frame, the flow with its check, the global fit over the tiles, the warp), float conversion
     inference    the inference workers (ONNX Runtime runs each frame on its worker's thread)
     output       colour restored at the output size, overlay, hand-off to each sink, statistics
     video encode the mp4 encoder thread (and FFmpeg's encoder threads)
@@ -45,6 +46,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = Path(__file__).resolve().parent / "assets" / "samples"
 STAGES = ("decode", "pairing", "preprocess", "inference", "output", "video encode", "mjpeg", "other")
+MOTION_PIECES = ("small frame", "flow", "fit", "warp")    # IR motion's own series (runtime.stages.compensate_motion)
 TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -159,6 +161,7 @@ def measure(preset: str, seconds: float, warmup: float, model: str, backend: str
     frames_before = pipeline.stats.counters.get("frames_out", 0)
     stale_before = pipeline.stats.counters.get("stale_dropped_pairs", 0)
     motion_before = pipeline.stats.total("motion")
+    pieces_before = {piece: pipeline.stats.total(f"motion {piece}") for piece in MOTION_PIECES}
     temporal_before = pipeline.stats.total("temporal")
     t0 = time.monotonic()
     ledger.start()
@@ -168,6 +171,7 @@ def measure(preset: str, seconds: float, warmup: float, model: str, backend: str
     frames = pipeline.stats.counters.get("frames_out", 0) - frames_before
     stale = pipeline.stats.counters.get("stale_dropped_pairs", 0) - stale_before
     motion_s = pipeline.stats.total("motion") - motion_before
+    pieces_s = {piece: pipeline.stats.total(f"motion {piece}") - before for piece, before in pieces_before.items()}
     temporal_s = pipeline.stats.total("temporal") - temporal_before
     recent = pipeline.stats.snapshot(recent=int(frames))
     for watcher in watchers:
@@ -181,6 +185,8 @@ def measure(preset: str, seconds: float, warmup: float, model: str, backend: str
             "cpu_ms_total": round(sum(per_frame.values()), 2),
             "cores_busy": round(sum(cpu.values()) / elapsed, 2),
             "motion_ms_per_frame": round(1000.0 * motion_s / max(frames, 1), 2),
+            "motion_pieces_ms_per_frame": {piece: round(1000.0 * s / max(frames, 1), 2)
+                                           for piece, s in pieces_s.items()},
             "temporal_ms_per_frame": round(1000.0 * temporal_s / max(frames, 1), 2),
             "latency_ms": recent.get("latency_ms", {}), "stale_dropped": stale,
             "stale_share": round(stale / max(frames + stale, 1), 4),
@@ -224,6 +230,8 @@ def median_row(runs: list) -> dict:
         row[key] = float(np.median([r[key] for r in runs]))
     row["cpu_ms_per_frame"] = {stage: float(np.median([r["cpu_ms_per_frame"][stage] for r in runs]))
                                for stage in STAGES}
+    row["motion_pieces_ms_per_frame"] = {piece: float(np.median([r.get("motion_pieces_ms_per_frame", {}).get(piece, 0.0)
+                                                                  for r in runs])) for piece in MOTION_PIECES}
     row["latency_ms"] = {key: float(np.median([r["latency_ms"].get(key, 0.0) for r in runs]))
                          for key in ("p50", "p90", "p99")}
     return row
@@ -236,6 +244,10 @@ def format_table(rows: list) -> str:
         lines.append(f"{stage:<24}" + "".join(f"{r['cpu_ms_per_frame'][stage]:>10.2f}" for r in rows))
         if stage == "preprocess":
             lines.append(f"{'  of which IR motion':<24}" + "".join(f"{r['motion_ms_per_frame']:>10.2f}" for r in rows))
+            if any(r["motion_ms_per_frame"] for r in rows):
+                for piece in MOTION_PIECES:
+                    lines.append(f"{'    ' + piece:<24}" + "".join(
+                        f"{r.get('motion_pieces_ms_per_frame', {}).get(piece, 0.0):>10.2f}" for r in rows))
         if stage == "output" and any(r.get("temporal_ms_per_frame") for r in rows):
             lines.append(f"{'  of which temporal filter':<24}" + "".join(
                 f"{r.get('temporal_ms_per_frame', 0.0):>10.2f}" for r in rows))

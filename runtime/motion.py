@@ -23,6 +23,7 @@ reference frame is too far from the IR time, or when no VIS frame near the IR ti
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Deque, Optional
@@ -155,6 +156,7 @@ class Compensation:
     reliable: float = 0.0           # share of pixels that passed the forward-backward check
     dense_share: float = 0.0        # share of the frame warped by the dense flow (the rest: the global motion)
     start: Optional[tuple] = None   # the predicted motion DIS started from, or None (measured by phase correlation)
+    cpu: Optional[dict] = None      # this thread's CPU seconds by piece: flow (DIS, check), fit (tiles), warp
 
 
 class IrMotionCompensator:
@@ -517,7 +519,9 @@ class IrMotionCompensator:
         if now_small.shape != ref_small.shape:
             return self._held(ir, view), Compensation(False, "VIS frame size changed")
         start = self._predicted_start(t_now, t_ref)
+        t0 = time.thread_time()
         backward, mask, reliable = self.flow_and_mask(now_small, ref_small, start)
+        t1 = time.thread_time()
         if reliable < self.min_reliable:
             self._velocity = None
             return self._held(ir, view), Compensation(False, "motion unreliable (scene cut?)", reliable, start=start)
@@ -526,8 +530,10 @@ class IrMotionCompensator:
         self._velocity = (mean[0] / span, mean[1] / span, t_now)
         size = (ir.shape[1], ir.shape[0]) if view is None else tuple(view[1])
         plan = self.plan(flow, scale, size, mask if reliable < 1.0 else None)
-        return (self.warp(ir, flow, scale, view=view, plan=plan),
-                Compensation(True, "", reliable, plan.dense_share, start))
+        t2 = time.thread_time()
+        moved = self.warp(ir, flow, scale, view=view, plan=plan)
+        cpu = {"flow": t1 - t0, "fit": t2 - t1, "warp": time.thread_time() - t2}
+        return moved, Compensation(True, "", reliable, plan.dense_share, start, cpu)
 
     def _predicted_start(self, t_now: float, t_ref: float) -> Optional[tuple[float, float]]:
         """The dominant motion now -> ref predicted from the last frame's mean flow (per second of span), when it

@@ -176,6 +176,7 @@ class FrameProcessor:
         t0 = time.thread_time()
         motion, ref = self.motion, packet.vis_ref
         now_small = self._small_gray(packet.vis, vis_model)
+        t_small = time.thread_time() - t0
         if ref is packet.vis:
             ref_small = now_small
         else:
@@ -187,6 +188,9 @@ class FrameProcessor:
         if self.stats is not None:
             self.stats.count("ir_motion_applied" if result.applied else "ir_motion_held")
             self.stats.add("motion", time.thread_time() - t0)
+            self.stats.add("motion small frame", t_small)
+            for piece, seconds in (result.cpu or {}).items():     # flow, fit, warp (runtime.measure prints them)
+                self.stats.add(f"motion {piece}", seconds)
         return ir
 
     def _small_gray(self, frame: Frame, view: np.ndarray) -> np.ndarray:

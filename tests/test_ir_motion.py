@@ -142,14 +142,19 @@ def test_file_pairing_with_motion_takes_the_latest_ir_frame():
     ir = SyntheticSource(fps=9, frames=27, live=False, role="ir")
     vis = SyntheticSource(fps=30, frames=90, live=False, role="vis")
     sink = RecordingSink()
-    report = FusionPipeline(ir_source=ir, vis_source=vis, backend=NumpyBackend(), sinks=[sink], imgsz="48x64",
-                            verbose=False).run()
+    pipeline = FusionPipeline(ir_source=ir, vis_source=vis, backend=NumpyBackend(), sinks=[sink], imgsz="48x64",
+                              verbose=False)
+    report = pipeline.run()
     got = {int(info.name): int(pixel[0]) for pixel, info in sink.frames}
     assert got == {i: math.floor(i / 30 * 9 + 1e-9) for i in range(90)}
     assert report["counters"].get("unpaired", 0) == 0
     assert all(info.pair_error_ms <= 1e-6 for _, info in sink.frames)
     # flat synthetic frames carry no motion: either applied with zero flow or held, never anything else
     assert report["counters"]["ir_motion_applied"] + report["counters"]["ir_motion_held"] == 90
+    # its CPU by piece, for runtime.measure's table: the small frame always, flow / fit / warp when applied
+    assert pipeline.stats.total("motion small frame") > 0
+    if report["counters"]["ir_motion_applied"]:
+        assert all(pipeline.stats.total(f"motion {piece}") > 0 for piece in ("flow", "fit", "warp"))
 
 
 def test_live_pairing_with_motion_never_waits_for_a_future_frame():

@@ -157,6 +157,19 @@ def test_measure_table_shows_the_filter_only_when_it_ran():
                                                   if text.startswith("output")) + 1
 
 
+def test_measure_table_breaks_ir_motion_down_only_when_it_ran():
+    from runtime.measure import MOTION_PIECES, STAGES, format_table
+    row = {"preset": "vga", "cpu_ms_per_frame": {stage: 1.0 for stage in STAGES}, "motion_ms_per_frame": 0.0,
+           "cpu_ms_total": 8.0, "cores_busy": 0.3, "fps": 30.0, "latency_ms": {"p50": 20.0, "p99": 30.0},
+           "stale_share": 0.0, "temporal_ms_per_frame": 0.0}
+    assert "flow" not in format_table([row])
+    pieces = dict(zip(MOTION_PIECES, (0.25, 0.75, 0.125, 0.5)))
+    lines = format_table([row | {"motion_ms_per_frame": 1.7, "motion_pieces_ms_per_frame": pieces}]).splitlines()
+    first = next(i for i, text in enumerate(lines) if "of which IR motion" in text) + 1
+    assert [line.split()[-1] for line in lines[first:first + 4]] == ["0.25", "0.75", "0.12", "0.50"]
+    assert lines[first + 1].strip().startswith("flow")
+
+
 def test_measure_compare_reports_what_ir_motion_adds():
     """`runtime.measure --ir-motion compare`: the added cost is the preprocessing difference between the runs with
     and without compensation (the motion row alone also counts the registration it replaces)."""
