@@ -294,8 +294,8 @@ class IrMotionCompensator:
                 rows, cols = slice(fy, fy + r1 - r0), slice(fx, fx + x1 - x0)
                 map_x = cv2.resize(small_x[sy0:sy1, sx0:sx1], size, interpolation=cv2.INTER_LINEAR)[rows, cols]
                 map_y = cv2.resize(small_y[sy0:sy1, sx0:sx1], size, interpolation=cv2.INTER_LINEAR)[rows, cols]
-                out[r0:r1, x0:x1] = cv2.remap(image, map_x, map_y, interpolation, borderMode=border,
-                                              borderValue=border_value)
+                cv2.remap(image, map_x, map_y, interpolation, dst=out[r0:r1, x0:x1], borderMode=border,
+                          borderValue=border_value)           # written in place
         return out
 
     def plan(self, flow_small: np.ndarray, scale: float, size: tuple[int, int],
