@@ -423,3 +423,21 @@ def test_calibrate_cli_writes_a_preview(tmp_path, roadscene):
     assert 0.3 < record["point_rmse_px"] < 3.0                     # the 2 px clicking noise, as the fit sees it
     preview = read_raw(tmp_path / "preview.png")
     assert preview.shape == vis.shape and ((preview == (255, 0, 255)).all(axis=2)).mean() > 0.01
+
+
+def test_warp_into_view_takes_the_affine_path_only_for_a_scale_and_shift():
+    """A view matrix that only scales and shifts (cameras side by side) is warped with cv2.warpAffine (8-40x faster
+    there): the same pixels as warpPerspective to one grey level. With rotation, shear or perspective the result is
+    warpPerspective's, bit for bit."""
+    from runtime.registration import warp_into_view
+    gen = np.random.default_rng(11)
+    ir = cv2.GaussianBlur(gen.integers(0, 256, (512, 640)).astype(np.uint8), (0, 0), 2)
+    flags = dict(flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    for matrix in ([[1, 0, 0], [0, 1, -16], [0, 0, 1]], [[0.8, 0, -6.3], [0, 0.8, -5.2], [0, 0, 1]]):
+        matrix = np.array(matrix, dtype=np.float64)
+        fast = warp_into_view(ir, (matrix, (640, 480)))
+        assert np.abs(fast.astype(int) - cv2.warpPerspective(ir, matrix, (640, 480), **flags)).max() <= 1
+    for matrix in ([[0.8, 0.01, -6], [0.004, 0.8, -5], [0, 0, 1]], [[1, 0, 0], [0, 1, 0], [1e-4, 0, 1]]):
+        matrix = np.array(matrix, dtype=np.float64)
+        np.testing.assert_array_equal(warp_into_view(ir, (matrix, (640, 480))),
+                                      cv2.warpPerspective(ir, matrix, (640, 480), **flags))
