@@ -283,7 +283,7 @@ class IrMotionCompensator:
             # The dense maps only where tiles need them: on a few rectangles covering those tiles (covering_blocks),
             # the ring maps' block around each resized (the values the whole frame's maps have there), and one remap.
             # (Rectangles, not tiles: each OpenCV call costs 10-20 us in the pipeline.)
-            small_x, small_y = self._ring_maps(flow_small, scale, (width, height), inverse)
+            ring = self._ring_maps(flow_small, scale, (width, height), inverse)
             fx, fy = width // flow_small.shape[1], height // flow_small.shape[0]
             tile_w, tile_h = plan.tile_px
             for top, bottom, first, end in covering_blocks(plan.dense):
@@ -292,9 +292,8 @@ class IrMotionCompensator:
                 sy0, sy1, sx0, sx1 = r0 // fy, r1 // fy + 2, x0 // fx, x1 // fx + 2
                 size = ((sx1 - sx0) * fx, (sy1 - sy0) * fy)
                 rows, cols = slice(fy, fy + r1 - r0), slice(fx, fx + x1 - x0)
-                map_x = cv2.resize(small_x[sy0:sy1, sx0:sx1], size, interpolation=cv2.INTER_LINEAR)[rows, cols]
-                map_y = cv2.resize(small_y[sy0:sy1, sx0:sx1], size, interpolation=cv2.INTER_LINEAR)[rows, cols]
-                cv2.remap(image, map_x, map_y, interpolation, dst=out[r0:r1, x0:x1], borderMode=border,
+                block = cv2.resize(ring[sy0:sy1, sx0:sx1], size, interpolation=cv2.INTER_LINEAR)[rows, cols]
+                cv2.remap(image, block, None, interpolation, dst=out[r0:r1, x0:x1], borderMode=border,
                           borderValue=border_value)           # written in place
         return out
 
@@ -331,30 +330,27 @@ class IrMotionCompensator:
                      counts[..., None]).astype(np.float32)
             usable = None if reliable is None else np.add.reduceat(np.add.reduceat(
                 (reliable == 0).view(np.uint8), starts[0], axis=0), starts[1], axis=1) == 0
-        limit = np.array([tolerance / abs(scale) / fx, tolerance / abs(scale) / fy], dtype=np.float32)   # flow px
+        # deviations in tolerances: flow pixels x scale x frame pixels per flow pixel / tolerance, per axis
+        per_flow_px = np.array([abs(scale) * fx / tolerance, abs(scale) * fy / tolerance], dtype=np.float32)
         means = means.reshape(-1, 2)
-        if usable is None:
-            coef = self._tile_fit(small_h, small_w) @ means             # (3, 2): centred [u, v, 1] -> flow
-            keep = counts.reshape(-1)
-        else:
-            keep = counts.reshape(-1) * usable.reshape(-1)
-            coef = self._solve(centres, means, keep)
-        if coef is None:
-            return WarpPlan(None, np.ones(counts.shape, dtype=bool), (TILE * fx, TILE * fy))
-        off = np.abs(means - centres @ coef) / limit                     # in tolerances
-        outliers = off.max(axis=1) > 2.0
-        if outliers.any():                # fitted again without the tiles far off (moving things, parallax)
-            coef = self._solve(centres, means, keep * ~outliers)
+        weight = counts.reshape(-1) if usable is None else counts.reshape(-1) * usable.reshape(-1)
+        coef = self._tile_fit(small_h, small_w) @ means if usable is None else self._solve(centres, means, weight)
+        worst = outliers = None
+        for _ in range(2):
             if coef is None:
                 return WarpPlan(None, np.ones(counts.shape, dtype=bool), (TILE * fx, TILE * fy))
-            off = None
-        # drop the cross terms (rotation, shear) when they move no pixel by a quarter of the tolerance
-        if abs(coef[1, 0]) * small_h < 0.5 * limit[0] and abs(coef[0, 1]) * small_w < 0.5 * limit[1]:
-            coef[1, 0] = coef[0, 1] = 0.0
-            off = None
-        if off is None:
-            off = np.abs(means - centres @ coef) / limit
-        dense = (off.max(axis=1) > 1.0).reshape(counts.shape)
+            # drop the cross terms (rotation, shear) when they move no pixel by a quarter of the tolerance
+            (_, shear_y), (shear_x, _), _ = coef.tolist()
+            if abs(shear_x) * small_h * per_flow_px[0] < 0.5 and abs(shear_y) * small_w * per_flow_px[1] < 0.5:
+                coef[1, 0] = coef[0, 1] = 0.0
+            worst = (np.abs(means - centres @ coef) * per_flow_px).max(axis=1)
+            outliers = worst > 2.0
+            if not outliers.any():
+                break
+            # fitted again without the tiles far off (moving things, parallax)
+            weight = weight * ~outliers
+            coef = self._solve(centres, means, weight)
+        dense = (worst > 1.0).reshape(counts.shape)
         if usable is not None:
             dense |= ~usable          # a tile with pixels that failed the forward-backward check keeps them held
         if np.count_nonzero(dense) > DENSE_SHARE * dense.size:
@@ -455,7 +451,7 @@ class IrMotionCompensator:
             dx, dy = self.displacement(flow_small, scale, (width, height))
             map_x, map_y = cv2.add(grid_x, dx), cv2.add(grid_y, dy)
             return (map_x, map_y) if inverse is None else through_homography(inverse, map_x, map_y)
-        map_x, map_y = self._ring_maps(flow_small, scale, size, inverse)
+        map_x, map_y = cv2.split(self._ring_maps(flow_small, scale, size, inverse))
         # resized with the border ring, then cropped: output pixel i samples small pixel (i + 0.5) / f - 0.5, never
         # clamped at the frame's edge
         big = (fx * (small_w + 2), fy * (small_h + 2))
@@ -464,9 +460,10 @@ class IrMotionCompensator:
                 cv2.resize(map_y, big, interpolation=cv2.INTER_LINEAR)[rows, cols])
 
     def _ring_maps(self, flow_small: np.ndarray, scale: float, size: tuple[int, int],
-                   inverse: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
-        """`maps` at the flow's resolution with one repeated pixel around it ((h + 2, w + 2) each): the source, in
-        frame pixels, of the frame pixel at each flow pixel's centre. `size` is a whole multiple of the flow."""
+                   inverse: Optional[np.ndarray] = None) -> np.ndarray:
+        """`maps` at the flow's resolution with one repeated pixel around it, as one (h + 2, w + 2, 2) array: the
+        source (x, y), in frame pixels, of the frame pixel at each flow pixel's centre. `size` is a whole multiple of
+        the flow. Two-channel throughout: three OpenCV calls where the per-channel version took six."""
         small_h, small_w = flow_small.shape[:2]
         fx, fy = size[0] // small_w, size[1] // small_h
         key = ("ring", small_h, small_w, fx, fy)
@@ -474,12 +471,18 @@ class IrMotionCompensator:
         if grid is None:    # full-resolution coordinates of the padded small pixels' centres
             xs = (np.arange(-1, small_w + 1, dtype=np.float32) + 0.5) * fx - 0.5
             ys = (np.arange(-1, small_h + 1, dtype=np.float32) + 0.5) * fy - 0.5
-            grid = self._grids[key] = tuple(np.ascontiguousarray(g) for g in np.meshgrid(xs, ys))
+            grid = self._grids[key] = np.ascontiguousarray(np.dstack(np.meshgrid(xs, ys)))
         padded = cv2.copyMakeBorder(flow_small, 1, 1, 1, 1, cv2.BORDER_REPLICATE)
-        dx, dy = cv2.split(padded)
-        map_x = cv2.scaleAdd(dx, float(scale * fx), grid[0])
-        map_y = cv2.scaleAdd(dy, float(scale * fy), grid[1])
-        return (map_x, map_y) if inverse is None else through_homography(inverse, map_x, map_y)
+        if fx == fy:
+            ring = cv2.scaleAdd(padded, float(scale * fx), grid)
+        else:
+            ring = cv2.add(cv2.multiply(padded, (float(scale * fx), float(scale * fy), 0.0, 0.0)), grid)
+        if inverse is None:
+            return ring
+        matrix = inverse / inverse[2, 2]
+        if abs(matrix[2, 0]) * size[0] + abs(matrix[2, 1]) * size[1] < 1e-7:
+            return cv2.transform(ring, matrix[:2])
+        return cv2.perspectiveTransform(ring, matrix)
 
     def _grid_xy(self, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
         """(x, y) pixel coordinates of a frame of `shape` (H, W), float32, cached."""

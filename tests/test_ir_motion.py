@@ -357,7 +357,8 @@ def test_a_global_motion_takes_one_affine_warp_that_matches_the_dense_flow():
 
 
 def test_where_the_flow_departs_from_the_global_motion_its_tiles_take_the_dense_flow():
-    """A region that moves otherwise (a car, the near side of a parallax): its tiles take the dense flow exactly;
+    """A region that moves otherwise (a car, the near side of a parallax): its tiles take the dense flow (the same
+    displacement, the same pixels to one grey level: the blocks' maps are resized two channels at a time);
     elsewhere the pixels are moved within the tolerance of where the dense flow would put them, except on the tiles
     next to the region, whose edge pixels the dense flow blends with the region's motion (bilinear upsampling)."""
     compensator = IrMotionCompensator()
@@ -374,12 +375,14 @@ def test_where_the_flow_departs_from_the_global_motion_its_tiles_take_the_dense_
     assert np.abs(applied - dense)[away].max() <= compensator.global_tolerance
     image = smooth_image(4)
     out = compensator.warp(image, flow, 1.0, plan=plan)
-    np.testing.assert_array_equal(out[160:288, 256:416], compensator.warp(image, flow, 1.0)[160:288, 256:416])
+    differ = np.abs(out[160:288, 256:416].astype(int) - compensator.warp(image, flow, 1.0)[160:288, 256:416])
+    assert differ.max() <= 1 and (differ > 0).mean() < 0.005
 
 
 def test_tiles_remapped_one_by_one_equal_the_whole_frames_dense_warp():
-    """Every tile marked dense (the worst case of the tiled path): the per-row blocks of the maps give exactly the
-    whole frame's dense warp, for a raw IR frame registered through a view as well."""
+    """Every tile marked dense (the worst case of the tiled path): the blocks of the maps give the whole frame's
+    dense warp, for a raw IR frame registered through a view as well (to one grey level on a few pixels: OpenCV
+    resizes a two-channel map with other rounding than two one-channel ones, 1e-4 px)."""
     from runtime.motion import WarpPlan
     compensator = IrMotionCompensator()
     gen = np.random.default_rng(7)
@@ -393,7 +396,8 @@ def test_tiles_remapped_one_by_one_equal_the_whole_frames_dense_warp():
     tiled = compensator.warp(raw, flow, 0.8, view=view, plan=plan)
     whole = compensator.warp(raw, flow, 0.8, view=view)
     mask = np.repeat(np.repeat(dense, 32, axis=0), 32, axis=1)
-    np.testing.assert_array_equal(tiled[mask], whole[mask])
+    differ = np.abs(tiled[mask].astype(int) - whole[mask])
+    assert differ.max() <= 1 and (differ > 0).mean() < 0.005
 
 
 def test_frames_that_are_not_a_multiple_of_the_flow_take_the_dense_flow():
