@@ -119,7 +119,7 @@ def applied_backward(comp: IrMotionCompensator, vis_now: np.ndarray, vis_ref: np
     """(the displacement `compensate` applies to a frame of `size`, the small flow, the warp's plan: where the global
     motion stands in for the flow), reproduced from its pieces."""
     backward, mask, share = comp.flow_and_mask(comp.small_gray(vis_now), comp.small_gray(vis_ref), start)
-    flow = cv2.bitwise_and(backward, backward, mask=mask) if share < 1.0 else backward
+    flow = comp.held_where_unreliable(backward, mask, share)
     plan = comp.plan(flow, scale, size, mask if share < 1.0 else None)
     return comp.applied_displacement(flow, scale, size, plan), flow, plan
 

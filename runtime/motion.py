@@ -78,6 +78,11 @@ def resolve_mode(mode: str, ir_fps: float, vis_fps: float, primary: str) -> bool
     return bool(ir_fps and vis_fps and ir_fps < 0.95 * vis_fps)
 
 
+def is_affine(matrix: np.ndarray, size: tuple[int, int]) -> bool:
+    """Whether the 3x3 `matrix` (last entry 1) has no perspective worth a 1e-7 scale change over a frame of `size`."""
+    return abs(matrix[2, 0]) * size[0] + abs(matrix[2, 1]) * size[1] < 1e-7
+
+
 def through_homography(matrix: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The pixel maps (float32 (H, W) each) carried through the 3x3 `matrix`, as cv2.remap takes them. An affine
     matrix (no perspective row, the usual rig) costs two weighted sums; a perspective one adds a division (OpenCV's
@@ -85,8 +90,7 @@ def through_homography(matrix: np.ndarray, map_x: np.ndarray, map_y: np.ndarray)
     matrix = matrix / matrix[2, 2]
     xs = cv2.addWeighted(map_x, matrix[0, 0], map_y, matrix[0, 1], matrix[0, 2])
     ys = cv2.addWeighted(map_x, matrix[1, 0], map_y, matrix[1, 1], matrix[1, 2])
-    height, width = map_x.shape
-    if abs(matrix[2, 0]) * width + abs(matrix[2, 1]) * height < 1e-7:
+    if is_affine(matrix, map_x.shape[::-1]):
         return xs, ys
     scale = cv2.addWeighted(map_x, matrix[2, 0], map_y, matrix[2, 1], 1.0)
     return cv2.divide(xs, scale), cv2.divide(ys, scale)
@@ -195,10 +199,10 @@ class IrMotionCompensator:
             height, width = image.shape[:2]
         return cv2.resize(image, size, interpolation=cv2.INTER_AREA) if (width, height) != size else image
 
-    def flow(self, now_small: np.ndarray, ref_small: np.ndarray) -> tuple[np.ndarray, float]:
-        """(backward flow now -> ref with unreliable pixels zeroed, share of reliable pixels)."""
-        backward, reliable, share = self.flow_and_mask(now_small, ref_small)
-        return cv2.bitwise_and(backward, backward, mask=reliable) if share < 1.0 else backward, share
+    @staticmethod
+    def held_where_unreliable(backward: np.ndarray, reliable: np.ndarray, share: float) -> np.ndarray:
+        """`flow_and_mask`'s flow with the pixels that failed the check zeroed (they keep the held IR)."""
+        return cv2.bitwise_and(backward, backward, mask=reliable) if share < 1.0 else backward
 
     def flow_and_mask(self, now_small: np.ndarray, ref_small: np.ndarray,
                       start: Optional[tuple[float, float]] = None) -> tuple[np.ndarray, np.ndarray, float]:
@@ -273,7 +277,7 @@ class IrMotionCompensator:
         matrix = plan.matrix if inverse is None else inverse @ plan.matrix
         matrix = matrix / matrix[2, 2]
         flags = interpolation | cv2.WARP_INVERSE_MAP
-        if abs(matrix[2, 0]) * width + abs(matrix[2, 1]) * height < 1e-7:
+        if is_affine(matrix, (width, height)):
             out = cv2.warpAffine(image, matrix[:2], (width, height), flags=flags, borderMode=border,
                                  borderValue=border_value)
         else:
@@ -317,8 +321,9 @@ class IrMotionCompensator:
         width, height = size
         fx, fy = width // max(small_w, 1), height // max(small_h, 1)
         centres, counts, starts = self._tile_grid(small_h, small_w)
+        everywhere = WarpPlan(None, np.ones(counts.shape, dtype=bool), (TILE * fx, TILE * fy))
         if tolerance is None or fx < 1 or fy < 1 or fx * small_w != width or fy * small_h != height or scale == 0:
-            return WarpPlan(None, np.ones(counts.shape, dtype=bool), (TILE * fx, TILE * fy))
+            return everywhere
         if starts is None:       # whole tiles: an exact box average (in C, 10x numpy's reduceat)
             tiles = counts.shape[::-1]
             means = cv2.resize(flow_small, tiles, interpolation=cv2.INTER_AREA)
@@ -335,10 +340,10 @@ class IrMotionCompensator:
         means = means.reshape(-1, 2)
         weight = counts.reshape(-1) if usable is None else counts.reshape(-1) * usable.reshape(-1)
         coef = self._tile_fit(small_h, small_w) @ means if usable is None else self._solve(centres, means, weight)
-        worst = outliers = None
+        worst = None
         for _ in range(2):
             if coef is None:
-                return WarpPlan(None, np.ones(counts.shape, dtype=bool), (TILE * fx, TILE * fy))
+                return everywhere
             # drop the cross terms (rotation, shear) when they move no pixel by a quarter of the tolerance
             (_, shear_y), (shear_x, _), _ = coef.tolist()
             if abs(shear_x) * small_h * per_flow_px[0] < 0.5 and abs(shear_y) * small_w * per_flow_px[1] < 0.5:
@@ -354,7 +359,7 @@ class IrMotionCompensator:
         if usable is not None:
             dense |= ~usable          # a tile with pixels that failed the forward-backward check keeps them held
         if np.count_nonzero(dense) > DENSE_SHARE * dense.size:
-            return WarpPlan(None, np.ones(counts.shape, dtype=bool), (TILE * fx, TILE * fy))
+            return everywhere
         # in frame pixels: flow pixel u = (x + 0.5) / fx - 0.5 (centred: minus the centre), displacement = scale *
         # fx * flow
         (a, d), (b, e), (c, f) = coef.astype(np.float64)
@@ -480,7 +485,7 @@ class IrMotionCompensator:
         if inverse is None:
             return ring
         matrix = inverse / inverse[2, 2]
-        if abs(matrix[2, 0]) * size[0] + abs(matrix[2, 1]) * size[1] < 1e-7:
+        if is_affine(matrix, size):
             return cv2.transform(ring, matrix[:2])
         return cv2.perspectiveTransform(ring, matrix)
 
@@ -528,7 +533,7 @@ class IrMotionCompensator:
         if reliable < self.min_reliable:
             self._velocity = None
             return self._held(ir, view), Compensation(False, "motion unreliable (scene cut?)", reliable, start=start)
-        flow = cv2.bitwise_and(backward, backward, mask=mask) if reliable < 1.0 else backward
+        flow = self.held_where_unreliable(backward, mask, reliable)
         mean = cv2.mean(backward, mask if reliable < 1.0 else None)
         self._velocity = (mean[0] / span, mean[1] / span, t_now)
         size = (ir.shape[1], ir.shape[0]) if view is None else tuple(view[1])
@@ -561,4 +566,4 @@ class IrMotionCompensator:
 
 
 __all__ = ["MODES", "FLOW_WIDTH", "VisHistory", "IrMotionCompensator", "Compensation", "WarpPlan", "covering_blocks",
-           "resolve_mode"]
+           "is_affine", "resolve_mode"]
