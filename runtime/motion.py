@@ -96,23 +96,6 @@ def through_homography(matrix: np.ndarray, map_x: np.ndarray, map_y: np.ndarray)
     return cv2.divide(xs, scale), cv2.divide(ys, scale)
 
 
-def covering_blocks(mask: np.ndarray, bridge: int = 1):
-    """(top, bottom, first, end): rectangles [top, bottom) x [first, end) that cover every True of a 2-D bool array:
-    per band of consecutive rows that hold one, the runs of columns holding one in the band (runs `bridge` or fewer
-    columns apart merged). Few rectangles and little area outside the Trues: each costs a few OpenCV calls."""
-    # band edges: where a row with a True follows one without (or starts the array), and the reverse
-    edges = np.diff(np.concatenate(([0], mask.any(axis=1).view(np.int8), [0])))
-    for top, bottom in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
-        columns = np.diff(np.concatenate(([0], mask[top:bottom].any(axis=0).view(np.int8), [0])))
-        starts, ends = np.flatnonzero(columns == 1), np.flatnonzero(columns == -1)
-        first = starts[0]
-        for k in range(1, len(starts)):
-            if starts[k] - ends[k - 1] > bridge:
-                yield int(top), int(bottom), int(first), int(ends[k - 1])
-                first = starts[k]
-        yield int(top), int(bottom), int(first), int(ends[-1])
-
-
 class VisHistory:
     """The recent VIS frames (the pairing thread appends each one it sees), to find the frame nearest a time."""
 
@@ -145,6 +128,7 @@ class WarpPlan:
     matrix: Optional[np.ndarray]
     dense: np.ndarray
     tile_px: tuple[int, int]        # a tile's (width, height) in frame pixels
+    centre: Optional[tuple[float, float]] = None    # the global motion's flow at the field's centre (flow px)
 
     @property
     def dense_share(self) -> float:
@@ -179,7 +163,7 @@ class IrMotionCompensator:
         self.dis.setGradientDescentIterations(FLOW_DESCENT_ITERATIONS)
         self.dis.setPatchStride(FLOW_PATCH_STRIDE)
         self.check_dis = cv2.DISOpticalFlow_create(preset)
-        self.check_dis.setFinestScale(CHECK_FINEST_SCALE)
+        self.check_dis.setFinestScale(CHECK_FINEST_SCALE - 1)     # it is given the small frames halved
         self._grids: dict = {}
         self._windows: dict = {}
         self._inverses: dict = {}
@@ -213,12 +197,18 @@ class IrMotionCompensator:
         correlation and DIS measures what is left around it (measured: 75 px of pan at 320 wide to 0.5 px). `start`:
         that translation predicted instead (`compensate` tracks the rig's motion from frame to frame)."""
         shift = self._global_shift(now_small, ref_small) if start is None else start
-        backward = self._dis_around(self.dis, now_small, ref_small, shift)
-        forward = self._dis_around(self.check_dis, ref_small, now_small, (-shift[0], -shift[1]))
-        # The forward flow, sampled where each pixel lands in the reference, must bring the pixel back.
-        landed = cv2.add(self._grid(now_small.shape[:2]), backward)
-        round_trip = cv2.add(backward, cv2.remap(forward, landed, None, cv2.INTER_LINEAR,
-                                                 borderMode=cv2.BORDER_REPLICATE))
+        if shift != (0.0, 0.0):     # DIS measures what is left after the reference is moved back by the shift
+            matrix = np.array([[1.0, 0.0, shift[0]], [0.0, 1.0, shift[1]]], dtype=np.float32)
+            ref_small = cv2.warpAffine(ref_small, matrix, ref_small.shape[::-1],
+                                       flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+        rest = self.dis.calc(now_small, ref_small, None)
+        # The forward flow (from the moved reference), sampled where each pixel lands there, must bring it back; the
+        # shift cancels out of the round trip.
+        forward = self.check_dis.calc(cv2.pyrDown(ref_small), cv2.pyrDown(now_small), None)    # half-frame px
+        landed = cv2.scaleAdd(rest, 0.5, self._half_grid(now_small.shape[:2]))     # in the halved frame's pixels
+        round_trip = cv2.scaleAdd(cv2.remap(forward, landed, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE),
+                                  2.0, rest)
+        backward = rest if shift == (0.0, 0.0) else cv2.add(rest, np.array([shift[0], shift[1], 0.0, 0.0]))
         # 255 where the round trip misses by at most the tolerance on each axis (one call; the disk of that radius,
         # split + magnitude + compare, marks the same pixels to 0.001 px of the benchmark's residual)
         reliable = cv2.inRange(round_trip, (-self.fb_tolerance,) * 2, (self.fb_tolerance,) * 2)
@@ -284,22 +274,55 @@ class IrMotionCompensator:
             out = cv2.warpPerspective(image, matrix, (width, height), flags=flags, borderMode=border,
                                       borderValue=border_value)
         if plan.dense.any():
-            # The dense maps only where tiles need them: on a few rectangles covering those tiles (covering_blocks),
-            # the ring maps' block around each resized (the values the whole frame's maps have there), and one remap.
-            # (Rectangles, not tiles: each OpenCV call costs 10-20 us in the pipeline.)
-            ring = self._ring_maps(flow_small, scale, (width, height), inverse)
-            fx, fy = width // flow_small.shape[1], height // flow_small.shape[0]
-            tile_w, tile_h = plan.tile_px
-            for top, bottom, first, end in covering_blocks(plan.dense):
-                r0, r1 = top * tile_h, min(bottom * tile_h, height)
-                x0, x1 = first * tile_w, min(end * tile_w, width)
-                sy0, sy1, sx0, sx1 = r0 // fy, r1 // fy + 2, x0 // fx, x1 // fx + 2
-                size = ((sx1 - sx0) * fx, (sy1 - sy0) * fy)
-                rows, cols = slice(fy, fy + r1 - r0), slice(fx, fx + x1 - x0)
-                block = cv2.resize(ring[sy0:sy1, sx0:sx1], size, interpolation=cv2.INTER_LINEAR)[rows, cols]
-                cv2.remap(image, block, None, interpolation, dst=out[r0:r1, x0:x1], borderMode=border,
-                          borderValue=border_value)           # written in place
+            self._warp_tiles(image, flow_small, scale, plan, out, inverse, interpolation, border, border_value)
         return out
+
+    def _warp_tiles(self, image: np.ndarray, flow_small: np.ndarray, scale: float, plan: WarpPlan, out: np.ndarray,
+                    inverse: Optional[np.ndarray], interpolation: int, border: int, border_value: float) -> None:
+        """The dense flow's warp on `plan`'s dense tiles of `out`, in place, in one cv2.remap.
+
+        The tiles are remapped as one strip: each tile's window of the ring maps (its flow pixels and one around
+        them), the windows stacked and resized in one call (the stacking is aligned with the resize's factors, so
+        every map value is what `maps` computes for that pixel of the whole frame, to the bit), the strip remapped
+        and its tiles copied to their places. The cost follows the dense tiles' area and not their layout."""
+        height, width = out.shape[:2]
+        small_h, small_w = flow_small.shape[:2]
+        fx, fy = width // small_w, height // small_h
+        tile, (tile_w, tile_h) = TILE, plan.tile_px
+        ring = self._ring_maps(flow_small, scale, (width, height), inverse)
+        rows, cols = np.nonzero(plan.dense)
+        # each tile's window of the ring (its flow pixels and one around them), gathered by flat index: rows past the
+        # ring's end (a partial last tile row) clip to its last value, and reach only pixels outside the frame
+        ring_w = ring.shape[1]
+        window = self._grids.get(("window", tile, ring_w))
+        if window is None:
+            span = np.arange(tile + 2)
+            window = self._grids[("window", tile, ring_w)] = span[:, None] * ring_w + span
+        origins = (rows * ring_w + cols) * tile
+        windows = np.take(ring.reshape(-1, 2), origins[:, None, None] + window, axis=0, mode="clip")
+        count = len(rows)
+        big = cv2.resize(windows.reshape(count * (tile + 2), tile + 2, 2), ((tile + 2) * fx, count * (tile + 2) * fy),
+                         interpolation=cv2.INTER_LINEAR)
+        strip_maps = np.ascontiguousarray(
+            big.reshape(count, (tile + 2) * fy, (tile + 2) * fx, 2)[:, fy:fy + tile_h, fx:fx + tile_w]
+        ).reshape(count * tile_h, tile_w, 2)
+        strip = cv2.remap(image, strip_maps, None, interpolation, borderMode=border, borderValue=border_value)
+        tiles = strip.reshape((count, tile_h, tile_w) + strip.shape[2:])
+        # the tiles wholly inside the frame in one assignment, through a (tile row, y, tile column, x) view of `out`
+        tiles_y, tiles_x = height // tile_h, width // tile_w
+        whole = (rows < tiles_y) & (cols < tiles_x)
+        if whole.any():
+            shape = (tiles_y, tile_h, tiles_x, tile_w) + out.shape[2:]
+            if (tiles_y * tile_h, tiles_x * tile_w) == (height, width) and out.flags.c_contiguous:
+                grid = out.reshape(shape)
+            else:
+                step_y, step_x = out.strides[:2]
+                grid = np.lib.stride_tricks.as_strided(out, shape, (tile_h * step_y, step_y, tile_w * step_x, step_x)
+                                                       + out.strides[2:])
+            grid[rows[whole], :, cols[whole], :] = tiles[whole]
+        for k in np.flatnonzero(~whole).tolist():         # the frame's partial last row / column of tiles
+            r0, x0 = int(rows[k]) * tile_h, int(cols[k]) * tile_w
+            out[r0:r0 + tile_h, x0:x0 + tile_w] = tiles[k, :height - r0, :width - x0]
 
     def plan(self, flow_small: np.ndarray, scale: float, size: tuple[int, int],
              reliable: Optional[np.ndarray] = None, tolerance: Optional[float] = None) -> WarpPlan:
@@ -336,23 +359,24 @@ class IrMotionCompensator:
             usable = None if reliable is None else np.add.reduceat(np.add.reduceat(
                 (reliable == 0).view(np.uint8), starts[0], axis=0), starts[1], axis=1) == 0
         # deviations in tolerances: flow pixels x scale x frame pixels per flow pixel / tolerance, per axis
-        per_flow_px = np.array([abs(scale) * fx / tolerance, abs(scale) * fy / tolerance], dtype=np.float32)
+        per_x, per_y = abs(scale) * fx / tolerance, abs(scale) * fy / tolerance
         means = means.reshape(-1, 2)
         weight = counts.reshape(-1) if usable is None else counts.reshape(-1) * usable.reshape(-1)
         coef = self._tile_fit(small_h, small_w) @ means if usable is None else self._solve(centres, means, weight)
         worst = None
-        for _ in range(2):
+        for refitted in (False, True):
             if coef is None:
                 return everywhere
             # drop the cross terms (rotation, shear) when they move no pixel by a quarter of the tolerance
             (_, shear_y), (shear_x, _), _ = coef.tolist()
-            if abs(shear_x) * small_h * per_flow_px[0] < 0.5 and abs(shear_y) * small_w * per_flow_px[1] < 0.5:
+            if abs(shear_x) * small_h * per_x < 0.5 and abs(shear_y) * small_w * per_y < 0.5:
                 coef[1, 0] = coef[0, 1] = 0.0
-            worst = (np.abs(means - centres @ coef) * per_flow_px).max(axis=1)
+            off = np.abs(means - centres @ coef)
+            worst = np.maximum(off[:, 0] * np.float32(per_x), off[:, 1] * np.float32(per_y))
             outliers = worst > 2.0
-            if not outliers.any():
+            if refitted or not outliers.any():
                 break
-            # fitted again without the tiles far off (moving things, parallax)
+            # fitted once more without the tiles far off (moving things, parallax)
             weight = weight * ~outliers
             coef = self._solve(centres, means, weight)
         dense = (worst > 1.0).reshape(counts.shape)
@@ -367,7 +391,7 @@ class IrMotionCompensator:
         matrix = np.array([[1.0 + scale * a, scale * b * fx / fy, scale * fx * (a * ou + b * ov + c)],
                            [scale * d * fy / fx, 1.0 + scale * e, scale * fy * (d * ou + e * ov + f)],
                            [0.0, 0.0, 1.0]])
-        return WarpPlan(matrix, dense, (TILE * fx, TILE * fy))
+        return WarpPlan(matrix, dense, (TILE * fx, TILE * fy), (float(c), float(f)))
 
     def applied_displacement(self, flow_small: np.ndarray, scale: float, size: tuple[int, int],
                              plan: Optional[WarpPlan]) -> np.ndarray:
@@ -497,6 +521,14 @@ class IrMotionCompensator:
             grids = self._grids[tuple(shape)] = (xs, ys)
         return grids
 
+    def _half_grid(self, shape: tuple) -> np.ndarray:
+        """Where each pixel of a frame of `shape` (H, W) lies in the frame halved (pyrDown), as `_grid`, cached."""
+        key = ("half",) + tuple(shape)
+        grid = self._grids.get(key)
+        if grid is None:
+            grid = self._grids[key] = self._grid(shape) * np.float32(0.5) - np.float32(0.25)
+        return grid
+
     def _grid(self, shape: tuple) -> np.ndarray:
         """The same as one two-channel array (for adding a flow field), cached."""
         key = ("xy2",) + tuple(shape)
@@ -534,10 +566,11 @@ class IrMotionCompensator:
             self._velocity = None
             return self._held(ir, view), Compensation(False, "motion unreliable (scene cut?)", reliable, start=start)
         flow = self.held_where_unreliable(backward, mask, reliable)
-        mean = cv2.mean(backward, mask if reliable < 1.0 else None)
-        self._velocity = (mean[0] / span, mean[1] / span, t_now)
         size = (ir.shape[1], ir.shape[0]) if view is None else tuple(view[1])
         plan = self.plan(flow, scale, size, mask if reliable < 1.0 else None)
+        # the rig's motion (flow px per second of span) for the next frame's start: the global motion at the centre
+        mean = plan.centre or cv2.mean(backward, mask if reliable < 1.0 else None)
+        self._velocity = (mean[0] / span, mean[1] / span, t_now)
         t2 = time.thread_time()
         moved = self.warp(ir, flow, scale, view=view, plan=plan)
         cpu = {"flow": t1 - t0, "fit": t2 - t1, "warp": time.thread_time() - t2}
@@ -565,5 +598,5 @@ class IrMotionCompensator:
         return ir if view is None else warp_into_view(ir, view)
 
 
-__all__ = ["MODES", "FLOW_WIDTH", "VisHistory", "IrMotionCompensator", "Compensation", "WarpPlan", "covering_blocks",
+__all__ = ["MODES", "FLOW_WIDTH", "VisHistory", "IrMotionCompensator", "Compensation", "WarpPlan",
            "is_affine", "resolve_mode"]

@@ -380,9 +380,9 @@ def test_where_the_flow_departs_from_the_global_motion_its_tiles_take_the_dense_
 
 
 def test_tiles_remapped_one_by_one_equal_the_whole_frames_dense_warp():
-    """Every tile marked dense (the worst case of the tiled path): the blocks of the maps give the whole frame's
-    dense warp, for a raw IR frame registered through a view as well (to one grey level on a few pixels: OpenCV
-    resizes a two-channel map with other rounding than two one-channel ones, 1e-4 px)."""
+    """Many tiles marked dense: the tiles' windows of the maps, remapped as one strip, give the whole frame's dense
+    warp, for a raw IR frame registered through a view as well (to one grey level on a few pixels: OpenCV resizes a
+    two-channel map with other rounding than two one-channel ones, 1e-4 px)."""
     from runtime.motion import WarpPlan
     compensator = IrMotionCompensator()
     gen = np.random.default_rng(7)
@@ -406,23 +406,25 @@ def test_frames_that_are_not_a_multiple_of_the_flow_take_the_dense_flow():
     assert IrMotionCompensator(global_tolerance=None).plan(affine_flow(), 1.0, (640, 480)).matrix is None
 
 
-def test_blocks_of_tiles():
-    """The rectangles the dense maps are computed on: per band of rows with dense tiles, their runs of columns (one
-    column apart merged), covering every dense tile."""
-    from runtime.motion import covering_blocks
-    mask = np.array([[1, 1, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 0, 0], [0, 1, 0, 1, 0, 0, 0],
-                     [0, 0, 0, 0, 0, 0, 1]], dtype=bool)
-    assert list(covering_blocks(mask)) == [(0, 2, 0, 2), (0, 2, 5, 6), (3, 5, 1, 4), (3, 5, 6, 7)]
-    assert list(covering_blocks(mask, bridge=3)) == [(0, 2, 0, 6), (3, 5, 1, 7)]
-    assert list(covering_blocks(np.zeros((3, 4), dtype=bool))) == []
-    assert list(covering_blocks(np.ones((3, 4), dtype=bool))) == [(0, 3, 0, 4)]
-    gen = np.random.default_rng(2)
-    for _ in range(20):
-        mask = gen.random((15, 20)) < 0.1
-        covered = np.zeros_like(mask)
-        for top, bottom, first, end in covering_blocks(mask):
-            covered[top:bottom, first:end] = True
-        assert covered[mask].all()
+def test_dense_tiles_in_a_partial_last_row_and_in_colour():
+    """A 720p frame over a 160x90 flow has a partial last row of tiles (16 of 64 px): dense tiles there, in the middle
+    and in the corner take the whole frame's dense warp (to one grey level), a colour image as well, and every other
+    tile keeps the global warp untouched."""
+    from runtime.motion import WarpPlan
+    compensator = IrMotionCompensator()
+    gen = np.random.default_rng(11)
+    flow = cv2.GaussianBlur(gen.normal(0, 2, (90, 160, 2)).astype(np.float32), (0, 0), 3)
+    dense = np.zeros((12, 20), dtype=bool)
+    dense[11, 3:6] = dense[4, 7] = dense[11, 19] = dense[0, 0] = True
+    image = cv2.merge([smooth_image(seed, (1280, 720)) for seed in (1, 2, 3)])
+    tiled = compensator.warp(image, flow, 0.7, plan=WarpPlan(np.eye(3), dense, (64, 64)))
+    whole = compensator.warp(image, flow, 0.7)
+    affine = compensator.warp(image, flow, 0.7, plan=WarpPlan(np.eye(3), np.zeros_like(dense), (64, 64)))
+    mask = np.repeat(np.repeat(dense, 64, axis=0), 64, axis=1)[:720]
+    differ = np.abs(tiled[mask].astype(int) - whole[mask])
+    assert differ.max() <= 1 and (differ > 0).mean() < 0.005
+    assert np.array_equal(tiled[~mask], affine[~mask])
+    assert np.abs(whole[mask].astype(int) - affine[mask]).mean() > 1      # the dense tiles did change
 
 
 def test_the_rigs_motion_is_tracked_and_a_jolt_never_warps_wrong(scene):
