@@ -129,10 +129,14 @@ class WarpPlan:
     dense: np.ndarray
     tile_px: tuple[int, int]        # a tile's (width, height) in frame pixels
     centre: Optional[tuple[float, float]] = None    # the global motion's flow at the field's centre (flow px)
+    dense_count: Optional[int] = None               # tiles True in `dense`, when counted already
 
     @property
     def dense_share(self) -> float:
-        return 1.0 if self.matrix is None else float(self.dense.mean()) if self.dense.size else 0.0
+        if self.matrix is None or not self.dense.size:
+            return 1.0 if self.matrix is None else 0.0
+        count = np.count_nonzero(self.dense) if self.dense_count is None else self.dense_count
+        return count / self.dense.size
 
 
 @dataclass
@@ -197,10 +201,16 @@ class IrMotionCompensator:
         correlation and DIS measures what is left around it (measured: 75 px of pan at 320 wide to 0.5 px). `start`:
         that translation predicted instead (`compensate` tracks the rig's motion from frame to frame)."""
         shift = self._global_shift(now_small, ref_small) if start is None else start
-        if shift != (0.0, 0.0):     # DIS measures what is left after the reference is moved back by the shift
-            matrix = np.array([[1.0, 0.0, shift[0]], [0.0, 1.0, shift[1]]], dtype=np.float32)
-            ref_small = cv2.warpAffine(ref_small, matrix, ref_small.shape[::-1],
-                                       flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+        # DIS measures what is left after the reference is moved back by the shift, in whole pixels (a crop with its
+        # edge repeated: DIS finds the fraction itself)
+        sx, sy = int(round(shift[0])), int(round(shift[1]))
+        height, width = ref_small.shape[:2]
+        if (sx, sy) != (0, 0):
+            if max(abs(sx), abs(sy)) >= min(width, height):
+                sx, sy = 0, 0                     # a shift beyond the frame: nothing left to compare
+            else:
+                ref_small = cv2.copyMakeBorder(ref_small[max(sy, 0):height + min(sy, 0), max(sx, 0):width + min(sx, 0)],
+                                               max(-sy, 0), max(sy, 0), max(-sx, 0), max(sx, 0), cv2.BORDER_REPLICATE)
         rest = self.dis.calc(now_small, ref_small, None)
         # The forward flow (from the moved reference), sampled where each pixel lands there, must bring it back; the
         # shift cancels out of the round trip.
@@ -208,7 +218,7 @@ class IrMotionCompensator:
         landed = cv2.scaleAdd(rest, 0.5, self._half_grid(now_small.shape[:2]))     # in the halved frame's pixels
         round_trip = cv2.scaleAdd(cv2.remap(forward, landed, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE),
                                   2.0, rest)
-        backward = rest if shift == (0.0, 0.0) else cv2.add(rest, np.array([shift[0], shift[1], 0.0, 0.0]))
+        backward = rest if (sx, sy) == (0, 0) else cv2.add(rest, (float(sx), float(sy), 0.0, 0.0))
         # 255 where the round trip misses by at most the tolerance on each axis (one call; the disk of that radius,
         # split + magnitude + compare, marks the same pixels to 0.001 px of the benchmark's residual)
         reliable = cv2.inRange(round_trip, (-self.fb_tolerance,) * 2, (self.fb_tolerance,) * 2)
@@ -264,16 +274,22 @@ class IrMotionCompensator:
         if plan is None or plan.matrix is None:
             map_x, map_y = self.maps(flow_small, scale, (width, height), inverse)
             return cv2.remap(image, map_x, map_y, interpolation, borderMode=border, borderValue=border_value)
-        matrix = plan.matrix if inverse is None else inverse @ plan.matrix
-        matrix = matrix / matrix[2, 2]
+        # the global motion composed with the registration, in Python floats (a 3x3 product in numpy costs more,
+        # cold, than OpenCV's whole warp of a tile)
+        m = plan.matrix.tolist()
+        if inverse is not None:
+            inv = inverse.tolist()
+            m = [[inv[i][0] * m[0][j] + inv[i][1] * m[1][j] + inv[i][2] * m[2][j] for j in range(3)] for i in range(3)]
+        last = m[2][2]
+        m = [[value / last for value in row] for row in m]
         flags = interpolation | cv2.WARP_INVERSE_MAP
-        if is_affine(matrix, (width, height)):
-            out = cv2.warpAffine(image, matrix[:2], (width, height), flags=flags, borderMode=border,
+        if abs(m[2][0]) * width + abs(m[2][1]) * height < 1e-7:          # is_affine
+            out = cv2.warpAffine(image, np.array(m[:2]), (width, height), flags=flags, borderMode=border,
                                  borderValue=border_value)
         else:
-            out = cv2.warpPerspective(image, matrix, (width, height), flags=flags, borderMode=border,
+            out = cv2.warpPerspective(image, np.array(m), (width, height), flags=flags, borderMode=border,
                                       borderValue=border_value)
-        if plan.dense.any():
+        if plan.dense_count if plan.dense_count is not None else plan.dense.any():
             self._warp_tiles(image, flow_small, scale, plan, out, inverse, interpolation, border, border_value)
         return out
 
@@ -290,17 +306,19 @@ class IrMotionCompensator:
         fx, fy = width // small_w, height // small_h
         tile, (tile_w, tile_h) = TILE, plan.tile_px
         ring = self._ring_maps(flow_small, scale, (width, height), inverse)
-        rows, cols = np.nonzero(plan.dense)
-        # each tile's window of the ring (its flow pixels and one around them), gathered by flat index: rows past the
-        # ring's end (a partial last tile row) clip to its last value, and reach only pixels outside the frame
-        ring_w = ring.shape[1]
-        window = self._grids.get(("window", tile, ring_w))
-        if window is None:
+        tiles_y, tiles_x = plan.dense.shape
+        ids = np.flatnonzero(plan.dense)
+        # each tile's window of the ring (its flow pixels and one around them), by flat index into the ring (a
+        # cached table); rows past the ring's end (a partial last row of tiles) clip to its last value, and reach
+        # only pixels outside the frame
+        key = ("windows", tiles_y, tiles_x, ring.shape[1])
+        table = self._grids.get(key)
+        if table is None:
             span = np.arange(tile + 2)
-            window = self._grids[("window", tile, ring_w)] = span[:, None] * ring_w + span
-        origins = (rows * ring_w + cols) * tile
-        windows = np.take(ring.reshape(-1, 2), origins[:, None, None] + window, axis=0, mode="clip")
-        count = len(rows)
+            origins = (np.arange(tiles_y)[:, None] * ring.shape[1] + np.arange(tiles_x)) * tile
+            table = self._grids[key] = (origins.reshape(-1, 1, 1) + span[:, None] * ring.shape[1] + span)
+        windows = np.take(ring.reshape(-1, 2), table[ids], axis=0, mode="clip")
+        count = len(ids)
         big = cv2.resize(windows.reshape(count * (tile + 2), tile + 2, 2), ((tile + 2) * fx, count * (tile + 2) * fy),
                          interpolation=cv2.INTER_LINEAR)
         strip_maps = np.ascontiguousarray(
@@ -308,20 +326,13 @@ class IrMotionCompensator:
         ).reshape(count * tile_h, tile_w, 2)
         strip = cv2.remap(image, strip_maps, None, interpolation, borderMode=border, borderValue=border_value)
         tiles = strip.reshape((count, tile_h, tile_w) + strip.shape[2:])
-        # the tiles wholly inside the frame in one assignment, through a (tile row, y, tile column, x) view of `out`
-        tiles_y, tiles_x = height // tile_h, width // tile_w
-        whole = (rows < tiles_y) & (cols < tiles_x)
-        if whole.any():
-            shape = (tiles_y, tile_h, tiles_x, tile_w) + out.shape[2:]
-            if (tiles_y * tile_h, tiles_x * tile_w) == (height, width) and out.flags.c_contiguous:
-                grid = out.reshape(shape)
-            else:
-                step_y, step_x = out.strides[:2]
-                grid = np.lib.stride_tricks.as_strided(out, shape, (tile_h * step_y, step_y, tile_w * step_x, step_x)
-                                                       + out.strides[2:])
-            grid[rows[whole], :, cols[whole], :] = tiles[whole]
-        for k in np.flatnonzero(~whole).tolist():         # the frame's partial last row / column of tiles
-            r0, x0 = int(rows[k]) * tile_h, int(cols[k]) * tile_w
+        rows, cols = np.divmod(ids, tiles_x)
+        if tiles_y * tile_h == height and tiles_x * tile_w == width and out.flags.c_contiguous:
+            # one assignment, through a (tile row, y, tile column, x) view of `out`
+            out.reshape((tiles_y, tile_h, tiles_x, tile_w) + out.shape[2:])[rows, :, cols] = tiles
+            return
+        for k, (row, col) in enumerate(zip(rows.tolist(), cols.tolist())):    # a partial last row of tiles
+            r0, x0 = row * tile_h, col * tile_w
             out[r0:r0 + tile_h, x0:x0 + tile_w] = tiles[k, :height - r0, :width - x0]
 
     def plan(self, flow_small: np.ndarray, scale: float, size: tuple[int, int],
@@ -344,54 +355,63 @@ class IrMotionCompensator:
         width, height = size
         fx, fy = width // max(small_w, 1), height // max(small_h, 1)
         centres, counts, starts = self._tile_grid(small_h, small_w)
-        everywhere = WarpPlan(None, np.ones(counts.shape, dtype=bool), (TILE * fx, TILE * fy))
+        tile_px = (TILE * fx, TILE * fy)
         if tolerance is None or fx < 1 or fy < 1 or fx * small_w != width or fy * small_h != height or scale == 0:
-            return everywhere
+            return WarpPlan(None, np.ones(counts.shape, dtype=bool), tile_px)
+        # (Few array operations, each on the whole tile grid: in the pipeline this runs once a frame with the caches
+        # cold, where every operation costs tens of microseconds whatever its size.)
         if starts is None:       # whole tiles: an exact box average (in C, 10x numpy's reduceat)
             tiles = counts.shape[::-1]
             means = cv2.resize(flow_small, tiles, interpolation=cv2.INTER_AREA)
-            usable = None if reliable is None else cv2.resize(reliable, tiles, interpolation=cv2.INTER_AREA) == 255
-            if usable is not None and cv2.countNonZero(usable.view(np.uint8)) == usable.size:
-                usable = None
+            # 255 where all of a tile's pixels passed the forward-backward check (one failed pixel in 64: 251)
+            usable = None if reliable is None else cv2.threshold(
+                cv2.resize(reliable, tiles, interpolation=cv2.INTER_AREA), 254, 255, cv2.THRESH_BINARY)[1]
         else:
             means = (np.add.reduceat(np.add.reduceat(flow_small, starts[0], axis=0), starts[1], axis=1) /
                      counts[..., None]).astype(np.float32)
-            usable = None if reliable is None else np.add.reduceat(np.add.reduceat(
-                (reliable == 0).view(np.uint8), starts[0], axis=0), starts[1], axis=1) == 0
-        # deviations in tolerances: flow pixels x scale x frame pixels per flow pixel / tolerance, per axis
-        per_x, per_y = abs(scale) * fx / tolerance, abs(scale) * fy / tolerance
-        means = means.reshape(-1, 2)
-        weight = counts.reshape(-1) if usable is None else counts.reshape(-1) * usable.reshape(-1)
-        coef = self._tile_fit(small_h, small_w) @ means if usable is None else self._solve(centres, means, weight)
-        worst = None
+            usable = None if reliable is None else 255 * (np.add.reduceat(np.add.reduceat(
+                (reliable == 0).view(np.uint8), starts[0], axis=0), starts[1], axis=1) == 0).astype(np.uint8)
+        flat = means.reshape(-1, 2)
+        usable_count = flat.shape[0] if usable is None else cv2.countNonZero(usable)
+        if usable_count == flat.shape[0]:
+            usable, coef = None, self._tile_fit(small_h, small_w) @ flat
+        else:
+            coef = self._solve(small_h, small_w, flat, counts.reshape(-1) * usable.reshape(-1), usable_count)
+        # the tolerance in flow pixels, per axis (a tile's deviation x scale x frame pixels per flow pixel)
+        bound_x, bound_y = tolerance / (abs(scale) * fx), tolerance / (abs(scale) * fy)
         for refitted in (False, True):
             if coef is None:
-                return everywhere
+                return WarpPlan(None, np.ones(counts.shape, dtype=bool), tile_px)
             # drop the cross terms (rotation, shear) when they move no pixel by a quarter of the tolerance
             (_, shear_y), (shear_x, _), _ = coef.tolist()
-            if abs(shear_x) * small_h * per_x < 0.5 and abs(shear_y) * small_w * per_y < 0.5:
+            if abs(shear_x) * small_h < 0.5 * bound_x and abs(shear_y) * small_w < 0.5 * bound_y:
                 coef[1, 0] = coef[0, 1] = 0.0
-            off = np.abs(means - centres @ coef)
-            worst = np.maximum(off[:, 0] * np.float32(per_x), off[:, 1] * np.float32(per_y))
-            outliers = worst > 2.0
-            if refitted or not outliers.any():
+            off = (flat - centres @ coef).reshape(means.shape)
+            # 255 on the (usable) tiles within twice the tolerance; the others are fitted out once (moving things,
+            # parallax)
+            near = cv2.inRange(off, (-2.0 * bound_x, -2.0 * bound_y), (2.0 * bound_x, 2.0 * bound_y))
+            if usable is not None:
+                near = cv2.bitwise_and(near, usable)
+            near_count = cv2.countNonZero(near)
+            if refitted or near_count == usable_count:
                 break
-            # fitted once more without the tiles far off (moving things, parallax)
-            weight = weight * ~outliers
-            coef = self._solve(centres, means, weight)
-        dense = (worst > 1.0).reshape(counts.shape)
+            coef = self._solve(small_h, small_w, flat, counts.reshape(-1) * near.reshape(-1), near_count)
+        # 255 where a tile takes the global motion: within the tolerance, and every pixel passed the check (a tile
+        # with pixels that failed keeps them held, through the dense maps)
+        fits = cv2.inRange(off, (-bound_x, -bound_y), (bound_x, bound_y))
         if usable is not None:
-            dense |= ~usable          # a tile with pixels that failed the forward-backward check keeps them held
-        if np.count_nonzero(dense) > DENSE_SHARE * dense.size:
-            return everywhere
+            fits = cv2.bitwise_and(fits, usable)
+        dense_count = fits.size - cv2.countNonZero(fits)
+        if dense_count > DENSE_SHARE * fits.size:
+            return WarpPlan(None, np.ones(counts.shape, dtype=bool), tile_px)
         # in frame pixels: flow pixel u = (x + 0.5) / fx - 0.5 (centred: minus the centre), displacement = scale *
         # fx * flow
-        (a, d), (b, e), (c, f) = coef.astype(np.float64)
+        (a, d), (b, e), (c, f) = coef.tolist()
         ou, ov = 0.5 / fx - 0.5 - (small_w - 1) / 2.0, 0.5 / fy - 0.5 - (small_h - 1) / 2.0
         matrix = np.array([[1.0 + scale * a, scale * b * fx / fy, scale * fx * (a * ou + b * ov + c)],
                            [scale * d * fy / fx, 1.0 + scale * e, scale * fy * (d * ou + e * ov + f)],
                            [0.0, 0.0, 1.0]])
-        return WarpPlan(matrix, dense, (TILE * fx, TILE * fy), (float(c), float(f)))
+        return WarpPlan(matrix, fits == 0, tile_px, (c, f), dense_count)
 
     def applied_displacement(self, flow_small: np.ndarray, scale: float, size: tuple[int, int],
                              plan: Optional[WarpPlan]) -> np.ndarray:
@@ -437,14 +457,24 @@ class IrMotionCompensator:
             fit = self._grids[key] = np.linalg.solve(weighted.T @ centres, weighted.T).astype(np.float32)
         return fit
 
-    @staticmethod
-    def _solve(centres: np.ndarray, means: np.ndarray, weight: np.ndarray) -> Optional[np.ndarray]:
-        """(3, 2) the weighted least-squares affine fit, or None with fewer than 6 tiles to fit."""
-        if np.count_nonzero(weight) < 6:
+    def _solve(self, small_h: int, small_w: int, means: np.ndarray, weight: np.ndarray,
+               count: int) -> Optional[np.ndarray]:
+        """(3, 2) the affine fit of the tiles' `means` (n, 2) weighted by `weight` (n,), or None with fewer than 6
+        tiles weighing (`count`). The normal matrix from the tiles' cached moments (one product), its inverse by
+        cofactors (np.linalg: 10x slower at this size)."""
+        if count < 6:
             return None
-        weighted = (centres * weight[:, None]).T
-        normal, right = (weighted @ centres).tolist(), weighted @ means
-        (a, b, c), (_, e, f), (_, _, i) = normal           # symmetric: its inverse by cofactors (np.linalg: 10x slower)
+        key = ("moments", small_h, small_w)
+        moments = self._grids.get(key)
+        if moments is None:    # per tile: u*u, u*v, u, v*v, v, 1 (the symmetric normal matrix's six entries)
+            centres = self._tile_grid(small_h, small_w)[0].astype(np.float64)
+            u, v = centres[:, 0], centres[:, 1]
+            moments = self._grids[key] = (np.stack([u * u, u * v, u, v * v, v, np.ones_like(u)]).astype(np.float32),
+                                          np.ascontiguousarray(self._tile_grid(small_h, small_w)[0].T))
+        products, centres_t = moments
+        weight = weight.astype(np.float32)
+        (a, b, c, e, f, i) = (products @ weight).tolist()
+        right = centres_t @ (means * weight[:, None])
         cofactors = [[e * i - f * f, c * f - b * i, b * f - c * e], [c * f - b * i, a * i - c * c, b * c - a * f],
                      [b * f - c * e, b * c - a * f, a * e - b * b]]
         det = a * cofactors[0][0] + b * cofactors[0][1] + c * cofactors[0][2]
@@ -502,10 +532,23 @@ class IrMotionCompensator:
             ys = (np.arange(-1, small_h + 1, dtype=np.float32) + 0.5) * fy - 0.5
             grid = self._grids[key] = np.ascontiguousarray(np.dstack(np.meshgrid(xs, ys)))
         padded = cv2.copyMakeBorder(flow_small, 1, 1, 1, 1, cv2.BORDER_REPLICATE)
-        if fx == fy:
-            ring = cv2.scaleAdd(padded, float(scale * fx), grid)
+        kx, ky = float(scale * fx), float(scale * fy)
+        if inverse is not None:
+            (a, b, c), (d, e, f), (g, h, i) = inverse.tolist()
+            if b == d == g == h == 0.0:
+                # a scale and shift (the usual rig): A (grid + k flow) = A grid (cached) + A's scale x k flow
+                a, c, e, f = a / i, c / i, e / i, f / i
+                moved_key = ("ring view", small_h, small_w, fx, fy, a, c, e, f)
+                moved = self._grids.get(moved_key)
+                if moved is None:
+                    if len(self._grids) > 64:          # a view that keeps changing (live refinement)
+                        self._grids.clear()
+                    moved = self._grids[moved_key] = cv2.transform(grid, np.array([[a, 0.0, c], [0.0, e, f]]))
+                grid, kx, ky, inverse = moved, kx * a, ky * e, None
+        if kx == ky:
+            ring = cv2.scaleAdd(padded, kx, grid)
         else:
-            ring = cv2.add(cv2.multiply(padded, (float(scale * fx), float(scale * fy), 0.0, 0.0)), grid)
+            ring = cv2.add(cv2.multiply(padded, (kx, ky, 0.0, 0.0)), grid)
         if inverse is None:
             return ring
         matrix = inverse / inverse[2, 2]
