@@ -486,10 +486,17 @@ def motion_at(rev: str):
     return module
 
 
-def time_against(rig: Rig, rev: str, frames: int = 40, rounds: int = 15) -> dict:
+def time_against(rig: Rig, rev: str, frames: int = 40, rounds: int = 15, pause_ms: float = 0.0) -> dict:
     """`--time-against REV`: the per-frame cost (the small VIS frame + `compensate`, as the runtime calls them) of
     runtime/motion.py here and at REV, alternated round by round in one process on the same rendered frames (so the
-    caches are as warm for both and the machine's load hits both alike); medians in ms, one OpenCV thread."""
+    caches are as warm for both and the machine's load hits both alike); medians in ms, one OpenCV thread, the
+    allocator tuned as the pipeline tunes it.
+
+    `pause_ms`: sleep this long before each call and time the thread's CPU, as the pipeline pays it: its
+    preprocessing thread wakes once a frame (33 ms at 30 fps) with its caches cold, and there a call costs about
+    twice what it costs back to back (`--cold`)."""
+    from runtime.memory import tune_allocator
+    tune_allocator()
     preset = rig.rig
     size = ir_view_size(preset)
     work = []
@@ -504,18 +511,21 @@ def time_against(rig: Rig, rev: str, frames: int = 40, rounds: int = 15) -> dict
                      rig.render(t_ir, 0, size, preset.vis_rect), t, t_ref, t_ir))
     versions = {"here": IrMotionCompensator(), rev: motion_at(rev).IrMotionCompensator()}
     times: dict[str, list] = {name: [] for name in versions}
+    clock = time.thread_time if pause_ms else time.perf_counter
     for round_index in range(rounds):
         for name in (list(versions) if round_index % 2 == 0 else list(versions)[::-1]):
             comp = versions[name]
             for vis_now, vis_ref, held, t, t_ref, t_ir in work:
                 ref_small = comp.small_gray(vis_ref)
-                t0 = time.perf_counter()
+                if pause_ms:
+                    time.sleep(pause_ms / 1e3)
+                t0 = clock()
                 comp.compensate(held, vis_now, vis_ref, t, t_ref, t_ir, 0.75 / preset.vis_fps,
                                 now_small=comp.small_gray(vis_now), ref_small=ref_small)
-                times[name].append((time.perf_counter() - t0) * 1e3)
+                times[name].append((clock() - t0) * 1e3)
     medians = {name: float(np.median(values)) for name, values in times.items()}
     return {"per_frame_ms": medians, "ratio": medians["here"] / medians[rev], "calls": len(times["here"]),
-            "frames": len(work), "rounds": rounds}
+            "frames": len(work), "rounds": rounds, "pause_ms": pause_ms}
 
 
 def main(argv=None) -> int:
@@ -540,6 +550,9 @@ def main(argv=None) -> int:
     parser.add_argument("--time-against", metavar="REV",
                         help="only time: this checkout's compensation against runtime/motion.py at git revision REV, "
                              "alternated in one process on the same frames (medians and their ratio)")
+    parser.add_argument("--cold", action="store_true",
+                        help="with --time-against: a 12 ms pause before each call, thread CPU time (the caches cold, "
+                             "as the pipeline's preprocessing thread finds them once a frame)")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     teachers = tuple(name.strip() for name in args.teachers.split(",") if name.strip())
@@ -559,11 +572,14 @@ def main(argv=None) -> int:
         threads = cv2.getNumThreads()
         cv2.setNumThreads(1)
         try:
-            timing = time_against(rig, args.time_against)
+            timing = time_against(rig, args.time_against, rounds=6 if args.cold else 15,
+                                  pause_ms=12.0 if args.cold else 0.0)
         finally:
             cv2.setNumThreads(threads)
         ms = timing["per_frame_ms"]
-        print(f"IR motion compensation per frame, preset {args.preset}, one thread, {timing['calls']} calls each "
+        print(f"IR motion compensation per frame, preset {args.preset}, one thread"
+              f"{', caches cold (12 ms pause before each call, thread CPU time)' if args.cold else ''}, "
+              f"{timing['calls']} calls each "
               f"({timing['frames']} frames x {timing['rounds']} alternated rounds): this checkout {ms['here']:.3f} ms, "
               f"{args.time_against} {ms[args.time_against]:.3f} ms (ratio {timing['ratio']:.2f})")
         return 0

@@ -221,8 +221,9 @@ def test_match_latest_makes_room_while_waiting():
 
 
 def test_time_against_loads_an_earlier_motion_module_and_times_both(roadscene):
-    """`python -m benchmarks.ir_motion --time-against REV`: runtime/motion.py read from git at REV, both versions
-    called on the same frames; a revision git does not know is a one-line exit."""
+    """`python -m benchmarks.ir_motion --time-against REV [--cold]`: runtime/motion.py read from git at REV, both
+    versions called on the same frames (back to back, or each after a pause); a revision git does not know is a
+    one-line exit."""
     import subprocess
     from pathlib import Path
     from benchmarks.ir_motion import Rig, motion_at, time_against
@@ -238,6 +239,8 @@ def test_time_against_loads_an_earlier_motion_module_and_times_both(roadscene):
     result = time_against(rig, "HEAD", frames=6, rounds=2)
     assert set(result["per_frame_ms"]) == {"here", "HEAD"} and all(v > 0 for v in result["per_frame_ms"].values())
     assert result["frames"] > 0 and result["calls"] == result["frames"] * 2
+    cold = time_against(rig, "HEAD", frames=6, rounds=1, pause_ms=1.0)     # `--cold`: thread CPU after a pause
+    assert cold["pause_ms"] == 1.0 and cold["calls"] == cold["frames"] and min(cold["per_frame_ms"].values()) > 0
     with pytest.raises(SystemExit, match="cannot read runtime/motion.py at 'no-such-revision'"):
         motion_at("no-such-revision")
 
