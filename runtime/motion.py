@@ -63,6 +63,8 @@ TILE = 8                    # tile side in flow pixels (32 px of a 640x480 frame
 TRACK_MAX_PX = 8.0          # a predicted dominant motion up to this (flow px) skips phase correlation (DIS follows)
 TRACK_MAX_AGE_S = 0.25      # the last frame's motion predicts the next one's for this long
 DENSE_SHARE = 0.6           # beyond this share of tiles off the global motion, the whole frame takes the dense warp
+NOISE_SIGMAS = 3.0          # the tolerance widens to this many times the tile means' noise (robust spread) ...
+MAX_WIDEN = 2.0             # ... up to this many times GLOBAL_TOLERANCE_PX
 
 
 def resolve_mode(mode: str, ir_fps: float, vis_fps: float, primary: str) -> bool:
@@ -379,6 +381,7 @@ class IrMotionCompensator:
             coef = self._solve(small_h, small_w, flat, counts.reshape(-1) * usable.reshape(-1), usable_count)
         # the tolerance in flow pixels, per axis (a tile's deviation x scale x frame pixels per flow pixel)
         bound_x, bound_y = tolerance / (abs(scale) * fx), tolerance / (abs(scale) * fy)
+        widened = False
         for refitted in (False, True):
             if coef is None:
                 return WarpPlan(None, np.ones(counts.shape, dtype=bool), tile_px)
@@ -387,12 +390,23 @@ class IrMotionCompensator:
             if abs(shear_x) * small_h < 0.5 * bound_x and abs(shear_y) * small_w < 0.5 * bound_y:
                 coef[1, 0] = coef[0, 1] = 0.0
             off = (flat - centres @ coef).reshape(means.shape)
-            # 255 on the (usable) tiles within twice the tolerance; the others are fitted out once (moving things,
-            # parallax)
-            near = cv2.inRange(off, (-2.0 * bound_x, -2.0 * bound_y), (2.0 * bound_x, 2.0 * bound_y))
-            if usable is not None:
-                near = cv2.bitwise_and(near, usable)
-            near_count = cv2.countNonZero(near)
+            for _ in range(1 if widened else 2):
+                # 255 on the (usable) tiles within twice the tolerance; the others are fitted out once (moving
+                # things, parallax)
+                near = cv2.inRange(off, (-2.0 * bound_x, -2.0 * bound_y), (2.0 * bound_x, 2.0 * bound_y))
+                if usable is not None:
+                    near = cv2.bitwise_and(near, usable)
+                near_count = cv2.countNonZero(near)
+                if widened or not near_count:
+                    break
+                # The tolerance is no finer than the flow's own noise on the tile means (a dark, noisy VIS frame):
+                # NOISE_SIGMAS x its spread over those tiles (1.2533 x the mean absolute deviation: the standard
+                # deviation of a normal noise; both axes pooled), at most MAX_WIDEN x the tolerance.
+                spread = 1.2533 * cv2.norm(off, cv2.NORM_L1, mask=near) / (near_count * (bound_x + bound_y))
+                widen = min(max(1.0, NOISE_SIGMAS * spread), MAX_WIDEN)
+                bound_x, bound_y, widened = bound_x * widen, bound_y * widen, True
+                if widen == 1.0:
+                    break
             if refitted or near_count == usable_count:
                 break
             coef = self._solve(small_h, small_w, flat, counts.reshape(-1) * near.reshape(-1), near_count)

@@ -382,6 +382,26 @@ def test_where_the_flow_departs_from_the_global_motion_its_tiles_take_the_dense_
     assert differ.max() <= 1 and (differ > 0).mean() < 0.005
 
 
+def test_the_tolerance_widens_to_the_flows_own_noise_and_a_mover_still_stands_out(monkeypatch):
+    """A dark, noisy VIS frame makes DIS's tile means scatter by about half a frame pixel around the rig's motion: the
+    tolerance widens to three times that spread (at most 2 px), so the noise does not send a tenth of the tiles
+    through the dense maps, and a region moving otherwise (12 px) still does."""
+    import runtime.motion as motion
+    gen = np.random.default_rng(5)
+    noise = cv2.resize(gen.normal(0, 0.13, (15, 20, 2)).astype(np.float32), (160, 120),
+                       interpolation=cv2.INTER_NEAREST)                  # per tile, 0.52 frame px
+    flow = affine_flow() + noise
+    flow[40:72, 64:104] += np.float32([3.0, -2.0])
+    mover = np.zeros((15, 20), dtype=bool)
+    mover[5:9, 8:13] = True
+    plan = IrMotionCompensator().plan(flow, 1.0, (640, 480))
+    assert plan.matrix is not None and plan.dense[mover].all()
+    assert plan.dense[~mover].mean() < 0.02
+    monkeypatch.setattr(motion, "NOISE_SIGMAS", 0.0)                     # the fixed 1 px tolerance
+    fixed = IrMotionCompensator().plan(flow, 1.0, (640, 480))
+    assert fixed.dense[mover].all() and fixed.dense[~mover].mean() > 0.05
+
+
 def test_tiles_remapped_one_by_one_equal_the_whole_frames_dense_warp():
     """Many tiles marked dense: the tiles' windows of the maps, remapped as one strip, give the whole frame's dense
     warp, for a raw IR frame registered through a view as well (to one grey level on a few pixels: OpenCV resizes a
