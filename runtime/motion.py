@@ -80,9 +80,10 @@ def resolve_mode(mode: str, ir_fps: float, vis_fps: float, primary: str) -> bool
     return bool(ir_fps and vis_fps and ir_fps < 0.95 * vis_fps)
 
 
-def is_affine(matrix: np.ndarray, size: tuple[int, int]) -> bool:
-    """Whether the 3x3 `matrix` (last entry 1) has no perspective worth a 1e-7 scale change over a frame of `size`."""
-    return abs(matrix[2, 0]) * size[0] + abs(matrix[2, 1]) * size[1] < 1e-7
+def is_affine(matrix, size: tuple[int, int]) -> bool:
+    """Whether the 3x3 `matrix` (an array or nested lists, last entry 1) has no perspective worth a 1e-7 scale change
+    over a frame of `size`."""
+    return abs(matrix[2][0]) * size[0] + abs(matrix[2][1]) * size[1] < 1e-7
 
 
 def through_homography(matrix: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -285,7 +286,7 @@ class IrMotionCompensator:
         last = m[2][2]
         m = [[value / last for value in row] for row in m]
         flags = interpolation | cv2.WARP_INVERSE_MAP
-        if abs(m[2][0]) * width + abs(m[2][1]) * height < 1e-7:          # is_affine
+        if is_affine(m, (width, height)):
             out = cv2.warpAffine(image, np.array(m[:2]), (width, height), flags=flags, borderMode=border,
                                  borderValue=border_value)
         else:
@@ -390,32 +391,25 @@ class IrMotionCompensator:
             if abs(shear_x) * small_h < 0.5 * bound_x and abs(shear_y) * small_w < 0.5 * bound_y:
                 coef[1, 0] = coef[0, 1] = 0.0
             off = (flat - centres @ coef).reshape(means.shape)
-            for _ in range(1 if widened else 2):
-                # 255 on the (usable) tiles within twice the tolerance; the others are fitted out once (moving
-                # things, parallax)
-                near = cv2.inRange(off, (-2.0 * bound_x, -2.0 * bound_y), (2.0 * bound_x, 2.0 * bound_y))
-                if usable is not None:
-                    near = cv2.bitwise_and(near, usable)
-                near_count = cv2.countNonZero(near)
-                if widened or not near_count:
-                    break
+            # the (usable) tiles within twice the tolerance; the others are fitted out once (moving things, parallax)
+            near, near_count = self._within(off, 2.0 * bound_x, 2.0 * bound_y, usable)
+            if not widened and near_count:
                 # The tolerance is no finer than the flow's own noise on the tile means (a dark, noisy VIS frame):
-                # NOISE_SIGMAS x its spread over those tiles (1.2533 x the mean absolute deviation: the standard
+                # NOISE_SIGMAS x their spread over those tiles (1.2533 x the mean absolute deviation: the standard
                 # deviation of a normal noise; both axes pooled), at most MAX_WIDEN x the tolerance.
                 spread = 1.2533 * cv2.norm(off, cv2.NORM_L1, mask=near) / (near_count * (bound_x + bound_y))
                 widen = min(max(1.0, NOISE_SIGMAS * spread), MAX_WIDEN)
-                bound_x, bound_y, widened = bound_x * widen, bound_y * widen, True
-                if widen == 1.0:
-                    break
+                if widen > 1.0:
+                    bound_x, bound_y = bound_x * widen, bound_y * widen
+                    near, near_count = self._within(off, 2.0 * bound_x, 2.0 * bound_y, usable)
+            widened = True
             if refitted or near_count == usable_count:
                 break
             coef = self._solve(small_h, small_w, flat, counts.reshape(-1) * near.reshape(-1), near_count)
-        # 255 where a tile takes the global motion: within the tolerance, and every pixel passed the check (a tile
-        # with pixels that failed keeps them held, through the dense maps)
-        fits = cv2.inRange(off, (-bound_x, -bound_y), (bound_x, bound_y))
-        if usable is not None:
-            fits = cv2.bitwise_and(fits, usable)
-        dense_count = fits.size - cv2.countNonZero(fits)
+        # where a tile takes the global motion: within the tolerance, and every pixel passed the check (a tile with
+        # pixels that failed keeps them held, through the dense maps)
+        fits, fit_count = self._within(off, bound_x, bound_y, usable)
+        dense_count = fits.size - fit_count
         if dense_count > DENSE_SHARE * fits.size:
             return WarpPlan(None, np.ones(counts.shape, dtype=bool), tile_px)
         # in frame pixels: flow pixel u = (x + 0.5) / fx - 0.5 (centred: minus the centre), displacement = scale *
@@ -426,6 +420,15 @@ class IrMotionCompensator:
                            [scale * d * fy / fx, 1.0 + scale * e, scale * fy * (d * ou + e * ov + f)],
                            [0.0, 0.0, 1.0]])
         return WarpPlan(matrix, fits == 0, tile_px, (c, f), dense_count)
+
+    @staticmethod
+    def _within(off: np.ndarray, bound_x: float, bound_y: float, usable: Optional[np.ndarray]) -> tuple:
+        """(uint8 255 on the tiles whose deviation `off` (tiles_y, tiles_x, 2) is within the bounds on both axes and
+        that are `usable` (when given), their count)."""
+        inside = cv2.inRange(off, (-bound_x, -bound_y), (bound_x, bound_y))
+        if usable is not None:
+            inside = cv2.bitwise_and(inside, usable)
+        return inside, cv2.countNonZero(inside)
 
     def applied_displacement(self, flow_small: np.ndarray, scale: float, size: tuple[int, int],
                              plan: Optional[WarpPlan]) -> np.ndarray:
