@@ -486,7 +486,8 @@ def motion_at(rev: str):
     return module
 
 
-def time_against(rig: Rig, rev: str, frames: int = 40, rounds: int = 15, pause_ms: float = 0.0) -> dict:
+def time_against(rig: Rig, rev: str, frames: int = 40, rounds: int = 15, pause_ms: float = 0.0,
+                 raw_ir: bool = False) -> dict:
     """`--time-against REV`: the per-frame cost (the small VIS frame + `compensate`, as the runtime calls them) of
     runtime/motion.py here and at REV, alternated round by round in one process on the same rendered frames (so the
     caches are as warm for both and the machine's load hits both alike); medians in ms, one OpenCV thread, the
@@ -494,11 +495,19 @@ def time_against(rig: Rig, rev: str, frames: int = 40, rounds: int = 15, pause_m
 
     `pause_ms`: sleep this long before each call and time the thread's CPU, as the pipeline pays it: its
     preprocessing thread wakes once a frame (33 ms at 30 fps) with its caches cold, and there a call costs about
-    twice what it costs back to back (`--cold`)."""
+    twice what it costs back to back (`--cold`).
+
+    `raw_ir`: the IR camera's own frame and the registration into the view, moved and registered in one warp, as the
+    pipeline does on a rig with a homography (`--raw-ir`), instead of the IR frame already in the view."""
     from runtime.memory import tune_allocator
     tune_allocator()
     preset = rig.rig
     size = ir_view_size(preset)
+    view = None
+    if raw_ir:      # raw IR pixel -> VIS pixel (the rig's homography) -> the view at the IR camera's density
+        sx, sy = size[0] / preset.vis_size[0], size[1] / preset.vis_size[1]
+        view = (np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]]) @ preset.homography(),
+                size)
     work = []
     for k in range(frames):
         t = k / preset.vis_fps
@@ -508,6 +517,7 @@ def time_against(rig: Rig, rev: str, frames: int = 40, rounds: int = 15, pause_m
             continue                        # nothing to compensate (the runtime skips these too)
         work.append((rig.render(t, 1, preset.vis_size, preset.vis_rect),
                      rig.render(t_ref, 1, preset.vis_size, preset.vis_rect),
+                     rig.render(t_ir, 0, preset.ir_size, preset.ir_rect) if raw_ir else
                      rig.render(t_ir, 0, size, preset.vis_rect), t, t_ref, t_ir))
     versions = {"here": IrMotionCompensator(), rev: motion_at(rev).IrMotionCompensator()}
     times: dict[str, list] = {name: [] for name in versions}
@@ -521,16 +531,18 @@ def time_against(rig: Rig, rev: str, frames: int = 40, rounds: int = 15, pause_m
                     time.sleep(pause_ms / 1e3)
                 t0 = clock()
                 comp.compensate(held, vis_now, vis_ref, t, t_ref, t_ir, 0.75 / preset.vis_fps,
-                                now_small=comp.small_gray(vis_now), ref_small=ref_small)
+                                now_small=comp.small_gray(vis_now), ref_small=ref_small, view=view)
                 times[name].append((clock() - t0) * 1e3)
     medians = {name: float(np.median(values)) for name, values in times.items()}
     return {"per_frame_ms": medians, "ratio": medians["here"] / medians[rev], "calls": len(times["here"]),
-            "frames": len(work), "rounds": rounds, "pause_ms": pause_ms}
+            "frames": len(work), "rounds": rounds, "pause_ms": pause_ms, "raw_ir": raw_ir}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=("480p", "720p"), default="480p")
+    parser.add_argument("--preset", choices=("480p", "720p", "vga"), default="480p",
+                        help="the rig (default 480p, the bundled clips; vga, runtime.measure's 640x480 rig: with "
+                             "--time-against only)")
     parser.add_argument("--model", default="default", help="the fusion model for part (b) (default: the bundled one)")
     parser.add_argument("--out", type=Path, default=REPO / "build" / "ir_motion",
                         help="folder for ir_motion_PRESET.json (the clips are made in a temporary folder)")
@@ -550,10 +562,15 @@ def main(argv=None) -> int:
     parser.add_argument("--time-against", metavar="REV",
                         help="only time: this checkout's compensation against runtime/motion.py at git revision REV, "
                              "alternated in one process on the same frames (medians and their ratio)")
+    parser.add_argument("--raw-ir", action="store_true",
+                        help="with --time-against: the IR camera's own frame registered in the same warp, as the "
+                             "pipeline does on a rig with a homography (the vga rig's 640x512 core)")
     parser.add_argument("--cold", action="store_true",
                         help="with --time-against: a 12 ms pause before each call, thread CPU time (the caches cold, "
                              "as the pipeline's preprocessing thread finds them once a frame)")
     args = parser.parse_args(argv)
+    if not args.time_against and (args.preset == "vga" or args.raw_ir or args.cold):
+        parser.error("--preset vga, --raw-ir and --cold time the compensation: use them with --time-against REV")
     preset = PRESETS[args.preset]
     teachers = tuple(name.strip() for name in args.teachers.split(",") if name.strip())
     from teacher.registry import get_entry
@@ -573,12 +590,13 @@ def main(argv=None) -> int:
         cv2.setNumThreads(1)
         try:
             timing = time_against(rig, args.time_against, rounds=6 if args.cold else 15,
-                                  pause_ms=12.0 if args.cold else 0.0)
+                                  pause_ms=12.0 if args.cold else 0.0, raw_ir=args.raw_ir)
         finally:
             cv2.setNumThreads(threads)
         ms = timing["per_frame_ms"]
         print(f"IR motion compensation per frame, preset {args.preset}, one thread"
-              f"{', caches cold (12 ms pause before each call, thread CPU time)' if args.cold else ''}, "
+              f"{', caches cold (12 ms pause before each call, thread CPU time)' if args.cold else ''}"
+              f"{', raw IR frame registered in the warp' if args.raw_ir else ''}, "
               f"{timing['calls']} calls each "
               f"({timing['frames']} frames x {timing['rounds']} alternated rounds): this checkout {ms['here']:.3f} ms, "
               f"{args.time_against} {ms[args.time_against]:.3f} ms (ratio {timing['ratio']:.2f})")

@@ -239,8 +239,10 @@ def test_time_against_loads_an_earlier_motion_module_and_times_both(roadscene):
     result = time_against(rig, "HEAD", frames=6, rounds=2)
     assert set(result["per_frame_ms"]) == {"here", "HEAD"} and all(v > 0 for v in result["per_frame_ms"].values())
     assert result["frames"] > 0 and result["calls"] == result["frames"] * 2
-    cold = time_against(rig, "HEAD", frames=6, rounds=1, pause_ms=1.0)     # `--cold`: thread CPU after a pause
-    assert cold["pause_ms"] == 1.0 and cold["calls"] == cold["frames"] and min(cold["per_frame_ms"].values()) > 0
+    # `--cold --raw-ir`: thread CPU after a pause, the raw IR frame registered in the warp
+    cold = time_against(rig, "HEAD", frames=6, rounds=1, pause_ms=1.0, raw_ir=True)
+    assert cold["pause_ms"] == 1.0 and cold["raw_ir"] and cold["calls"] == cold["frames"]
+    assert min(cold["per_frame_ms"].values()) > 0
     with pytest.raises(SystemExit, match="cannot read runtime/motion.py at 'no-such-revision'"):
         motion_at("no-such-revision")
 
