@@ -50,7 +50,7 @@ FLOW_WIDTH = 160            # flow is estimated on VIS frames resized to this wi
 FLOW_FINEST_SCALE = 1
 FLOW_DESCENT_ITERATIONS = 6
 FLOW_PATCH_STRIDE = 6
-CHECK_FINEST_SCALE = 2
+CHECK_FINEST_SCALE = 2      # of the small frame: its DIS is given both frames halved (pyrDown) and stops at 1
 FB_TOLERANCE_PX = 1.5       # forward-backward disagreement (flow px, per axis) beyond which a pixel keeps the held IR
 MIN_RELIABLE = 0.5          # below this share of reliable pixels the whole frame keeps the held IR (a scene cut)
 HISTORY_S = 0.5             # VIS frames kept to find the one taken nearest each IR frame
@@ -205,7 +205,9 @@ class IrMotionCompensator:
         that translation predicted instead (`compensate` tracks the rig's motion from frame to frame)."""
         shift = self._global_shift(now_small, ref_small) if start is None else start
         # DIS measures what is left after the reference is moved back by the shift, in whole pixels (a crop with its
-        # edge repeated: DIS finds the fraction itself)
+        # edge repeated: DIS finds the fraction itself; moved by the exact fraction, the bilinear blur left 0.257
+        # instead of 0.237 px at 480p). (DIS also takes a starting field; tried, it follows a large start less well:
+        # 1.65 against 0.78 grey levels from the truth after a 12 px pan at 320 px wide, tests/test_ir_motion.py.)
         sx, sy = int(round(shift[0])), int(round(shift[1]))
         height, width = ref_small.shape[:2]
         if (sx, sy) != (0, 0):
@@ -235,19 +237,6 @@ class IrMotionCompensator:
             window = self._windows[now_small.shape] = cv2.createHanningWindow(now_small.shape[::-1], cv2.CV_32F)
         (sx, sy), response = cv2.phaseCorrelate(np.float32(now_small), np.float32(ref_small), window)
         return (sx, sy) if response >= PEAK_RESPONSE else (0.0, 0.0)
-
-    @staticmethod
-    def _dis_around(dis, a: np.ndarray, b: np.ndarray, shift: tuple[float, float]) -> np.ndarray:
-        """DIS flow a -> b, with b first moved by `shift` (so DIS measures only the rest), the shift added back.
-        (DIS also takes a flow of the right size as its starting field; tried, it follows a large start less well:
-        1.65 against 0.78 grey levels from the truth after a 12 px pan at 320 px wide, tests/test_ir_motion.py.)"""
-        if shift == (0.0, 0.0):
-            return dis.calc(a, b, None)
-        matrix = np.array([[1.0, 0.0, shift[0]], [0.0, 1.0, shift[1]]], dtype=np.float32)
-        moved = cv2.warpAffine(b, matrix, (b.shape[1], b.shape[0]), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                               borderMode=cv2.BORDER_REPLICATE)
-        flow = dis.calc(a, moved, None)
-        return cv2.add(flow, np.array([shift[0], shift[1], 0.0, 0.0]))
 
     @staticmethod
     def displacement(flow_small: np.ndarray, scale: float, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
