@@ -503,11 +503,6 @@ def time_against(rig: Rig, rev: str, frames: int = 40, rounds: int = 15, pause_m
     tune_allocator()
     preset = rig.rig
     size = ir_view_size(preset)
-    view = None
-    if raw_ir:      # raw IR pixel -> VIS pixel (the rig's homography) -> the view at the IR camera's density
-        sx, sy = size[0] / preset.vis_size[0], size[1] / preset.vis_size[1]
-        view = (np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]]) @ preset.homography(),
-                size)
     work = []
     for k in range(frames):
         t = k / preset.vis_fps
@@ -519,6 +514,11 @@ def time_against(rig: Rig, rev: str, frames: int = 40, rounds: int = 15, pause_m
                      rig.render(t_ref, 1, preset.vis_size, preset.vis_rect),
                      rig.render(t_ir, 0, preset.ir_size, preset.ir_rect) if raw_ir else
                      rig.render(t_ir, 0, size, preset.vis_rect), t, t_ref, t_ir))
+    view = None
+    if raw_ir and work:     # the view matrix the pipeline's registration gives for this rig, at the IR's density
+        from runtime.registration import HomographyFile, Registration
+        registration = Registration(HomographyFile(preset.homography(), preset.ir_size, preset.vis_size))
+        view = registration.view_matrix(work[0][2], work[0][0], (size[1], size[0]))
     versions = {"here": IrMotionCompensator(), rev: motion_at(rev).IrMotionCompensator()}
     times: dict[str, list] = {name: [] for name in versions}
     clock = time.thread_time if pause_ms else time.perf_counter
